@@ -1,0 +1,432 @@
+"""What several stages share: the profiles, the names of files, atomic writes and stamps,
+provenance, seeding, validation of the raw data, and GPU slots for Make's fan-out.
+
+Stage scripts import it; it also has a small command line of its own:
+    python common.py validate --data DATA --out WORK/00_validate   # check the raw data once
+    python common.py on-gpu --gpus 0,1 --locks DIR -- CMD ...       # run CMD holding a free GPU
+
+Nothing here imports torch, so the light stages (00, 01, 06, 07) start fast.
+"""
+import argparse
+import contextlib
+import fcntl
+import io
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# -----------------------------------------------------------------------------
+# Profiles: one table, per stage. `full` is the published recipe on GPUs; `cpu` the same
+# pipeline sized to finish on a 2-core machine; `smoke` runs in seconds for tests.
+PROFILES = {
+    "full": {
+        "02": dict(size=224),                                   # the recipe's 224 x 224 input
+        "03": dict(arch="resnet34", epochs=5, batch=256, views=8, perms=8, holdout=512,
+                   ckpt_every=200),
+        "04": dict(arch="resnet34", epochs=5, batch=256, views=8, ckpt_every=200),
+        "05": dict(batch=512),
+    },
+    "cpu": {
+        "02": dict(size=48),                                    # resnet18 trains ~190 img/s here
+        "03": dict(arch="resnet18", epochs=2, batch=64, views=1, perms=2, holdout=256,
+                   ckpt_every=50),
+        "04": dict(arch="resnet18", epochs=3, batch=64, views=1, ckpt_every=50),
+        "05": dict(batch=256),
+    },
+    "smoke": {
+        "02": dict(size=24),
+        "03": dict(arch="resnet18", epochs=2, batch=16, views=1, perms=2, holdout=16,
+                   ckpt_every=3),
+        "04": dict(arch="resnet18", epochs=2, batch=16, views=1, ckpt_every=3),
+        "05": dict(batch=64),
+    },
+}
+TASKS = ("target", "onehot", "sortingdate", "word2vec")
+TASK_DIMS = {"target": 1, "onehot": 4, "sortingdate": 1, "word2vec": 20}
+FOLDS = ("0", "1", "2", "all")
+N_CLASSES = 4
+ERA_EDGES = (1600, 1700, 1800)          # target = number of edges strictly below sorting_date
+RAW_FILES = {                            # file -> required columns
+    "train.csv": ["object_id", "sorting_date", "art_series_id", "target"],
+    "test.csv": ["object_id"],
+    "materials.csv": ["name", "object_id"],
+    "techniques.csv": ["name", "object_id"],
+}
+SAMPLE_SUBMISSIONS = ("atmaCup#11_sample_submission.csv", "sample_submission.csv")
+ID_RE = re.compile(r"^[0-9a-f]{20}$")    # ids name files: nothing else may reach the filesystem
+
+
+# -----------------------------------------------------------------------------
+# Names: one grammar, built here and nowhere else.
+def fold_csv(folds_dir, fold, split):
+    """WORK/01_sgkfold/fold_{fold}_{split}.csv, split in train/test."""
+    return Path(folds_dir) / f"fold_{fold}_{split}.csv"
+
+
+def run_name(task, fold):
+    return f"{task}_{fold}"
+
+
+def ckpt_name(epoch, step=None):
+    """Epoch-end checkpoints are ckpt_e003.pt; mid-epoch ones ckpt_e003_s00000120.pt."""
+    return f"ckpt_e{epoch:03d}.pt" if step is None else f"ckpt_e{epoch:03d}_s{step:08d}.pt"
+
+
+def era_of_date(dates):
+    """Map sorting_date to the era target 0..3 (<=1600, 1601-1700, 1701-1800, >=1801)."""
+    return np.searchsorted(np.asarray(ERA_EDGES), np.asarray(dates, dtype=float), side="left")
+
+
+# -----------------------------------------------------------------------------
+# Errors and output discipline.
+class DataError(Exception):
+    """Bad raw data: the message names the file and the rows or ids at fault."""
+
+
+def fail(msg, code=2):
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def show_ids(ids, limit=5):
+    ids = [str(i) for i in ids]
+    more = f" ... and {len(ids) - limit} more" if len(ids) > limit else ""
+    return ", ".join(repr(i) for i in ids[:limit]) + more
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; os.replace it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path, df, **kw):
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n", **kw)
+
+
+def is_done(stage_dir):
+    return (Path(stage_dir) / "DONE").exists()
+
+
+def start_stage(stage_dir):
+    """A stage that (re)starts is not done until it says so again: drop its stamp first."""
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "DONE").unlink(missing_ok=True)
+    return stage_dir
+
+
+def mark_done(stage_dir):
+    """Written last, after every output is in place. Empty: times live in provenance.json."""
+    write_text(Path(stage_dir) / "DONE", "")
+
+
+def git_revision():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=Path(__file__).parent,
+                               timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_provenance(stage_dir, config, started, name="provenance.json"):
+    """The resolved config, argv, git revision and wall time beside the outputs."""
+    write_json(Path(stage_dir) / name, {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(config).items()},
+        "argv": sys.argv,
+        "git_revision": git_revision(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_seconds": round(time.time() - started, 3),
+    })
+
+
+def seed_everything(seed):
+    """Seed the global RNGs (model init and anything incidental); data order uses its own RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+def profile_parser(description, stage):
+    """An argparse parser whose defaults come from the profile named by --profile.
+
+    Unknown options are errors (argparse's own rule); the stage adds its options with
+    `default=None` where the profile supplies one, then calls `parse(parser, stage)`.
+    """
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--profile", default="cpu", choices=sorted(PROFILES),
+                   help="size preset: full (the recipe, GPUs), cpu (2 cores), smoke (tests)")
+    return p
+
+
+def parse(parser, stage, argv=None):
+    args = parser.parse_args(argv)
+    for key, value in PROFILES[args.profile].get(stage, {}).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+# -----------------------------------------------------------------------------
+# Raw-data validation: once, at the start of the pipeline; cheap (photo headers, not pixels).
+def read_raw_csv(path):
+    """Read a competition CSV. Tolerated: a UTF-8 BOM, CRLF line ends, extra columns."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: missing file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (not even a header)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{path}: cannot be parsed as CSV ({e})") from e
+    df.columns = [c.strip() for c in df.columns]
+    return df.apply(lambda col: col.str.strip())
+
+
+def check_columns(df, path, required):
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
+
+
+def check_ids(ids, path):
+    bad = [i for i in ids if not ID_RE.match(i)]
+    if bad:
+        raise DataError(f"{path}: object_id must be 20 lowercase hex characters; bad: {show_ids(bad)}")
+    dup = sorted(set(ids[pd.Series(ids).duplicated().to_numpy()]))
+    if dup:
+        raise DataError(f"{path}: duplicate object_id {show_ids(dup)}")
+
+
+def load_train(data_dir):
+    """train.csv, validated, typed (sorting_date, target as int), in file order."""
+    path = Path(data_dir) / "train.csv"
+    df = read_raw_csv(path)
+    check_columns(df, path, RAW_FILES["train.csv"])
+    if df.empty:
+        raise DataError(f"{path}: no rows (header only)")
+    check_ids(df["object_id"].to_numpy(), path)
+    for col, lo, hi in (("target", 0, N_CLASSES - 1), ("sorting_date", -10_000, 10_000)):
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = df.loc[num.isna() | (num != num.round()) | (num < lo) | (num > hi), "object_id"]
+        if len(bad):
+            raise DataError(f"{path}: {col} must be an integer in [{lo}, {hi}]; "
+                            f"bad rows for {show_ids(bad)}")
+        df[col] = num.astype(int)
+    empty_series = df.loc[df["art_series_id"] == "", "object_id"]
+    if len(empty_series):
+        raise DataError(f"{path}: empty art_series_id for {show_ids(empty_series)}")
+    wrong = df.loc[era_of_date(df["sorting_date"]) != df["target"], "object_id"]
+    if len(wrong):
+        raise DataError(f"{path}: target inconsistent with sorting_date (<=1600: 0, 1601-1700: 1, "
+                        f"1701-1800: 2, >=1801: 3) for {show_ids(wrong)}")
+    return df
+
+
+def load_test(data_dir, train_ids=None):
+    path = Path(data_dir) / "test.csv"
+    df = read_raw_csv(path)
+    check_columns(df, path, RAW_FILES["test.csv"])
+    if df.empty:
+        raise DataError(f"{path}: no rows (header only)")
+    check_ids(df["object_id"].to_numpy(), path)
+    if train_ids is not None:
+        both = sorted(set(df["object_id"]) & set(train_ids))
+        if both:
+            raise DataError(f"{path}: ids also in train.csv: {show_ids(both)}")
+    return df
+
+
+def load_names(data_dir, file, train_ids):
+    """materials.csv / techniques.csv in long format; exact duplicate pairs dropped."""
+    path = Path(data_dir) / file
+    df = read_raw_csv(path)
+    check_columns(df, path, RAW_FILES[file])
+    unknown = sorted(set(df["object_id"]) - set(train_ids))
+    if unknown:
+        raise DataError(f"{path}: object_id not in train.csv: {show_ids(unknown)}")
+    empty = df.loc[df["name"] == "", "object_id"]
+    if len(empty):
+        raise DataError(f"{path}: empty name for {show_ids(empty)}")
+    return df.drop_duplicates(["name", "object_id"]).reset_index(drop=True)
+
+
+def photo_header(path):
+    """(width, height, mode) from a JPEG's header; raises DataError for what 02 could not decode.
+
+    Checks the start (SOI) and end (EOI) markers and parses the header, without decoding pixels:
+    that is 02's job, done once.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: missing photo")
+    data = path.read_bytes()
+    if len(data) == 0:
+        raise DataError(f"{path}: zero-byte photo")
+    if data[:3] != b"\xff\xd8\xff":
+        raise DataError(f"{path}: not a JPEG (starts with {data[:8]!r})")
+    if data.rstrip(b"\0")[-2:] != b"\xff\xd9":
+        raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size[0], im.size[1], im.mode
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path}: undecodable JPEG header ({e})") from e
+
+
+def validate_raw(data_dir):
+    """Check every raw file; return (photos table, summary line). Raises DataError."""
+    data_dir = Path(data_dir)
+    train = load_train(data_dir)
+    test = load_test(data_dir, train["object_id"])
+    names = {f: load_names(data_dir, f, train["object_id"]) for f in ("materials.csv", "techniques.csv")}
+    for f in SAMPLE_SUBMISSIONS:     # optional; when present it must fit test.csv
+        sub = data_dir / f
+        if sub.exists():
+            s = read_raw_csv(sub)
+            if list(s.columns) != ["target"] or len(s) != len(test):
+                raise DataError(f"{sub}: expected one column 'target' and {len(test)} rows "
+                                f"(test.csv), got {list(s.columns)} x {len(s)}")
+    ids = pd.concat([train["object_id"], test["object_id"]], ignore_index=True)
+    rows, errors = [], []
+    for oid in ids:
+        try:
+            w, h, mode = photo_header(data_dir / "photos" / f"{oid}.jpg")
+            rows.append((oid, w, h, mode))
+        except DataError as e:
+            errors.append(str(e))
+    if errors:
+        head = "\n  ".join(errors[:10])
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise DataError(f"{len(errors)} bad photo(s) under {data_dir / 'photos'}:\n  {head}{more}")
+    photos = pd.DataFrame(rows, columns=["object_id", "width", "height", "mode"])
+    odd = photos["mode"].value_counts().drop("RGB", errors="ignore")
+    summary = (f"validated {data_dir}: train.csv {len(train)} rows "
+               f"({train['art_series_id'].nunique()} series), test.csv {len(test)} rows, "
+               f"materials.csv {len(names['materials.csv'])} pairs, "
+               f"techniques.csv {len(names['techniques.csv'])} pairs, "
+               f"{len(photos)} photo headers ok"
+               + (f" (converted to RGB in 02: {dict(odd)})" if len(odd) else ""))
+    return photos, summary
+
+
+def data_fingerprint(data_dir):
+    """Path plus size and mtime of the CSVs: tells a WORK built from other data."""
+    data_dir = Path(data_dir).resolve()
+    parts = [str(data_dir)]
+    for f in sorted(RAW_FILES):
+        p = data_dir / f
+        st = p.stat()
+        parts.append(f"{f}:{st.st_size}:{int(st.st_mtime)}")
+    return " ".join(parts)
+
+
+def cmd_validate(args):
+    started = time.time()
+    out = Path(args.out)
+    stamp = out / "source.txt"
+    try:
+        fingerprint = data_fingerprint(args.data)
+    except OSError as e:
+        fail(f"{args.data}: {e}")
+    if stamp.exists() and stamp.read_text().strip() != fingerprint:
+        fail(f"{out.parent} was built from other data ({stamp.read_text().strip()});\n"
+             f"  now DATA is {fingerprint}.\n  Use another WORK=..., or `make clean WORK={out.parent}`.")
+    start_stage(out)
+    try:
+        photos, summary = validate_raw(args.data)
+    except DataError as e:
+        fail(str(e))
+    write_csv(out / "photos.csv", photos)
+    write_text(stamp, fingerprint + "\n")
+    write_provenance(out, vars(args), started)
+    print(summary, f"[{time.time() - started:.1f}s]", flush=True)
+    mark_done(out)
+
+
+# -----------------------------------------------------------------------------
+# GPU slots: Make runs up to len(GPUS) recipes at once (-j); each takes a free GPU here.
+def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
+    """Run `cmd` with CUDA_VISIBLE_DEVICES set to one GPU of `gpus` that no other run holds.
+
+    The hold is an flock on lock_dir/gpu<id>.lock, released by the kernel when this process
+    ends, however it ends: no stale locks after a kill. With no GPUs the command runs as is.
+    """
+    if not gpus:
+        return subprocess.call(cmd)
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    while True:
+        for gpu in gpus:
+            f = open(Path(lock_dir) / f"gpu{gpu}.lock", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
+            print(f"[gpu {gpu}] {' '.join(cmd)}", flush=True)
+            try:
+                return subprocess.call(cmd, env=env)
+            finally:
+                f.close()
+        time.sleep(poll)
+
+
+def cmd_on_gpu(args):
+    gpus = [g for g in args.gpus.split(",") if g.strip()]
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    sys.exit(on_free_gpu(gpus, args.locks, cmd))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check the raw data; write OUT/photos.csv and OUT/DONE")
+    v.add_argument("--data", required=True)
+    v.add_argument("--out", required=True)
+    g = sub.add_parser("on-gpu", help="run a command on a free GPU of --gpus")
+    g.add_argument("--gpus", default="")
+    g.add_argument("--locks", required=True)
+    g.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = p.parse_args()
+    {"validate": cmd_validate, "on-gpu": cmd_on_gpu}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
