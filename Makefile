@@ -32,7 +32,7 @@ $(info No train.csv in DATA=$(DATA): using generated demo data in $(DIR_DEMO) (P
 endif
 endif
 
-.PHONY: help all setup test clean demo validate folds
+.PHONY: help all setup test clean demo validate folds FORCE
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -62,7 +62,12 @@ setup: $(VENV_STAMP) $(SYSDEPS_STAMP) ## build .venv from requirements.txt and c
 $(DIR_DEMO)/DONE: | $(VENV_STAMP)
 	$(PY) 00_demo_data.py --out $(DIR_DEMO)
 
-$(DIR_VALID)/DONE: $(RAW_STAMP) | $(VENV_STAMP)
+# source.txt changes only when the data's content does (checked on every run, in ~0.1 s); a WORK
+# built from other data is refused rather than silently rebuilt over hours of training.
+$(DIR_VALID)/source.txt: $(RAW_STAMP) FORCE | $(VENV_STAMP)
+	@$(PY) common.py fingerprint --data $(RAW) --out $(DIR_VALID)
+
+$(DIR_VALID)/DONE: $(DIR_VALID)/source.txt
 	$(PY) common.py validate --data $(RAW) --out $(DIR_VALID)
 
 $(DIR_FOLDS)/DONE: $(DIR_VALID)/DONE
@@ -78,3 +83,7 @@ test: setup ## run the test suite (sets itself up; uses ../shared/atmacup11 when
 
 clean: ## delete WORK (never the raw data, never .venv)
 	rm -rf $(WORK)
+
+FORCE:
+
+-include sync/sync.mk docker/docker.mk bench/bench.mk

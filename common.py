@@ -2,7 +2,8 @@
 provenance, seeding, validation of the raw data, and GPU slots for Make's fan-out.
 
 Stage scripts import it; it also has a small command line of its own:
-    python common.py validate --data DATA --out WORK/00_validate   # check the raw data once
+    python common.py fingerprint --data DATA --out WORK/00_validate  # note which data WORK holds
+    python common.py validate --data DATA --out WORK/00_validate     # check the raw data once
     python common.py on-gpu --gpus 0,1 --locks DIR -- CMD ...       # run CMD holding a free GPU
 
 Nothing here imports torch, so the light stages (00, 01, 06, 07) start fast.
@@ -347,34 +348,46 @@ def validate_raw(data_dir):
 
 
 def data_fingerprint(data_dir):
-    """Path plus size and mtime of the CSVs: tells a WORK built from other data."""
-    data_dir = Path(data_dir).resolve()
-    parts = [str(data_dir)]
+    """sha256 of the CSVs and of the photo listing (names, sizes): content, not paths or times,
+    so a WORK restored on another machine still matches its data."""
+    import hashlib
+
+    data_dir = Path(data_dir)
+    h = hashlib.sha256()
     for f in sorted(RAW_FILES):
-        p = data_dir / f
-        st = p.stat()
-        parts.append(f"{f}:{st.st_size}:{int(st.st_mtime)}")
-    return " ".join(parts)
+        h.update(f.encode() + b"\0" + (data_dir / f).read_bytes())
+    photos = data_dir / "photos"
+    for entry in sorted(os.scandir(photos), key=lambda e: e.name) if photos.is_dir() else []:
+        h.update(f"{entry.name}:{entry.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def cmd_fingerprint(args):
+    """Write OUT/source.txt only when the data's content changed, so Make reruns validation
+    only then; refuse when WORK already holds stages built from other data."""
+    out = Path(args.out)
+    stamp = out / "source.txt"
+    try:
+        now = f"{data_fingerprint(args.data)}  {Path(args.data).resolve()}"
+    except OSError as e:
+        fail(f"{args.data}: {e}")
+    if stamp.exists():
+        before = stamp.read_text().split()[0]
+        if before == now.split()[0]:
+            return
+        fail(f"{out.parent} was built from other data (fingerprint {before[:12]}, now {now[:12]} "
+             f"for {args.data}).\n  Use another WORK=..., or `make clean WORK={out.parent}` to start over.")
+    write_text(stamp, now + "\n")
 
 
 def cmd_validate(args):
     started = time.time()
-    out = Path(args.out)
-    stamp = out / "source.txt"
-    try:
-        fingerprint = data_fingerprint(args.data)
-    except OSError as e:
-        fail(f"{args.data}: {e}")
-    if stamp.exists() and stamp.read_text().strip() != fingerprint:
-        fail(f"{out.parent} was built from other data ({stamp.read_text().strip()});\n"
-             f"  now DATA is {fingerprint}.\n  Use another WORK=..., or `make clean WORK={out.parent}`.")
-    start_stage(out)
+    out = start_stage(args.out)
     try:
         photos, summary = validate_raw(args.data)
     except DataError as e:
         fail(str(e))
     write_csv(out / "photos.csv", photos)
-    write_text(stamp, fingerprint + "\n")
     write_provenance(out, vars(args), started)
     print(summary, f"[{time.time() - started:.1f}s]", flush=True)
     mark_done(out)
@@ -420,12 +433,15 @@ def main():
     v = sub.add_parser("validate", help="check the raw data; write OUT/photos.csv and OUT/DONE")
     v.add_argument("--data", required=True)
     v.add_argument("--out", required=True)
+    f = sub.add_parser("fingerprint", help="write OUT/source.txt when the data's content changed")
+    f.add_argument("--data", required=True)
+    f.add_argument("--out", required=True)
     g = sub.add_parser("on-gpu", help="run a command on a free GPU of --gpus")
     g.add_argument("--gpus", default="")
     g.add_argument("--locks", required=True)
     g.add_argument("cmd", nargs=argparse.REMAINDER)
     args = p.parse_args()
-    {"validate": cmd_validate, "on-gpu": cmd_on_gpu}[args.command](args)
+    {"validate": cmd_validate, "fingerprint": cmd_fingerprint, "on-gpu": cmd_on_gpu}[args.command](args)
 
 
 if __name__ == "__main__":
