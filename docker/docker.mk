@@ -71,6 +71,8 @@ docker_overrides = $(foreach v,$(sort $(filter-out $(docker_host_only),$(.VARIAB
 define docker_run
 	$(call docker_check,$(1))
 	$(docker_image_check)
+	$(if $(docker_data_mount),@test -d $(DATA) || { echo "$@: DATA=$(DATA) is not a directory" \
+	  >&2; exit 1; })
 	mkdir -p $(WORK)
 	$(strip $(DOCKER) run --rm --init --ipc=host --user $$(id -u):$$(id -g) $(2) \
 	  -v $(abspath $(WORK)):/work $(docker_data_mount) $(docker_rclone_mount) $(docker_rclone_env) \

@@ -317,9 +317,9 @@ def test_docker_all_dry_run_shows_the_flags():
                  "--user $(id -u):$(id -g)", "--init", "--rm",
                  "make all DATA=/data WORK=/work GPUS=0,1 PROFILE=full"):
         assert flag in run, f"{flag!r} not in:\n{run}"
-    # The engine check comes before anything is created or started.
+    # Engine, image and DATA are checked before anything is created or started.
     order = [next(n for n, line in enumerate(lines) if key in line)
-             for key in ("docker info", "image inspect", "mkdir -p /y", "docker run")]
+             for key in ("docker info", "image inspect", "test -d /x", "mkdir -p /y", "docker run")]
     assert order == sorted(order), p.stdout
 
 
