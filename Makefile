@@ -14,6 +14,10 @@ PROFILE ?= $(if $(GPUS),full,cpu)#  full (the recipe) | cpu (2 cores) | smoke (t
 FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec
 PYTHON ?= python3#         the interpreter that builds .venv
+RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
+JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --loss ce --epochs 10
+FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --loss ce
+ID ?=#                     make views: the object_id to show
 
 # ---- derived --------------------------------------------------------------------------------
 VENV := .venv
@@ -23,6 +27,31 @@ SYSDEPS_STAMP := $(VENV)/sysdeps
 DIR_DEMO := $(WORK)/00_demo_data
 DIR_VALID := $(WORK)/00_validate
 DIR_FOLDS := $(WORK)/01_sgkfold
+DIR_HVR := $(WORK)/02_hvr
+DIR_JIG := $(WORK)/03_jigsaw
+DIR_FT := $(WORK)/04_finetune
+TASKS := target onehot sortingdate word2vec
+FOLDS := 0 1 2 all
+RUNS := $(foreach t,$(TASKS),$(foreach f,$(FOLDS),$(t)_$(f)))
+comma := ,
+GPU_LIST := $(subst $(comma), ,$(GPUS))
+NGPUS := $(words $(GPU_LIST))
+# One process, or torchrun across every listed GPU (DDP) for the single pretext job.
+LAUNCH := $(if $(filter-out 0 1,$(NGPUS)),CUDA_VISIBLE_DEVICES=$(GPUS) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPUS),CUDA_VISIBLE_DEVICES=$(GPUS) $(PY))
+# The fine-tunes: Make runs NGPUS at a time (-j); each holds one free GPU (common.py on-gpu).
+ON_GPU := $(PY) common.py on-gpu --gpus '$(GPUS)' --locks $(WORK)/.gpu_locks --
+task_of = $(word 1,$(subst _, ,$(1)))
+fold_of = $(word 2,$(subst _, ,$(1)))
+PIPELINE_GOALS := all hvr jigsaw finetune fold features stack submit report
+# A WORK holds one profile: a store of another size under the same stamps would be wrong.
+ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
+WORK_PROFILE := $(strip $(if $(wildcard $(WORK)/profile.txt),$(file < $(WORK)/profile.txt)))
+ifneq ($(WORK_PROFILE),)
+ifneq ($(WORK_PROFILE),$(PROFILE))
+$(error $(WORK) holds a PROFILE=$(WORK_PROFILE) run; use PROFILE=$(WORK_PROFILE), or another WORK=...)
+endif
+endif
+endif
 # Real data when DATA holds a train.csv; otherwise the generated demo set.
 RAW := $(if $(wildcard $(DATA)/train.csv),$(DATA),$(DIR_DEMO))
 RAW_STAMP := $(if $(wildcard $(DATA)/train.csv),$(DATA)/train.csv,$(DIR_DEMO)/DONE)
@@ -32,14 +61,14 @@ $(info No train.csv in DATA=$(DATA): using generated demo data in $(DIR_DEMO) (P
 endif
 endif
 
-.PHONY: help all setup test clean demo validate folds FORCE
+.PHONY: help all setup test clean demo validate folds hvr views jigsaw finetune fold status cv-plot FORCE
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 	  awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: DATA=$(DATA) WORK=$(WORK) GPUS=$(GPUS) PROFILE=$(PROFILE) FOLD=$(FOLD) TASK=$(TASK)"
 
-all: folds ## the whole pipeline, every stage that exists (demo data when DATA has no train.csv)
+all: finetune ## the whole pipeline, every stage that exists (demo data when DATA has no train.csv)
 
 # ---- environment: .venv rebuilt only when requirements.txt changes -------------------------
 $(VENV_STAMP): requirements.txt
@@ -73,9 +102,36 @@ $(DIR_VALID)/DONE: $(DIR_VALID)/source.txt
 $(DIR_FOLDS)/DONE: $(DIR_VALID)/DONE
 	$(PY) 01_sgkfold.py --data $(RAW) --out $(DIR_FOLDS)
 
+$(DIR_HVR)/DONE: $(DIR_VALID)/DONE
+	@echo $(PROFILE) > $(WORK)/profile.txt
+	./02_hvr_augment.sh --photos $(RAW)/photos --ids $(DIR_VALID)/photos.csv --out $(DIR_HVR) \
+	  --mode $(RESIZE) --python $(PY) \
+	  --size $$($(PY) -c 'import common; print(common.PROFILES["$(PROFILE)"]["02"]["size"])')
+
+$(DIR_JIG)/DONE: $(DIR_HVR)/DONE
+	$(LAUNCH) 03_jigsaw.py --hvr $(DIR_HVR) --out $(DIR_JIG) --profile $(PROFILE) $(JIGSAW_ARGS)
+
+$(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE
+	mkdir -p $(@D)
+	$(ON_GPU) $(PY) 04_finetune.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
+	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --jigsaw $(DIR_JIG) --out $(DIR_FT) \
+	  --profile $(PROFILE) $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
+
 demo: $(DIR_DEMO)/DONE ## generate the demo raw data set (00_demo_data.py)
 validate: $(DIR_VALID)/DONE ## check the raw data once: files, columns, ids, targets, photo headers
 folds: $(DIR_FOLDS)/DONE ## 3 grouped stratified folds + fold all, and the word2vec targets (01)
+hvr: $(DIR_HVR)/DONE ## decode and resize every photo once into WORK/02_hvr (02; RESIZE=stretch|pad)
+jigsaw: $(DIR_JIG)/DONE ## 3x3 jigsaw pretraining (03); torchrun across GPUS when several
+fold: $(DIR_FT)/$(TASK)_$(FOLD)/DONE ## one fine-tune run and its evaluator: FOLD=0|1|2|all TASK=...
+finetune: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE ## all 16 fine-tune runs (04), one per GPU at a time
+	$(MAKE) --no-print-directory -j$(if $(GPUS),$(NGPUS),1) $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE)
+
+views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
+	$(PY) training.py views --store $(DIR_HVR) --id $(ID)
+status: | $(VENV_STAMP) ## table of every 03/04 run: epoch, loss, held-out RMSE, images/s, state
+	@$(PY) training.py status --work $(WORK)
+cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_finetune/cv_<task>.png
+	$(PY) training.py cv-plot --runs $(DIR_FT)
 
 # ---- checks and housekeeping ----------------------------------------------------------------
 test: setup ## run the test suite (sets itself up; uses ../shared/atmacup11 when present)

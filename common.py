@@ -63,6 +63,8 @@ RAW_FILES = {                            # file -> required columns
     "techniques.csv": ["name", "object_id"],
 }
 SAMPLE_SUBMISSIONS = ("atmaCup#11_sample_submission.csv", "sample_submission.csv")
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 ID_RE = re.compile(r"^[0-9a-f]{20}$")    # ids name files: nothing else may reach the filesystem
 
 
@@ -111,6 +113,7 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~UMASK)      # mkstemp makes 0600; outputs are shared like any file
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -212,8 +215,13 @@ def read_raw_csv(path):
         raise DataError(f"{path}: empty file (not even a header)")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+    except (ValueError, OSError) as e:     # ParserError, EmptyDataError, UnicodeDecodeError, a dir
         raise DataError(f"{path}: cannot be parsed as CSV ({e})") from e
+    # keep_default_na=False keeps empty cells as "", so a NaN can only be a missing field
+    short = df.index[df.isna().any(axis=1)]
+    if len(short):
+        lines = ", ".join(str(i + 2) for i in short[:5]) + (" ..." if len(short) > 5 else "")
+        raise DataError(f"{path}: fewer fields than the header on line(s) {lines}")
     df.columns = [c.strip() for c in df.columns]
     return df.apply(lambda col: col.str.strip())
 
@@ -297,7 +305,10 @@ def photo_header(path):
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: missing photo")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:                   # a directory, no permission
+        raise DataError(f"{path}: unreadable photo ({e.strerror})") from e
     if len(data) == 0:
         raise DataError(f"{path}: zero-byte photo")
     if data[:3] != b"\xff\xd8\xff":
@@ -317,6 +328,9 @@ def validate_raw(data_dir):
     train = load_train(data_dir)
     test = load_test(data_dir, train["object_id"])
     names = {f: load_names(data_dir, f, train["object_id"]) for f in ("materials.csv", "techniques.csv")}
+    if all(df.empty for df in names.values()):   # 01's word2vec has no vocabulary to learn
+        raise DataError(f"{data_dir / 'materials.csv'} and {data_dir / 'techniques.csv'}: "
+                        f"no rows in either; the word2vec targets need at least one name")
     for f in SAMPLE_SUBMISSIONS:     # optional; when present it must fit test.csv
         sub = data_dir / f
         if sub.exists():
@@ -337,13 +351,14 @@ def validate_raw(data_dir):
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise DataError(f"{len(errors)} bad photo(s) under {data_dir / 'photos'}:\n  {head}{more}")
     photos = pd.DataFrame(rows, columns=["object_id", "width", "height", "mode"])
-    odd = photos["mode"].value_counts().drop("RGB", errors="ignore")
+    odd = {m: int(n) for m, n in photos["mode"].value_counts().items() if m != "RGB"}
     summary = (f"validated {data_dir}: train.csv {len(train)} rows "
                f"({train['art_series_id'].nunique()} series), test.csv {len(test)} rows, "
                f"materials.csv {len(names['materials.csv'])} pairs, "
                f"techniques.csv {len(names['techniques.csv'])} pairs, "
                f"{len(photos)} photo headers ok"
-               + (f" (converted to RGB in 02: {dict(odd)})" if len(odd) else ""))
+               + (f" ({', '.join(f'{n} {m}' for m, n in odd.items())}: converted to RGB in 02)"
+                  if odd else ""))
     return photos, summary
 
 
@@ -401,8 +416,8 @@ def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
     The hold is an flock on lock_dir/gpu<id>.lock, released by the kernel when this process
     ends, however it ends: no stale locks after a kill. With no GPUs the command runs as is.
     """
-    if not gpus:
-        return subprocess.call(cmd)
+    if not gpus:       # GPUS empty: the CPU, even on a machine that has GPUs
+        return subprocess.call(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
     while True:
         for gpu in gpus:

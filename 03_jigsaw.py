@@ -1,0 +1,169 @@
+"""Stage 03: self-supervised 3x3 jigsaw pretraining of a ResNet from random init, as the recipe.
+
+Reads WORK/02_hvr (every photo, train and test). Writes WORK/03_jigsaw/:
+  ckpt_e001.pt ...        self-describing checkpoints (model, optimizer, epoch, step, RNG, config)
+  loss.csv, holdout.csv   step/epoch/loss/tile accuracy; per epoch on held-out photos
+  loss.png, provenance.json, DONE
+
+    python 03_jigsaw.py --hvr work/02_hvr --out work/03_jigsaw --profile cpu
+    torchrun --standalone --nproc_per_node=4 03_jigsaw.py ...        # DDP; rank 0 writes
+
+A puzzle: one of the 8 views, its top-left 3t x 3t square (t = S // 3) cut into 9 tiles and
+shuffled (training.shuffle_tiles); the network sees the shuffled image and predicts, for each of
+the 9 positions, which tile is there: a 9x9 one-hot, 81 outputs. Per epoch every image-view
+appears with `perms` permutations: the identity and perms-1 random others (the recipe: 8 views x
+(7 + 1)). Views and tiles are index operations on the training device; nothing is pre-rendered.
+A fixed set of `holdout` photos is kept out of training to measure puzzle accuracy honestly
+(chance: 1/9 per tile).
+"""
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import common
+import training
+
+# -----------------------------------------------------------------------------
+LR = 1e-3              # the recipe's Adam
+BETAS = (0.5, 0.999)   # the recipe's Adam betas
+SEED = 0               # model init and the epoch RNGs derive from it
+LOG_EVERY = 10         # steps between loss.csv rows (the only host syncs)
+TILES = training.JIGSAW_GRID ** 2
+
+p = common.profile_parser(__doc__.split("\n")[0], "03")
+p.add_argument("--hvr", required=True, help="the image store (stage 02)")
+p.add_argument("--out", required=True, help="this stage's directory")
+p.add_argument("--arch", default=None, choices=training.ARCHS, help="network (profile)")
+p.add_argument("--epochs", type=int, default=None, help="passes over the photos (profile)")
+p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
+p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="1-8",
+               help="views per image per epoch: 8 = all (recipe), fewer = random ones (profile)")
+p.add_argument("--perms", type=int, default=None, help="permutations per image-view, identity included (profile)")
+p.add_argument("--holdout", type=int, default=None, help="photos kept out to measure accuracy (profile)")
+p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
+p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="mse on the 81-vector (recipe) or per-tile cross-entropy")
+p.add_argument("--lr", type=float, default=LR)
+p.add_argument("--seed", type=int, default=SEED)
+p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
+
+
+def puzzle_loss(out, perms, kind):
+    """Per-sample loss and tile accuracy; out (B, 81), perms (B, 9)."""
+    logits = out.float().view(-1, TILES, TILES)
+    if kind == "mse":
+        loss = ((logits - F.one_hot(perms, TILES).float()) ** 2).mean(dim=(1, 2))
+    else:
+        loss = F.cross_entropy(logits.transpose(1, 2), perms, reduction="none").mean(dim=1)
+    correct = (logits.argmax(-1) == perms).float()
+    return loss, correct.mean(1), correct.all(1).float()
+
+
+def main():
+    args = common.parse(p, "03")
+    started = time.time()
+    training.configure_threads()
+    dist = training.Dist()
+    out = common.start_stage(args.out) if dist.main else Path(args.out)
+    images, ids, meta = training.load_store(args.hvr)
+    device, cuda = dist.device, dist.device.type == "cuda"
+    store = torch.from_numpy(np.array(images)).to(device)   # whole uint8 store, resident
+    vidx = training.view_index(meta["size"]).to(device)
+
+    held = torch.randperm(len(ids), generator=torch.Generator().manual_seed(args.seed))[: args.holdout]
+    train_rows = torch.tensor(sorted(set(range(len(ids))) - set(held.tolist())), dtype=torch.long)
+    training.banner("03", args, dist, photos=len(ids), train=len(train_rows), holdout=len(held),
+                    size=meta["size"], samples_per_epoch=len(train_rows) * args.views * args.perms)
+
+    def epoch_plan(epoch, g):
+        """Rows (image, view, tile at position 0..8) in the epoch's order."""
+        n_views = args.views * args.perms
+        img = train_rows.repeat_interleave(n_views)
+        if args.views == 8:     # every view of every image, each with `perms` permutations
+            view = torch.arange(8).repeat_interleave(args.perms).repeat(len(train_rows))
+        else:                   # `views` random views per image, the same for its permutations
+            pick = torch.rand(len(train_rows), 8, generator=g).argsort(1)[:, : args.views]
+            view = pick.repeat_interleave(args.perms, dim=1).reshape(-1)
+        perms = training.random_perms(len(img), g, identity_every=args.perms)
+        plan = torch.cat([img[:, None], view[:, None], perms], dim=1)
+        return plan[torch.randperm(len(plan), generator=g)]
+
+    def forward(net, rows):
+        x = training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=cuda)
+        x = training.shuffle_tiles(x, rows[:, 2:])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            return net(x)
+
+    def batch_loss(net, rows):
+        loss, tile_acc, puzzle_acc = puzzle_loss(forward(net, rows), rows[:, 2:], args.loss)
+        return loss.sum(), {"tile_acc": tile_acc.sum(), "puzzle_acc": puzzle_acc.sum()}
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+    holdout_plan = torch.cat([held[:, None], torch.randint(0, 8, (len(held), 1), generator=g),
+                              training.random_perms(len(held), g)], dim=1)
+
+    @torch.no_grad()
+    def on_epoch_end(epoch, model):
+        model.eval()
+        sums = torch.zeros(3)
+        for chunk in holdout_plan.split(args.batch):
+            figures = puzzle_loss(forward(model, chunk.to(device)), chunk[:, 2:].to(device), args.loss)
+            sums += torch.stack([f.sum().cpu() for f in figures])
+        loss, tile, puzzle = (sums / max(len(held), 1)).tolist()
+        rows = read_holdout(out)
+        rows[epoch] = f"{epoch},{loss:.6g},{tile:.6g},{puzzle:.6g}"
+        common.write_text(out / "holdout.csv", "epoch,loss,tile_acc,puzzle_acc\n" +
+                          "".join(rows[e] + "\n" for e in sorted(rows)))
+        print(f"[03] epoch {epoch}: held-out loss {loss:.4f}, tile accuracy {tile:.3f} "
+              f"(chance {1 / TILES:.3f}), whole-puzzle accuracy {puzzle:.3f}", flush=True)
+
+    common.seed_everything(args.seed)
+    model = training.build_model(args.arch, TILES * TILES)
+    config = dict(vars(args), lr=args.lr, betas=list(BETAS), log_every=LOG_EVERY,
+                  channels_last=cuda, size=meta["size"], outputs=TILES * TILES)
+    model = training.fit(model, run_dir=out, dist=dist, config=config, epoch_plan=epoch_plan,
+                         batch_loss=batch_loss, on_epoch_end=on_epoch_end)
+    if dist.main:
+        missing = [e for e in range(1, args.epochs + 1) if e not in read_holdout(out)]
+        for epoch in missing:      # killed between a checkpoint and its held-out row
+            model.load_state_dict(training.load_checkpoint(out / common.ckpt_name(epoch))["model"])
+            on_epoch_end(epoch, model)
+        plot(out)
+        common.write_provenance(out, config, started)
+        common.mark_done(out)
+    dist.close()
+
+
+def read_holdout(out):
+    path = Path(out) / "holdout.csv"
+    lines = path.read_text().splitlines()[1:] if path.exists() else []
+    return {int(l.split(",")[0]): l for l in lines}
+
+
+def plot(out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    log, held = pd.read_csv(out / "loss.csv"), pd.read_csv(out / "holdout.csv")
+    per_epoch = log.groupby("epoch")["step"].max()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(log["step"], log["loss"], label="train")
+    axes[0].plot(per_epoch.loc[held["epoch"]], held["loss"], "o-", label="held-out")
+    axes[0].set(xlabel="step", ylabel="loss", title="jigsaw loss")
+    axes[1].plot(log["step"], log["tile_acc"], label="train")
+    axes[1].plot(per_epoch.loc[held["epoch"]], held["tile_acc"], "o-", label="held-out")
+    axes[1].axhline(1 / TILES, ls="--", c="grey", label="chance")
+    axes[1].set(xlabel="step", ylabel="tile accuracy", title="puzzle accuracy per tile")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    with common.atomic_path(out / "loss.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
