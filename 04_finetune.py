@@ -171,21 +171,6 @@ def train(args, run_dir, dist):
     return config
 
 
-@torch.no_grad()
-def predict_views(model, u8, vidx, device, batch):
-    """(N, 8, D) outputs of every view of every image; u8 (N, S, S, 3) on `device`."""
-    model.eval()
-    cuda = device.type == "cuda"
-    outs = []
-    for chunk in u8.split(max(batch // 8, 1)):
-        n = len(chunk)
-        x = training.to_input(chunk.repeat_interleave(8, 0), torch.arange(8, device=device).repeat(n),
-                              vidx, channels_last=cuda)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            outs.append(model(x).float().view(n, 8, -1))
-    return torch.cat(outs)
-
-
 def evaluate(args, run_dir, dist):
     """The evaluator: score each complete epoch checkpoint once, in order, then stop."""
     images, ids, meta = training.load_store(args.hvr)
@@ -208,7 +193,7 @@ def evaluate(args, run_dir, dist):
             time.sleep(EVAL_POLL)
             continue
         model.load_state_dict(training.load_checkpoint(ckpt, device)["model"])
-        mean_out = predict_views(model, u8, vidx, device, args.batch).mean(1).cpu()
+        mean_out = training.predict_views(model, u8, vidx, device, args.batch).mean(1).cpu()
         loss = (per_sample_loss(args.task, args.loss, mean_out, y) * w).sum() / w.sum().clamp(min=1)
         pred = era_prediction(args.task, args.loss, mean_out, date_stats)
         rmse = "" if pred is None else f"{((pred - era) ** 2).mean().sqrt().item():.6g}"

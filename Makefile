@@ -17,6 +17,7 @@ PYTHON ?= python3#         the interpreter that builds .venv
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
 JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --loss ce --epochs 10
 FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --loss ce
+STACK_ARGS ?=#             extra 06_stack.py options, e.g. --mode seed --post recipe
 ID ?=#                     make views: the object_id to show
 
 # ---- derived --------------------------------------------------------------------------------
@@ -30,12 +31,16 @@ DIR_FOLDS := $(WORK)/01_sgkfold
 DIR_HVR := $(WORK)/02_hvr
 DIR_JIG := $(WORK)/03_jigsaw
 DIR_FT := $(WORK)/04_finetune
+DIR_FEAT := $(WORK)/05_features
+DIR_STACK := $(WORK)/06_stack
+DIR_SUB := $(WORK)/07_submit
 TASKS := target onehot sortingdate word2vec
 FOLDS := 0 1 2 all
 RUNS := $(foreach t,$(TASKS),$(foreach f,$(FOLDS),$(t)_$(f)))
 comma := ,
 GPU_LIST := $(subst $(comma), ,$(GPUS))
 NGPUS := $(words $(GPU_LIST))
+NJOBS := $(if $(GPUS),$(NGPUS),1)
 # One process, or torchrun across every listed GPU (DDP) for the single pretext job.
 LAUNCH := $(if $(filter-out 0 1,$(NGPUS)),CUDA_VISIBLE_DEVICES=$(GPUS) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPUS),CUDA_VISIBLE_DEVICES=$(GPUS) $(PY))
 # The fine-tunes: Make runs NGPUS at a time (-j); each holds one free GPU (common.py on-gpu).
@@ -61,20 +66,22 @@ $(info No train.csv in DATA=$(DATA): using generated demo data in $(DIR_DEMO) (P
 endif
 endif
 
-.PHONY: help all setup test clean demo validate folds hvr views jigsaw finetune fold status cv-plot FORCE
+.PHONY: help all setup test clean demo validate folds hvr views jigsaw finetune fold features stack \
+	submit report status cv-plot finetune-runs features-runs FORCE
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 	  awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: DATA=$(DATA) WORK=$(WORK) GPUS=$(GPUS) PROFILE=$(PROFILE) FOLD=$(FOLD) TASK=$(TASK)"
 
-all: finetune ## the whole pipeline, every stage that exists (demo data when DATA has no train.csv)
+all: submit ## the whole pipeline, every stage that exists (demo data when DATA has no train.csv)
 
 # ---- environment: .venv rebuilt only when requirements.txt changes -------------------------
+# Created once; a changed requirements.txt is installed into it (pip skips what is satisfied),
+# so an edited comment costs seconds, not a rebuild.
 $(VENV_STAMP): requirements.txt
-	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	cp requirements.txt $@
 
 $(SYSDEPS_STAMP): | $(VENV_STAMP)
@@ -117,6 +124,16 @@ $(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --jigsaw $(DIR_JIG) --out $(DIR_FT) \
 	  --profile $(PROFILE) $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
 
+$(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE
+	$(ON_GPU) $(PY) 05_features.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
+	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --runs $(DIR_FT) --out $(DIR_FEAT) --profile $(PROFILE)
+
+$(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE)
+	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --out $(DIR_STACK) $(STACK_ARGS)
+
+$(DIR_SUB)/DONE: $(DIR_STACK)/DONE
+	$(PY) 07_submit.py --data $(RAW) --work $(WORK) --out $(DIR_SUB)
+
 demo: $(DIR_DEMO)/DONE ## generate the demo raw data set (00_demo_data.py)
 validate: $(DIR_VALID)/DONE ## check the raw data once: files, columns, ids, targets, photo headers
 folds: $(DIR_FOLDS)/DONE ## 3 grouped stratified folds + fold all, and the word2vec targets (01)
@@ -124,7 +141,17 @@ hvr: $(DIR_HVR)/DONE ## decode and resize every photo once into WORK/02_hvr (02;
 jigsaw: $(DIR_JIG)/DONE ## 3x3 jigsaw pretraining (03); torchrun across GPUS when several
 fold: $(DIR_FT)/$(TASK)_$(FOLD)/DONE ## one fine-tune run and its evaluator: FOLD=0|1|2|all TASK=...
 finetune: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE ## all 16 fine-tune runs (04), one per GPU at a time
-	$(MAKE) --no-print-directory -j$(if $(GPUS),$(NGPUS),1) $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE)
+	$(MAKE) --no-print-directory -j$(NJOBS) finetune-runs
+
+features: finetune ## 8-view outputs of every network on every object stacking needs (05)
+	$(MAKE) --no-print-directory -j$(NJOBS) features-runs
+stack: features $(DIR_STACK)/DONE ## LightGBM stacking, both modes, tuned post-processing (06)
+submit: stack $(DIR_SUB)/DONE ## WORK/07_submit/submission.csv, validated, and report.md (07)
+report: submit ## the report, WORK/07_submit/report.md (written with the submission)
+
+# Entry points of the fan-out sub-makes (make finetune / make features call them with -j).
+finetune-runs: $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE)
+features-runs: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE)
 
 views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
 	$(PY) training.py views --store $(DIR_HVR) --id $(ID)

@@ -160,9 +160,11 @@ def git_revision():
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, cwd=Path(__file__).parent,
                                timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        if out.returncode == 0:
+            return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        pass
+    return os.environ.get("ATMA11_GIT_REVISION", "unknown")    # the Docker image has no .git
 
 
 def write_provenance(stage_dir, config, started, name="provenance.json"):
@@ -217,13 +219,23 @@ def read_raw_csv(path):
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (ValueError, OSError) as e:     # ParserError, EmptyDataError, UnicodeDecodeError, a dir
         raise DataError(f"{path}: cannot be parsed as CSV ({e})") from e
-    # keep_default_na=False keeps empty cells as "", so a NaN can only be a missing field
-    short = df.index[df.isna().any(axis=1)]
-    if len(short):
-        lines = ", ".join(str(i + 2) for i in short[:5]) + (" ..." if len(short) > 5 else "")
+    short = short_lines(path)
+    if short:
+        lines = ", ".join(map(str, short[:5])) + (" ..." if len(short) > 5 else "")
         raise DataError(f"{path}: fewer fields than the header on line(s) {lines}")
     df.columns = [c.strip() for c in df.columns]
     return df.apply(lambda col: col.str.strip())
+
+
+def short_lines(path):
+    """Line numbers of rows with fewer fields than the header: pandas fills them with "", which
+    would pass for empty cells. (Too many fields is a pandas ParserError already.)"""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        width = len(next(reader, []))
+        return [reader.line_num for row in reader if 0 < len(row) < width]
 
 
 def check_columns(df, path, required):

@@ -84,6 +84,21 @@ def to_input(u8, views, index, channels_last=False):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+@torch.no_grad()
+def predict_views(model, u8, vidx, device, batch):
+    """(N, 8, D) outputs of every view of every image; u8 (N, S, S, 3) on `device`."""
+    model.eval()
+    cuda = device.type == "cuda"
+    outs = []
+    for chunk in u8.split(max(batch // 8, 1)):
+        n = len(chunk)
+        x = to_input(chunk.repeat_interleave(8, 0), torch.arange(8, device=device).repeat(n),
+                              vidx, channels_last=cuda)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            outs.append(model(x).float().view(n, 8, -1))
+    return torch.cat(outs)
+
+
 def shuffle_tiles(x, perms):
     """Jigsaw: cut the top-left 3t x 3t square (t = S // 3) into 3x3 tiles and put tile
     perms[b, i] at position i. When S is not a multiple of 3 the last S mod 3 rows and columns
@@ -442,13 +457,16 @@ def status(work):
     print(pd.DataFrame(rows).to_string(index=False))
 
 
-def cv_plot(runs_dir):
-    """Per task: held-out era RMSE per epoch, one line per fold (the recipe's favourite)."""
+def cv_plot(runs_dir, out_dir=None):
+    """Per task: held-out era RMSE per epoch, one line per fold (the recipe's favourite).
+    Writes cv_<task>.png into out_dir (default: runs_dir); returns their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
     runs_dir = Path(runs_dir)
+    out_dir = Path(out_dir or runs_dir)
+    written = []
     for task in common.TASKS:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         drawn = 0
@@ -466,10 +484,11 @@ def cv_plot(runs_dir):
         ax.set(xlabel="epoch", title=f"{task}: held-out per epoch")
         ax.legend()
         fig.tight_layout()
-        with common.atomic_path(runs_dir / f"cv_{task}.png") as tmp:
+        with common.atomic_path(out_dir / f"cv_{task}.png") as tmp:
             fig.savefig(tmp, format="png", dpi=90)
         plt.close(fig)
-        print(f"wrote {runs_dir / f'cv_{task}.png'}")
+        written.append(out_dir / f"cv_{task}.png")
+    return written
 
 
 def main():
@@ -486,7 +505,9 @@ def main():
     if args.command == "status":
         return status(args.work)
     if args.command == "cv-plot":
-        return cv_plot(args.runs)
+        for path in cv_plot(args.runs):
+            print(f"wrote {path}")
+        return
     if not common.ID_RE.match(args.id):
         common.fail(f"--id {args.id!r}: not an object_id (20 lowercase hex characters)")
     views_png(args.store, args.id)

@@ -1,0 +1,127 @@
+"""Stage 07: the validated submission and the report a user opens first after a run.
+
+Reads DATA/test.csv (and the sample submission when present), WORK/06_stack, and for the report
+WORK/03_jigsaw, WORK/04_finetune and every stage's provenance.json. Writes WORK/07_submit/:
+  submission.csv    one column `target`, one row per test.csv row, in test.csv order
+  report.md         what ran, how long, how well; with the pictures below beside it
+  jigsaw_loss.png, cv_<task>.png, importance.png, confusion.png, provenance.json, DONE
+
+    python 07_submit.py --data DATA --work work --out work/07_submit
+
+The submission is checked before it is written (every test id present once, every value finite
+and within [0, 3], the sample submission's columns and length when there is one): a malformed
+result is an error, never a file.
+"""
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import common
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--data", required=True, help="raw-data directory (test.csv, sample submission)")
+p.add_argument("--work", required=True, help="WORK: the upstream stages' directories")
+p.add_argument("--out", required=True, help="this stage's directory")
+
+
+def submission(data, stack_dir):
+    test = common.load_test(data)
+    pred = pd.read_csv(Path(stack_dir) / "test.csv", dtype={"object_id": str}).set_index("object_id")["final"]
+    missing = test.loc[~test["object_id"].isin(pred.index), "object_id"]
+    if len(missing):
+        raise common.DataError(f"{stack_dir}/test.csv: no prediction for {common.show_ids(missing)}")
+    values = pred.loc[test["object_id"]].to_numpy(dtype=float)
+    bad = test.loc[~np.isfinite(values) | (values < 0) | (values > 3), "object_id"]
+    if len(bad):
+        raise common.DataError(f"{stack_dir}/test.csv: predictions not finite or outside [0, 3] for {common.show_ids(bad)}")
+    sub = pd.DataFrame({"target": values})
+    for name in common.SAMPLE_SUBMISSIONS:
+        sample = Path(data) / name
+        if sample.exists():
+            ref = common.read_raw_csv(sample)
+            if list(ref.columns) != list(sub.columns) or len(ref) != len(sub):
+                raise common.DataError(f"{sample}: the submission has {list(sub.columns)} x {len(sub)}, "
+                                       f"the sample {list(ref.columns)} x {len(ref)}")
+    return sub
+
+
+def stage_times(work):
+    rows = []
+    for prov in sorted(Path(work).glob("*/provenance.json")) + sorted(Path(work).glob("*/*/provenance.json")):
+        info = json.loads(prov.read_text())
+        rows.append((str(prov.parent.relative_to(work)), info.get("wall_seconds", float("nan")),
+                     info.get("git_revision", "")))
+    return pd.DataFrame(rows, columns=["stage", "wall_s", "revision"])
+
+
+def markdown(df, floatfmt="{:.4f}"):
+    cells = [[floatfmt.format(v) if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "".join("| " + " | ".join(r) + " |\n" for r in cells)
+
+
+def report(args, out, sub):
+    import training     # torch: only for the CV plots helper
+    work = Path(args.work)
+    pictures = []
+    if (work / "03_jigsaw" / "loss.png").exists():
+        shutil.copyfile(work / "03_jigsaw" / "loss.png", out / "jigsaw_loss.png")
+        pictures.append(("Jigsaw pretraining: loss and tile accuracy (train, held-out photos)", "jigsaw_loss.png"))
+    for path in training.cv_plot(work / "04_finetune", out):
+        pictures.append((f"Fine-tune: held-out per epoch, {path.stem[3:]}", path.name))
+    for name, title in (("importance.png", "Stacking: feature importance"), ("confusion.png", "Out-of-fold confusion")):
+        if (work / "06_stack" / name).exists():
+            shutil.copyfile(work / "06_stack" / name, out / name)
+            pictures.append((title, name))
+
+    cv = pd.read_csv(work / "06_stack" / "cv.csv", dtype={"fold": str})
+    params = json.loads((work / "06_stack" / "params.json").read_text())
+    runs = []
+    for task in common.TASKS:
+        for fold in common.FOLDS:
+            ev = work / "04_finetune" / common.run_name(task, fold) / "eval.csv"
+            if ev.exists():
+                last = pd.read_csv(ev).iloc[-1]
+                runs.append({"task": task, "fold": fold, "epoch": int(last["epoch"]), "split": last["split"],
+                             "loss": float(last["loss"]), "era_rmse": float(last["rmse"])})
+    profile = json.loads((work / "03_jigsaw" / "provenance.json").read_text())["config"].get("profile", "?") \
+        if (work / "03_jigsaw" / "provenance.json").exists() else "?"
+    text = [f"# Run report\n",
+            f"- data: `{args.data}`; profile: `{profile}`; revision: `{common.git_revision()}`",
+            f"- submission: `submission.csv`, {len(sub)} rows, mean {sub['target'].mean():.3f}, "
+            f"min {sub['target'].min():.3f}, max {sub['target'].max():.3f}",
+            f"- stacking mode `{params['mode']}`, post-processing `{params['post']}`: ratio {params['ratio']}, "
+            f"threshold {params['threshold']}; best iterations {params['best_iterations']}\n",
+            "## Cross-validation (RMSE on the era, out-of-fold)\n",
+            "Columns: constant train mean; each network's TTA mean; the LightGBM stack in both modes; "
+            "the submission's final prediction (nested-tuned post-processing); the recipe's 0.5/0.94.\n",
+            markdown(cv), "## Fine-tune runs, last epoch\n",
+            markdown(pd.DataFrame(runs)) if runs else "(none)\n",
+            "## Stage wall times\n", markdown(stage_times(work), "{:.1f}"), "## Pictures\n"]
+    text += [f"### {title}\n\n![{title}]({name})\n" for title, name in pictures]
+    common.write_text(out / "report.md", "\n".join(text))
+
+
+def main():
+    args = p.parse_args()
+    started = time.time()
+    out = common.start_stage(args.out)
+    try:
+        sub = submission(args.data, Path(args.work) / "06_stack")
+    except common.DataError as e:
+        common.fail(str(e))
+    common.write_csv(out / "submission.csv", sub, float_format="%.6f")
+    report(args, out, sub)
+    common.write_provenance(out, vars(args), started)
+    common.mark_done(out)
+    print(f"[07] {out / 'submission.csv'}: {len(sub)} rows; report {out / 'report.md'} "
+          f"[{time.time() - started:.1f}s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
