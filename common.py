@@ -216,10 +216,18 @@ def read_raw_csv(path):
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (not even a header)")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (ValueError, OSError) as e:     # ParserError, EmptyDataError, UnicodeDecodeError, a dir
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text: line {line} has {raw[e.start:e.end]!r}") from e
+    except OSError as e:                   # a directory, no permission
+        raise DataError(f"{path}: unreadable ({e.strerror})") from e
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except ValueError as e:                # ParserError, EmptyDataError
         raise DataError(f"{path}: cannot be parsed as CSV ({e})") from e
-    short = short_lines(path)
+    short = short_lines(text)
     if short:
         lines = ", ".join(map(str, short[:5])) + (" ..." if len(short) > 5 else "")
         raise DataError(f"{path}: fewer fields than the header on line(s) {lines}")
@@ -227,15 +235,14 @@ def read_raw_csv(path):
     return df.apply(lambda col: col.str.strip())
 
 
-def short_lines(path):
+def short_lines(text):
     """Line numbers of rows with fewer fields than the header: pandas fills them with "", which
     would pass for empty cells. (Too many fields is a pandas ParserError already.)"""
     import csv
 
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        width = len(next(reader, []))
-        return [reader.line_num for row in reader if 0 < len(row) < width]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    width = len(next(reader, []))
+    return [reader.line_num for row in reader if 0 < len(row) < width]
 
 
 def check_columns(df, path, required):

@@ -1,0 +1,102 @@
+"""Shared fixtures: the repository, a `make` that runs the real Makefile, small generated raw data,
+and the real data copy when it is present.
+
+Tests drive stages through `make <target>` (never `make all`, which grows to train networks), each
+with its own temporary WORK, so they exercise exactly what a user runs:
+
+    def test_x(make, demo_data, tmp_path):
+        p = make("folds", work=tmp_path / "work", data=demo_data)
+        assert (tmp_path / "work/01_sgkfold/DONE").exists()
+"""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))           # `import common` in tests, as the stage scripts do
+DEMO_SIZE = dict(train=128, test=48)   # 96 train rows cannot be cut to --align 64 train sides
+REAL_DATA_ENV = "ATMA11_DATA"           # where the real competition files are, if not beside us
+# Make variables a user may have exported; tests pin what they need and never inherit the rest.
+MAKE_ENV_DROP = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS",
+                 "DATA", "WORK", "GPUS", "PROFILE", "FOLD", "TASK")
+
+
+def run_make(*args, work, data, check=True, env=None, timeout=600, **variables):
+    """Run `make -C REPO ARGS WORK=work DATA=data [VAR=value ...]`; return the CompletedProcess.
+
+    Output is captured (text). With check=True a non-zero exit fails the test and shows both
+    streams. `env` adds to a clean copy of os.environ (no inherited MAKEFLAGS or Make variables).
+    """
+    full_env = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
+    full_env.update(env or {})
+    cmd = ["make", "-C", str(REPO), "--no-print-directory", *map(str, args),
+           f"WORK={work}", f"DATA={data}", *(f"{k}={v}" for k, v in variables.items())]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    if check and p.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout}\n"
+                    f"--- stderr\n{p.stderr}", pytrace=False)
+    return p
+
+
+def load_script(filename):
+    """Import a stage script (01_sgkfold.py is no valid module name) without running its main()."""
+    spec = importlib.util.spec_from_file_location(Path(filename).stem.lstrip("0123456789_"),
+                                                  REPO / filename)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def generate_demo(out, **options):
+    """Run 00_demo_data.py --out OUT [--train N --test N --seed S ...]; return OUT. Without
+    options: the script's defaults, i.e. what `make demo` makes."""
+    flags = [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    subprocess.run([sys.executable, str(REPO / "00_demo_data.py"), "--out", str(out), *flags],
+                   check=True, capture_output=True, text=True, timeout=300)
+    return Path(out)
+
+
+@pytest.fixture(scope="session")
+def repo():
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def make():
+    """The `run_make` helper: make(*targets, work=..., data=..., check=True, **MAKE_VARS)."""
+    return run_make
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """A small generated raw-data directory (session-wide; treat as read-only, copy to modify)."""
+    return generate_demo(tmp_path_factory.mktemp("demo") / "raw", **DEMO_SIZE)
+
+
+@pytest.fixture(scope="session")
+def demo_folds(demo_data, tmp_path_factory):
+    """A WORK in which `make folds` ran on demo_data (session-wide; read-only: copy it to extend)."""
+    work = tmp_path_factory.mktemp("demo_folds") / "work"
+    run_make("folds", work=work, data=demo_data, env={"PYTHONHASHSEED": "1"})
+    return work
+
+
+@pytest.fixture
+def demo_copy(demo_data, tmp_path):
+    """A private, writable copy of the demo raw data, for tests that corrupt or edit it."""
+    return Path(shutil.copytree(demo_data, tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """The real competition files: $ATMA11_DATA, else ../shared/atmacup11 beside the checkout."""
+    path = Path(os.environ.get(REAL_DATA_ENV) or REPO.parent / "shared" / "atmacup11")
+    if not (path / "train.csv").is_file():
+        pytest.skip(f"real data absent: no train.csv in {path} (set {REAL_DATA_ENV}=DIR to the "
+                    f"competition files to run this test)")
+    return path
