@@ -47,7 +47,7 @@ p.add_argument("--seed", type=int, default=42, help="word2vec seed")
 p.add_argument("--w2v-epochs", type=int, default=100, help="the recipe's 100 epochs")
 
 
-def split_folds(train, align):
+def split_folds(train, align, where="train.csv"):
     """[(train_idx, test_idx, oof_idx)] per fold, positions into `train` (file order).
 
     oof_idx is the test side before the moves: each train row is in exactly one fold's
@@ -59,6 +59,9 @@ def split_folds(train, align):
     folds = []
     for tr, te in sgkf.split(np.zeros(len(y)), y, groups):
         tr, moved = list(tr), []
+        if len(tr) < align:
+            common.fail(f"{where}: fold {len(folds)}'s train side has {len(tr)} rows, fewer than "
+                        f"--align {align} ({len(y)} train rows in all); it needs more data, or --align 1")
         while len(tr) % align:
             share = np.bincount(y[tr], minlength=common.N_CLASSES) / len(tr)
             series_count = pd.Series(groups[tr]).value_counts()
@@ -67,7 +70,8 @@ def split_folds(train, align):
                 if lone:
                     break
             else:
-                common.fail(f"fold {len(folds)}: no single-row series left to move for --align {align}")
+                common.fail(f"{where}: fold {len(folds)} has {len(tr)} train rows and no single-row series "
+                            f"left to move to reach a multiple of --align {align}; use --align 1")
             tr.remove(lone[-1])
             moved.append(train["object_id"].iat[lone[-1]])
         moved_idx = np.flatnonzero(train["object_id"].isin(moved))
@@ -129,7 +133,7 @@ def main():
     if train["art_series_id"].nunique() < N_SPLITS:
         common.fail(f"{Path(args.data) / 'train.csv'}: {N_SPLITS} folds need at least {N_SPLITS} series")
 
-    folds = split_folds(train, args.align)
+    folds = split_folds(train, args.align, Path(args.data) / "train.csv")
     try:
         check_folds(train, folds, args.align)
     except RuntimeError as e:

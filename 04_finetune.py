@@ -43,6 +43,7 @@ BETAS = (0.5, 0.999)   # the recipe's Adam betas
 SEED = 0               # init of the new head; epoch RNGs derive from it too
 LOG_EVERY = 10         # steps between loss.csv rows
 EVAL_POLL = 1.0        # seconds between the evaluator's looks for a new checkpoint
+EVAL_GIVE_UP = 120.0   # seconds a checkpoint may stay unreadable before the evaluator fails
 EVAL_TRAIN_ROWS = 1024 # fold `all`: train rows the evaluator scores (it has no held-out side)
 TRAINABLE_WHEN_FROZEN = ("layer3.", "layer4.", "fc.")   # the recipe's --freeze experiment
 
@@ -183,6 +184,7 @@ def evaluate(args, run_dir, dist):
     vidx = training.view_index(meta["size"]).to(device)
     model = training.build_model(args.arch, common.TASK_DIMS[args.task]).to(device)
     path = run_dir / "eval.csv"
+    unreadable = {}
     while True:
         rows = read_eval(path)
         todo = [e for e in range(1, args.epochs + 1) if e not in rows]
@@ -192,7 +194,15 @@ def evaluate(args, run_dir, dist):
         if not ckpt.exists():        # complete checkpoints only: a write in progress has a temp name
             time.sleep(EVAL_POLL)
             continue
-        model.load_state_dict(training.load_checkpoint(ckpt, device)["model"])
+        try:
+            state = training.load_checkpoint(ckpt, device)
+        except (RuntimeError, EOFError, OSError) as e:   # a writer that skipped the atomic rename
+            unreadable[ckpt] = unreadable.get(ckpt, 0) + 1
+            if unreadable[ckpt] * EVAL_POLL > EVAL_GIVE_UP:
+                common.fail(f"{ckpt}: unreadable for {EVAL_GIVE_UP:.0f}s ({e})")
+            time.sleep(EVAL_POLL)
+            continue
+        model.load_state_dict(state["model"])
         mean_out = training.predict_views(model, u8, vidx, device, args.batch).mean(1).cpu()
         loss = (per_sample_loss(args.task, args.loss, mean_out, y) * w).sum() / w.sum().clamp(min=1)
         pred = era_prediction(args.task, args.loss, mean_out, date_stats)

@@ -57,6 +57,9 @@ $(error $(WORK) holds a PROFILE=$(WORK_PROFILE) run; use PROFILE=$(WORK_PROFILE)
 endif
 endif
 endif
+ifneq ($(words $(DATA)) $(words $(WORK)),1 1)
+$(error DATA and WORK must be paths without spaces (DATA='$(DATA)' WORK='$(WORK)'))
+endif
 # Real data when DATA holds a train.csv; otherwise the generated demo set.
 RAW := $(if $(wildcard $(DATA)/train.csv),$(DATA),$(DIR_DEMO))
 RAW_STAMP := $(if $(wildcard $(DATA)/train.csv),$(DATA)/train.csv,$(DIR_DEMO)/DONE)
@@ -150,8 +153,8 @@ submit: stack $(DIR_SUB)/DONE ## WORK/07_submit/submission.csv, validated, and r
 report: submit ## the report, WORK/07_submit/report.md (written with the submission)
 
 # Entry points of the fan-out sub-makes (make finetune / make features call them with -j).
-finetune-runs: $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE)
-features-runs: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE)
+finetune-runs: $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE) ## (internal) the 16 fine-tune stamps; make finetune runs it with -j
+features-runs: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) ## (internal) the 16 feature stamps; make features runs it with -j
 
 views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
 	$(PY) training.py views --store $(DIR_HVR) --id $(ID)

@@ -403,11 +403,17 @@ def cmd_fingerprint(args):
     stamp = out / "source.txt"
     try:
         now = f"{data_fingerprint(args.data)}  {Path(args.data).resolve()}"
+    except FileNotFoundError as e:
+        fail(f"{e.filename}: missing file")
     except OSError as e:
         fail(f"{args.data}: {e}")
+    # Only finished work downstream of validation is worth protecting; a failed or merely
+    # validated WORK simply follows the corrected data.
+    built = [d for d in out.parent.glob("*/DONE") if d.parent.name not in ("00_validate", "00_demo_data")]
     if stamp.exists():
         before = stamp.read_text().split()[0]
-        if before == now.split()[0]:
+        if before == now.split()[0] or not built:
+            write_text(stamp, now + "\n") if before != now.split()[0] else None
             return
         fail(f"{out.parent} was built from other data (fingerprint {before[:12]}, now {now[:12]} "
              f"for {args.data}).\n  Use another WORK=..., or `make clean WORK={out.parent}` to start over.")

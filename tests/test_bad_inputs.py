@@ -50,10 +50,10 @@ the content is unchanged, write the same bytes as the clean data does.
 | sample_submission_rows    | sample_submission.csv one row short                   | rejected: expected vs found rows                              |
 | no_sample_submission      | sample_submission.csv deleted                         | tolerated (it is optional)                                    |
 | download_named_submission | named atmaCup#11_sample_submission.csv, one row short | rejected: names it (the download's name is read too)          |
-| too_few_rows_for_folds    | 20 train rows: no train side of 64                    | rejected by 01 (validation passes); xfail: 01 crashes now     |
+| too_few_rows_for_folds    | 20 train rows: no train side of 64                    | rejected by 01 (validation passes), naming train.csv and sizes |
 
 Not in the table: DATA without train.csv falls back to generated demo data and says so (DESIGN.md;
-tests/test_demo.py); the two known gaps at the end of this file are marked xfail.
+tests/test_demo.py); the two former gaps at the end of this file (now fixed) stay as regression tests.
 """
 import hashlib
 import io
@@ -424,10 +424,7 @@ CASES = [
     Case(sample_submission_rows, "rejected"),
     Case(no_sample_submission, "tolerated", same=ALL_OUTPUTS),
     Case(download_named_submission, "rejected"),
-    Case(too_few_rows_for_folds, "rejected by 01",
-         xfail="01_sgkfold.py moves single-row series until a train side is empty and crashes "
-               "(IndexError traceback); with multi-row series it says 'fold 0: no single-row series "
-               "left to move', naming neither train.csv nor the sizes; it should say both"),
+    Case(too_few_rows_for_folds, "rejected by 01"),
 ]
 
 
@@ -492,10 +489,7 @@ def test_every_case_is_documented():
     assert len(CASES) >= 15
 
 
-# ---- known gaps (xfail, strict: they fail loudly once fixed, so the marker goes) -------------------
-@pytest.mark.xfail(strict=True, reason="common.py cmd_fingerprint refuses a WORK whose validation "
-                   "never passed once the data changes ('built from other data'); it should refuse "
-                   "only when 00_validate/DONE exists, i.e. something was built from the old data")
+# ---- former gaps, kept as regression tests ------------------------------------------------------
 def test_fixing_the_data_and_rerunning_resumes(demo_copy, tmp_path):
     """A typo costs minutes: fix it, run the same command again, same WORK."""
     work, saved = tmp_path / "work", (demo_copy / "train.csv").read_bytes()
@@ -506,9 +500,6 @@ def test_fixing_the_data_and_rerunning_resumes(demo_copy, tmp_path):
     assert (work / "01_sgkfold/DONE").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="Makefile: $(wildcard $(DATA)/train.csv) splits a DATA path "
-                   "with a space, finds no train.csv and silently runs on demo data; it should stop "
-                   "with an error that DATA/WORK must not contain spaces")
 def test_data_path_with_a_space_is_not_silently_replaced(demo_data, tmp_path):
     data = tmp_path / "my data"
     shutil.copytree(demo_data, data)
