@@ -1,13 +1,15 @@
 """Stage 06: LightGBM stacking of the 8-view features, and the tuned post-processing.
 
-Reads WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet. Writes WORK/06_stack/:
+Reads WORK/00_validate/photos.csv, WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet.
+Writes WORK/06_stack/:
   cv.csv              per fold and overall: the constant mean, each single model, the stack in
                       both modes, and the final prediction after post-processing
   oof.csv, test.csv   out-of-fold and test predictions (stack per mode, final)
   params.json         mode, best iterations, post-processing ratio and threshold (and their CV)
   importance.png, confusion.png, provenance.json, DONE
 
-    python 06_stack.py --folds work/01_sgkfold --features work/05_features --out work/06_stack
+    python 06_stack.py --folds work/01_sgkfold --features work/05_features \
+        --photos work/00_validate/photos.csv --out work/06_stack
 
 Two modes, both always computed and reported; --mode picks the one the submission uses.
   seed: as the recipe: fold k's booster trains on fold k's *training-side* network outputs
@@ -49,14 +51,26 @@ p.add_argument("--folds", required=True, help="stage 01's directory")
 p.add_argument("--features", required=True, help="stage 05's directory")
 p.add_argument("--out", required=True, help="this stage's directory")
 p.add_argument("--mode", default="oof", choices=["seed", "oof"], help="which stack the submission uses")
+p.add_argument("--photos", default=None, help="00_validate/photos.csv: each photo's width and height")
+p.add_argument("--photo-size", default="off", choices=["on", "off"],
+               help="on: the photo's width, height and aspect join the stacking features (past the recipe)")
 p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="post-processing knobs: CV grid or 0.5/0.94")
 
 
-def features(feat_dir, fold, split):
-    """The 104-column table of one fold's 4 networks on one split, indexed by object_id."""
+def features(feat_dir, fold, split, extra=None):
+    """The 104-column table of one fold's 4 networks on one split, indexed by object_id, plus
+    the `extra` per-object columns (the photo's size) when given."""
     parts = [pd.read_parquet(Path(feat_dir) / common.run_name(t, fold) / f"{split}.parquet").set_index("object_id")
              for t in common.TASKS]
-    return pd.concat(parts, axis=1)
+    table = pd.concat(parts, axis=1)
+    return table if extra is None else table.join(extra, how="left")
+
+
+def photo_size(photos_csv):
+    """What a square resize throws away: the photo's width, height and aspect (DATA.md)."""
+    p = pd.read_csv(photos_csv, dtype={"object_id": str}).set_index("object_id")
+    return pd.DataFrame({"photo_width": p["width"], "photo_height": p["height"],
+                         "photo_aspect": p["width"] / p["height"]}, index=p.index)
 
 
 def rmse(a, b):
@@ -97,25 +111,25 @@ def tune_post(stack, target_tta, onehot_tta, y):
     return float(r), float(t), score
 
 
-def stack_seed(feat_dir, folds):
+def stack_seed(feat_dir, folds, extra):
     """The recipe: per fold, the booster learns on the network's own training-side outputs."""
     pred, iters, models = {}, [], {}
     for k in K:
-        X_tr = features(feat_dir, k, "train").loc[folds[k]["train"]["object_id"]]
-        X_va = features(feat_dir, k, "heldout").loc[folds[k]["test"]["object_id"]]
+        X_tr = features(feat_dir, k, "train", extra).loc[folds[k]["train"]["object_id"]]
+        X_va = features(feat_dir, k, "heldout", extra).loc[folds[k]["test"]["object_id"]]
         m = boost(X_tr, folds[k]["train"]["target"], X_va, folds[k]["test"]["target"])
         iters.append(m.best_iteration)
         pred[k] = pd.Series(m.predict(X_va, num_iteration=m.best_iteration), index=X_va.index)
         models[k] = m
-    X_all = features(feat_dir, "all", "train").loc[folds["all"]["train"]["object_id"]]
+    X_all = features(feat_dir, "all", "train", extra).loc[folds["all"]["train"]["object_id"]]
     final = boost(X_all, folds["all"]["train"]["target"], rounds=max(1, round(np.mean(iters))))
-    test = final.predict(features(feat_dir, "all", "test"))
+    test = final.predict(features(feat_dir, "all", "test", extra))
     return pred, test, iters, final
 
 
-def stack_oof(feat_dir, folds, oof_fold):
+def stack_oof(feat_dir, folds, oof_fold, extra):
     """Out-of-fold: the features of each train row come from the network that never saw it."""
-    X = pd.concat([features(feat_dir, k, "heldout").loc[oof_fold.index[oof_fold == k]] for k in K])
+    X = pd.concat([features(feat_dir, k, "heldout", extra).loc[oof_fold.index[oof_fold == k]] for k in K])
     X = X.loc[oof_fold.index]
     y = folds["all"]["train"].set_index("object_id")["target"].loc[X.index]
     pred, iters = {}, []
@@ -126,7 +140,7 @@ def stack_oof(feat_dir, folds, oof_fold):
         iters.append(m.best_iteration)
         pred[k] = pd.Series(m.predict(X.loc[held], num_iteration=m.best_iteration), index=held.to_numpy())
     final = boost(X, y, rounds=max(1, round(np.mean(iters))))
-    X_test = sum(features(feat_dir, k, "test") for k in K) / len(K)
+    X_test = sum(features(feat_dir, k, "test", extra) for k in K) / len(K)
     return pred, final.predict(X_test), iters, final
 
 
@@ -167,7 +181,10 @@ def main():
     train = folds["all"]["train"].set_index("object_id")
     y = train["target"]
 
-    modes = {"seed": stack_seed(args.features, folds), "oof": stack_oof(args.features, folds, oof_fold)}
+    if args.photo_size == "on" and not args.photos:
+        common.fail("--photo-size on needs --photos WORK/00_validate/photos.csv")
+    extra = photo_size(args.photos) if args.photo_size == "on" else None
+    modes = {"seed": stack_seed(args.features, folds, extra), "oof": stack_oof(args.features, folds, oof_fold, extra)}
     # Out-of-fold view of everything: row r from fold oof_fold[r], on that fold's held-out side.
     oof = pd.DataFrame(index=train.index)
     oof["target"] = y
@@ -221,7 +238,7 @@ def main():
     common.write_csv(out / "oof.csv", oof.reset_index(), float_format="%.6g")
     common.write_csv(out / "test.csv", test.reset_index(), float_format="%.6g")
     common.write_json(out / "params.json", {
-        "mode": args.mode, "post": args.post, "ratio": ratio, "threshold": threshold,
+        "mode": args.mode, "post": args.post, "photo_size": args.photo_size, "ratio": ratio, "threshold": threshold,
         "best_iterations": {m: [int(i) for i in v[2]] for m, v in modes.items()},
         "cv_overall": {c: float(cv.iloc[-1][c]) for c in columns},
     })

@@ -132,7 +132,8 @@ $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --runs $(DIR_FT) --out $(DIR_FEAT) --profile $(PROFILE)
 
 $(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE)
-	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --out $(DIR_STACK) $(STACK_ARGS)
+	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --photos $(DIR_VALID)/photos.csv \
+	  --out $(DIR_STACK) $(STACK_ARGS)
 
 $(DIR_SUB)/DONE: $(DIR_STACK)/DONE
 	$(PY) 07_submit.py --data $(RAW) --work $(WORK) --out $(DIR_SUB)
