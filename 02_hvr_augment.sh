@@ -73,7 +73,9 @@ if [ "$n_todo" -gt 0 ]; then
     sh -c 'mogrify -regard-warnings -path "$0" "$@" || exit 255
            n=0; for a; do case $a in *.jpg) n=$((n + 1)) ;; esac; done; echo "[02] +$n photos"' "$out/.rgb" \
     -colorspace sRGB "${geometry[@]}" -resize "${size}x${size}!" -depth 8 -format rgb 2>&1 \
-    | awk '/^\[02\]/ {n += $2; printf "[02] decoded %d/%d\n", n, '"$n_todo"'; fflush(); next} {print; fflush()}'
+    | awk '/^\[02\]/ {n += $2; printf "[02] decoded %d/%d\n", n, '"$n_todo"'; fflush(); next} {print; fflush()}' \
+    || { echo "error: ImageMagick could not decode the photo(s) named above (corrupt pixel data);" \
+              "replace them, then run the same command again: finished photos are kept" >&2; exit 1; }
 fi
 
 # Pack into one array, written to a temporary name and renamed; DONE last.

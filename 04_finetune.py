@@ -220,6 +220,7 @@ def read_eval(path):
 
 def run(args, run_dir, dist):
     """Training here, the evaluator in a second process; DONE when both succeeded."""
+    started = time.time()
     evaluator = None
     if dist.main:
         lock = open(run_dir / ".running", "w")     # `make status`: held while this run is alive
@@ -228,6 +229,10 @@ def run(args, run_dir, dist):
         argv = [a for a in sys.argv[1:] if a not in ("--role", "run")]
         env = dict(os.environ, TORCH_THREADS="1", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
         evaluator = subprocess.Popen([sys.executable, __file__, *argv, "--role", "evaluate"], env=env)
+        if dist.device.type == "cpu" and torch.get_num_threads() > 1:
+            # The evaluator's core is its own: two processes whose thread pools overlap on the
+            # same cores stall each other's barriers (measured here: training fell ~10x).
+            torch.set_num_threads(torch.get_num_threads() - 1)
     try:
         config = train(args, run_dir, dist)
     except BaseException:
@@ -244,11 +249,8 @@ def run(args, run_dir, dist):
         common.fail(f"{run_dir}: the evaluator failed (exit {evaluator.returncode}); "
                     f"training is complete: rerun to evaluate the missing epochs")
     training.plot_curves(run_dir / "loss.png", run_dir / "loss.csv", ["loss"], f"{run_dir.name}: training loss")
-    common.write_provenance(run_dir, config, STARTED)
+    common.write_provenance(run_dir, config, started)
     common.mark_done(run_dir)
-
-
-STARTED = time.time()
 
 
 def main():
@@ -259,13 +261,10 @@ def main():
     if args.role == "evaluate":
         run_dir.mkdir(parents=True, exist_ok=True)
         evaluate(args, run_dir, dist)
-    elif args.role == "train":
-        common.start_stage(run_dir) if dist.main else None
-        train(args, run_dir, dist)
     else:
         if dist.main:
             common.start_stage(run_dir)
-        run(args, run_dir, dist)
+        (train if args.role == "train" else run)(args, run_dir, dist)
     dist.close()
 
 

@@ -1,15 +1,17 @@
 """Stage 06: LightGBM stacking of the 8-view features, and the tuned post-processing.
 
-Reads WORK/00_validate/photos.csv, WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet.
+Reads WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet (and for --photo-features,
+WORK/00_validate/photos.csv and WORK/02_hvr).
 Writes WORK/06_stack/:
-  cv.csv              per fold and overall: the constant mean, each single model, the stack in
-                      both modes, and the final prediction after post-processing
+  cv.csv              per fold and overall: the constant mean, (with --photo-features) the same
+                      booster on the photo columns alone, each single network, the stack in both
+                      modes, and the final prediction after post-processing
   oof.csv, test.csv   out-of-fold and test predictions (stack per mode, final)
   params.json         mode, best iterations, post-processing ratio and threshold (and their CV)
   importance.png, confusion.png, provenance.json, DONE
 
     python 06_stack.py --folds work/01_sgkfold --features work/05_features \
-        --photos work/00_validate/photos.csv --out work/06_stack
+        --photos work/00_validate/photos.csv --hvr work/02_hvr --out work/06_stack
 
 Two modes, both always computed and reported; --mode picks the one the submission uses.
   seed: as the recipe: fold k's booster trains on fold k's *training-side* network outputs
@@ -52,8 +54,9 @@ p.add_argument("--features", required=True, help="stage 05's directory")
 p.add_argument("--out", required=True, help="this stage's directory")
 p.add_argument("--mode", default="oof", choices=["seed", "oof"], help="which stack the submission uses")
 p.add_argument("--photos", default=None, help="00_validate/photos.csv: each photo's width and height")
-p.add_argument("--photo-size", default="off", choices=["on", "off"],
-               help="on: the photo's width, height and aspect join the stacking features (past the recipe)")
+p.add_argument("--hvr", default=None, help="02's image store (for --photo-features all)")
+p.add_argument("--photo-features", default="off", choices=["off", "size", "all"],
+               help="past the recipe: the photo's size (size), and colour/texture statistics (all)")
 p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="post-processing knobs: CV grid or 0.5/0.94")
 
 
@@ -66,11 +69,29 @@ def features(feat_dir, fold, split, extra=None):
     return table if extra is None else table.join(extra, how="left")
 
 
-def photo_size(photos_csv):
-    """What a square resize throws away: the photo's width, height and aspect (DATA.md)."""
+def photo_features(kind, photos_csv, store_dir):
+    """Per-object columns a square resize hides from the networks (DATA.md): `size` = the
+    photo's width, height and aspect; `all` adds colour and texture statistics of the stored
+    image: RGB means and spreads, saturation, brightness and mean edge strength."""
     p = pd.read_csv(photos_csv, dtype={"object_id": str}).set_index("object_id")
-    return pd.DataFrame({"photo_width": p["width"], "photo_height": p["height"],
-                         "photo_aspect": p["width"] / p["height"]}, index=p.index)
+    table = pd.DataFrame({"photo_width": p["width"], "photo_height": p["height"],
+                          "photo_aspect": p["width"] / p["height"]}, index=p.index)
+    if kind == "all":
+        images = np.load(Path(store_dir) / "images.npy", mmap_mode="r")
+        ids = (Path(store_dir) / "ids.txt").read_text().split()
+        rows = []
+        for start in range(0, len(ids), 1024):    # in chunks: the 224 px store is 1.5 GB
+            x = np.asarray(images[start:start + 1024], dtype=np.float32) / 255
+            hi, lo = x.max(-1), x.min(-1)
+            sat = (hi - lo) / np.maximum(hi, 1e-6)
+            grey = x.mean(-1)
+            edge = np.abs(np.diff(grey, axis=1)).mean((1, 2)) + np.abs(np.diff(grey, axis=2)).mean((1, 2))
+            rows.append(np.column_stack([x.mean((1, 2)), x.std((1, 2)), sat.mean((1, 2)), sat.std((1, 2)),
+                                         hi.mean((1, 2)), edge]))
+        names = ["r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std", "sat_mean", "sat_std",
+                 "value_mean", "edge"]
+        table = table.join(pd.DataFrame(np.concatenate(rows), index=ids, columns=[f"photo_{n}" for n in names]))
+    return table
 
 
 def rmse(a, b):
@@ -130,7 +151,13 @@ def stack_seed(feat_dir, folds, extra):
 def stack_oof(feat_dir, folds, oof_fold, extra):
     """Out-of-fold: the features of each train row come from the network that never saw it."""
     X = pd.concat([features(feat_dir, k, "heldout", extra).loc[oof_fold.index[oof_fold == k]] for k in K])
-    X = X.loc[oof_fold.index]
+    X_test = sum(features(feat_dir, k, "test", extra) for k in K) / len(K)
+    return cross_validate(X.loc[oof_fold.index], X_test, folds, oof_fold)
+
+
+def cross_validate(X, X_test, folds, oof_fold):
+    """Boosters over the folds (fit on the other folds' rows, early-stopped on this fold's held-
+    out side), then one on every row with their mean best iteration, which predicts X_test."""
     y = folds["all"]["train"].set_index("object_id")["target"].loc[X.index]
     pred, iters = {}, []
     for k in K:
@@ -140,7 +167,6 @@ def stack_oof(feat_dir, folds, oof_fold, extra):
         iters.append(m.best_iteration)
         pred[k] = pd.Series(m.predict(X.loc[held], num_iteration=m.best_iteration), index=held.to_numpy())
     final = boost(X, y, rounds=max(1, round(np.mean(iters))))
-    X_test = sum(features(feat_dir, k, "test", extra) for k in K) / len(K)
     return pred, final.predict(X_test), iters, final
 
 
@@ -181,10 +207,13 @@ def main():
     train = folds["all"]["train"].set_index("object_id")
     y = train["target"]
 
-    if args.photo_size == "on" and not args.photos:
-        common.fail("--photo-size on needs --photos WORK/00_validate/photos.csv")
-    extra = photo_size(args.photos) if args.photo_size == "on" else None
+    if args.photo_features != "off" and not (args.photos and args.hvr):
+        common.fail("--photo-features needs --photos WORK/00_validate/photos.csv and --hvr WORK/02_hvr")
+    extra = photo_features(args.photo_features, args.photos, args.hvr) if args.photo_features != "off" else None
     modes = {"seed": stack_seed(args.features, folds, extra), "oof": stack_oof(args.features, folds, oof_fold, extra)}
+    if extra is not None:   # the reference point: the same booster on the photo columns alone
+        photo_only = cross_validate(extra.loc[oof_fold.index], extra.loc[folds["all"]["test"]["object_id"]],
+                                    folds, oof_fold)
     # Out-of-fold view of everything: row r from fold oof_fold[r], on that fold's held-out side.
     oof = pd.DataFrame(index=train.index)
     oof["target"] = y
@@ -202,6 +231,8 @@ def main():
         oof[name + "_model"] = pd.concat(parts)
     for mode, (pred, *_rest) in modes.items():
         oof[f"stack_{mode}"] = pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
+    if extra is not None:
+        oof["photo_only"] = pd.concat([photo_only[0][k].loc[oof_fold.index[oof_fold == k]] for k in K])
 
     stack = oof[f"stack_{args.mode}"].to_numpy()
     tta, hot = oof["target_tta"].to_numpy(), oof[[f"onehot_{c}" for c in range(4)]].to_numpy()
@@ -227,8 +258,8 @@ def main():
 
     for k in K:     # the baseline: each fold's train-side mean era, as a constant
         oof.loc[oof["fold"] == k, "const_mean"] = y[oof["fold"] != k].mean()
-    columns = ["const_mean", *[f"{n}_model" for n in singles], "stack_seed", "stack_oof",
-               "final", "final_recipe_post"]
+    columns = ["const_mean", *(["photo_only"] if extra is not None else []), *[f"{n}_model" for n in singles],
+               "stack_seed", "stack_oof", "final", "final_recipe_post"]
     rows = []
     for k in (*K, "overall"):
         part = oof if k == "overall" else oof[oof["fold"] == k]
@@ -238,7 +269,7 @@ def main():
     common.write_csv(out / "oof.csv", oof.reset_index(), float_format="%.6g")
     common.write_csv(out / "test.csv", test.reset_index(), float_format="%.6g")
     common.write_json(out / "params.json", {
-        "mode": args.mode, "post": args.post, "photo_size": args.photo_size, "ratio": ratio, "threshold": threshold,
+        "mode": args.mode, "post": args.post, "photo_features": args.photo_features, "ratio": ratio, "threshold": threshold,
         "best_iterations": {m: [int(i) for i in v[2]] for m, v in modes.items()},
         "cv_overall": {c: float(cv.iloc[-1][c]) for c in columns},
     })

@@ -44,7 +44,7 @@ NJOBS := $(if $(GPUS),$(NGPUS),1)
 # One process, or torchrun across every listed GPU (DDP) for the single pretext job.
 LAUNCH := $(if $(filter-out 0 1,$(NGPUS)),CUDA_VISIBLE_DEVICES=$(GPUS) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPUS),CUDA_VISIBLE_DEVICES=$(GPUS) $(PY))
 # The fine-tunes: Make runs NGPUS at a time (-j); each holds one free GPU (common.py on-gpu).
-ON_GPU := $(PY) common.py on-gpu --gpus '$(GPUS)' --locks $(WORK)/.gpu_locks --
+ON_GPU := $(if $(GPUS),$(PY) common.py on-gpu --gpus '$(GPUS)' --locks $(WORK)/.gpu_locks --,CUDA_VISIBLE_DEVICES=)
 task_of = $(word 1,$(subst _, ,$(1)))
 fold_of = $(word 2,$(subst _, ,$(1)))
 PIPELINE_GOALS := all hvr jigsaw finetune fold features stack submit report
@@ -133,7 +133,7 @@ $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE
 
 $(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE)
 	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --photos $(DIR_VALID)/photos.csv \
-	  --out $(DIR_STACK) $(STACK_ARGS)
+	  --hvr $(DIR_HVR) --out $(DIR_STACK) $(STACK_ARGS)
 
 $(DIR_SUB)/DONE: $(DIR_STACK)/DONE
 	$(PY) 07_submit.py --data $(RAW) --work $(WORK) --out $(DIR_SUB)

@@ -75,12 +75,22 @@ def apply_views(x, views, index):
     return x.reshape(b, c, s * s).gather(2, idx).view(b, c, s, s)
 
 
+_NORMALISERS = {}
+
+
+def normaliser(device):
+    """(scale, shift) with x * scale + shift == (x / 255 - mean) / std; made once per device."""
+    if device not in _NORMALISERS:
+        mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+        _NORMALISERS[device] = ((1 / (255 * std)).to(device), (-mean / std).to(device))
+    return _NORMALISERS[device]
+
+
 def to_input(u8, views, index, channels_last=False):
     """uint8 (B, S, S, 3) on the device -> normalised float views (B, 3, S, S)."""
-    x = u8.permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    x = apply_views((x - mean) / std, views, index)
+    x = u8.permute(0, 3, 1, 2).float()
+    scale, shift = normaliser(x.device)
+    x = apply_views(x * scale + shift, views, index)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -267,7 +277,7 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
                 "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, list))}}
 
     for epoch in range(start_epoch, config["epochs"] + 1):
-        plan = epoch_plan(epoch, epoch_generator(config["seed"], epoch))
+        plan = epoch_plan(epoch, epoch_generator(config["seed"], epoch)).to(device)   # one copy per epoch
         batches = math.ceil(len(plan) / config["batch"])
         for group in optim.param_groups:
             group["lr"] = config["lr"] * 0.5 ** (epoch - 1)
@@ -275,30 +285,31 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
         first = start_step if epoch == start_epoch else 0
         bar = progress(range(first, batches), dist, desc=f"{run_dir.name} e{epoch}", total=batches,
                        initial=first)
-        acc, seen, t_log = {}, 0, time.time()
+        acc, seen, n_local, t_log = {}, 0, 0, time.time()
         for step in bar:
             rows = plan[step * config["batch"]:(step + 1) * config["batch"]]
             global_n = len(rows)
             rows = rows[rank::world]
-            loss_sum, stats = batch_loss(net, rows.to(device, non_blocking=True))
+            loss_sum, stats = batch_loss(net, rows)
             optim.zero_grad(set_to_none=True)
             (loss_sum * world / global_n).backward()
             optim.step()
             gstep += 1
             seen += global_n
-            for k, v in {"loss": loss_sum.detach(), "n": torch.tensor(float(len(rows)), device=device), **stats}.items():
+            n_local += len(rows)
+            for k, v in {"loss": loss_sum, **stats}.items():      # summed on the device: no sync
                 acc[k] = acc.get(k, 0) + v.detach().float()
             last = step + 1 == batches
             if (step + 1) % config["log_every"] == 0 or last:
                 figures = {k: v.item() for k, v in acc.items()}     # the only host sync: log interval
-                n = max(figures.pop("n"), 1.0)
+                n = max(n_local, 1)
                 rate = seen / max(time.time() - t_log, 1e-9)
                 row = {"step": gstep, "epoch": epoch, "loss": figures.pop("loss") / n,
                        **{k: v / n for k, v in figures.items()}, "images_per_s": rate * 1.0}
                 if dist.main:
                     append_log(log_path, row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}", refresh=False)
-                acc, seen, t_log = {}, 0, time.time()
+                acc, seen, n_local, t_log = {}, 0, 0, time.time()
             if dist.main and not last and (step + 1) % config["ckpt_every"] == 0:
                 save_checkpoint(run_dir / common.ckpt_name(epoch, step + 1), state_dict(epoch, step + 1))
                 prune_mid_epoch(run_dir, keep=(epoch, step + 1))

@@ -85,6 +85,21 @@ def test_make_views_writes_the_strip(make, demo_data, tmp_path):
     assert bad.returncode != 0 and "not an object_id" in bad.stderr
 
 
+def test_corrupt_pixel_data_fails_02_naming_the_photo(make, demo_copy, tmp_path):
+    """Headers and end markers intact (validation passes), the entropy-coded data garbled."""
+    oid = pd.read_csv(demo_copy / "train.csv")["object_id"][3]
+    photo = demo_copy / "photos" / f"{oid}.jpg"
+    data = bytearray(photo.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 200] = bytes((b ^ 0x5A) if i % 7 else 0xFF for i, b in enumerate(data[middle:middle + 200]))
+    photo.write_bytes(bytes(data))
+    work = tmp_path / "work"
+    make("validate", work=work, data=demo_copy, PROFILE="smoke")
+    p = make("hvr", work=work, data=demo_copy, PROFILE="smoke", check=False)
+    assert p.returncode != 0 and f"{oid}.jpg" in p.stdout + p.stderr and "could not decode" in p.stderr
+    assert not (work / "02_hvr" / "DONE").exists() and not (work / "02_hvr" / "images.npy").exists()
+
+
 def test_jigsaw_tiles_are_a_permutation():
     x = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
     g = torch.Generator().manual_seed(0)
@@ -197,6 +212,8 @@ def test_make_fans_finetunes_out_one_per_gpu(make, demo_data, tmp_path):
     assert "-j4 finetune-runs" in p.stdout
     p = make("-n", "finetune-runs", work=tmp_path, data=demo_data, GPUS="0,1,2,3", PROFILE="smoke", check=False)
     assert p.stdout.count("on-gpu --gpus '0,1,2,3'") == 16
+    p = make("-n", "finetune-runs", work=tmp_path, data=demo_data, PROFILE="smoke", check=False)
+    assert p.stdout.count("CUDA_VISIBLE_DEVICES= .venv/bin/python 04_finetune.py") == 16    # GPUS empty: CPU
     p = make("-n", "jigsaw", work=tmp_path, data=demo_data, GPUS="0,1", PROFILE="smoke", check=False)
     assert "torchrun --standalone --nproc_per_node=2" in p.stdout
 
@@ -279,3 +296,27 @@ def test_torchrun_two_ranks_matches_one_process(smoke_run, tmp_path):
         w1, w2 = weights(d1 / "ckpt_e001.pt"), weights(d2 / "ckpt_e001.pt")
         gap = relative_gap(w1, w2)
         assert 0 <= gap < 2e-2, (name, gap)
+
+
+@pytest.mark.parametrize("arch", training.ARCHS)
+def test_every_arch_takes_the_pretext_backbone(arch, tmp_path):
+    """--arch resnet34 | resnet18 | efficientnet_b0: random init, the jigsaw body carries over,
+    the head is the task's own size; --freeze leaves only layer3, layer4 and the head trainable."""
+    from conftest import load_script
+    finetune = load_script("04_finetune.py")
+    torch.manual_seed(0)
+    pretext = training.build_model(arch, 81)
+    task = training.build_model(arch, 4)
+    training.load_backbone(task, pretext.state_dict())
+    prefix, _ = training.head(task)
+    for name, value in task.state_dict().items():
+        if not name.startswith(prefix):
+            assert torch.equal(value, pretext.state_dict()[name]), name
+    assert task(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
+    if arch.startswith("resnet"):
+        args = finetune.p.parse_args(["--task", "onehot", "--fold", "0", "--folds", "x", "--hvr", "x",
+                                      "--jigsaw", "x", "--out", "x", "--init", "scratch", "--freeze",
+                                      "--arch", arch])
+        model = finetune.build(args, 4, torch.device("cpu"))
+        trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {"layer3", "layer4", "fc"}
