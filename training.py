@@ -218,8 +218,13 @@ def list_checkpoints(run_dir):
 
 
 def save_checkpoint(path, state):
-    with common.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with common.atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as e:    # torch's writer reports a full disk as RuntimeError
+        common.fail(f"{path}: could not write the checkpoint ({str(e).strip()[:200]}); is the disk "
+                    f"full or WORK read-only? The checkpoints already written are intact: free "
+                    f"space, then run the same command again to continue from them")
 
 
 def load_checkpoint(path, device="cpu"):
