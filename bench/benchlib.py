@@ -1,0 +1,173 @@
+"""What the bench scripts share: the output lines, where the photos come from, a small image store
+built by the real stage 02, the recipe's 8 pre-augmented JPEG directories, and timers.
+
+Every figure is one line `name: value unit`; a comparison with the recipe's way, measured in the
+same run on the same machine, adds `name_vs_ref: ratio x`, where the ratio says how many times
+better ours is (a rate: ours / ref; a size or a time: ref / ours).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))             # `import common, training` as the stage scripts do
+
+import common      # noqa: E402  (after the path)
+
+REAL_DATA_ENV = "ATMA11_DATA"            # the tests' convention: $ATMA11_DATA, else ../shared/atmacup11
+REAL_PHOTOS = 9856                       # train + test photos of the competition
+RECIPE_VIEWS = 8                         # the 8 symmetries of the square (SEED.md step 2)
+RECIPE_PERMS = 8                         # per image-view per epoch: 7 shuffled + the identity
+# ImageMagick operators of each view, applied in the recipe's order h, v, r.
+VIEW_OPS = {"h": ["-flop"], "v": ["-flip"], "r": ["-rotate", "90"]}
+
+
+# -----------------------------------------------------------------------------
+def fmt(value):
+    if isinstance(value, str):
+        return value
+    if value == 0 or abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def emit(name, value, unit):
+    print(f"{name}: {fmt(value)} {unit}", flush=True)
+
+
+def emit_ratio(name, better_factor):
+    emit(f"{name}_vs_ref", better_factor, "x")
+
+
+def note(text):
+    """Context for a reader (what was measured, on what); stderr keeps stdout to the figures."""
+    print(f"# {text}", file=sys.stderr, flush=True)
+
+
+# -----------------------------------------------------------------------------
+def real_data_dir(data=None):
+    """The real competition directory: `data` when it holds train.csv and photos/, else
+    $ATMA11_DATA, else ../shared/atmacup11 beside the checkout; None when none exists."""
+    for cand in (data, os.environ.get(REAL_DATA_ENV), ROOT.parent / "shared" / "atmacup11"):
+        if cand and (Path(cand) / "train.csv").exists() and (Path(cand) / "photos").is_dir():
+            return Path(cand)
+    return None
+
+
+def photo_source(data, tmp, python=sys.executable, demo_train=128, demo_test=48):
+    """(raw data dir, 'real' | 'demo'): the real photos when present, else demo data that
+    00_demo_data.py generates under tmp."""
+    real = real_data_dir(data)
+    if real:
+        return real, "real"
+    out = Path(tmp) / "demo_raw"
+    if not (out / "DONE").exists():
+        subprocess.run([python, str(ROOT / "00_demo_data.py"), "--out", str(out), "--train",
+                        str(demo_train), "--test", str(demo_test)], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL)
+    return out, "demo"
+
+
+def sample_ids(photos_dir, n, seed=0):
+    """n photo ids, a seeded sample of the directory (all of them when it holds fewer)."""
+    import numpy as np
+    ids = sorted(p.stem for p in Path(photos_dir).glob("*.jpg"))
+    if not ids:
+        common.fail(f"{photos_dir}: no photos")
+    pick = np.random.default_rng(seed).permutation(len(ids))[: min(n, len(ids))]
+    return [ids[i] for i in sorted(pick)]
+
+
+def have_imagemagick():
+    return bool(shutil.which("mogrify") and shutil.which("convert"))
+
+
+def build_store(photos_dir, ids, size, out, python=sys.executable):
+    """Decode and resize `ids` once with the real stage 02 (ImageMagick; bench/pil_store.py where
+    it is missing) into out/; returns (uint8 array (N, S, S, 3), ids in store order, seconds)."""
+    import numpy as np
+    out = Path(out)
+    t0 = time.perf_counter()
+    if have_imagemagick():
+        ids_csv = out.parent / f"{out.name}_ids.csv"
+        ids_csv.write_text("object_id\n" + "\n".join(ids) + "\n")
+        subprocess.run([str(ROOT / "02_hvr_augment.sh"), "--photos", str(photos_dir), "--ids",
+                        str(ids_csv), "--out", str(out), "--size", str(size), "--python", python],
+                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    else:
+        from pil_store import pil_store
+        pil_store(photos_dir, ids, out, size)
+    seconds = time.perf_counter() - t0
+    return np.load(out / "images.npy"), (out / "ids.txt").read_text().split(), seconds
+
+
+def write_recipe_views(photos_dir, ids, out, jobs=None):
+    """The recipe's 8x augmentation on disk: out/<view>/<id>.jpg for the 8 views, each a JPEG
+    that ImageMagick re-encoded after -flop / -flip / -rotate 90 (identity: the original file).
+    Returns the 8 directories in training.VIEWS order."""
+    import training
+    out = Path(out)
+    srcs = [str(Path(photos_dir) / f"{i}.jpg") for i in ids]
+    dirs = []
+
+    def one(view):
+        d = out / view
+        d.mkdir(parents=True, exist_ok=True)
+        if view == "id":
+            for s in srcs:
+                shutil.copy(s, d)
+        elif have_imagemagick():
+            ops = [o for k in "hvr" if k in view for o in VIEW_OPS[k]]
+            subprocess.run(["mogrify", "-path", str(d), *ops, *srcs], check=True)
+        else:                  # no ImageMagick: the same transposes with PIL, also re-encoded
+            from PIL import Image
+            ops = [{"h": Image.FLIP_LEFT_RIGHT, "v": Image.FLIP_TOP_BOTTOM, "r": Image.ROTATE_270}[k]
+                   for k in "hvr" if k in view]
+            for s in srcs:
+                with Image.open(s) as im:
+                    for op in ops:
+                        im = im.transpose(op)
+                    im.save(d / Path(s).name, quality=92)
+        return d
+
+    with ThreadPoolExecutor(jobs or os.cpu_count()) as pool:
+        dirs = list(pool.map(one, training.VIEWS))
+    return dirs
+
+
+def threads_note(device):
+    import torch
+    return (f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+
+
+class Timer:
+    """Wall time of a block; on CUDA it synchronises first and last, so queued work counts."""
+
+    def __init__(self, device="cpu"):
+        self.cuda = str(device).startswith("cuda")
+
+    def __enter__(self):
+        self._sync()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.seconds = time.perf_counter() - self.t0
+
+    def _sync(self):
+        if self.cuda:
+            import torch
+            torch.cuda.synchronize()
+
+
+def pick_device(name):
+    import torch
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)

@@ -1,0 +1,136 @@
+"""Figure 1, the input path: images/s of ready-to-train batches, ours against the recipe's loader.
+
+Ours (what 03/04 do every step): the uint8 store from stage 02 sits on the training device; a
+batch is a gather of random rows, a random view each (one of the 8 symmetries) and the ImageNet
+normalisation, all in training.to_input. The batch is ready for the network (channels_last on
+CUDA, as 03/04).
+
+The reference (the recipe): the 8 views pre-augmented on disk as JPEGs, one directory per view,
+written with ImageMagick -flop / -flip / -rotate 90; a torch Dataset opens each item with PIL,
+resizes it to S x S and normalises it (torchvision Resize, ToTensor, Normalize), and a DataLoader
+with one worker per core batches them (on CUDA: pinned and copied to the device, as ready).
+
+Both take the same photos (a seeded sample of the real ones when present, else demo data), the
+same S and batch size. Each side is timed over `--rounds` passes, alternating, and its best pass
+counts (the machine may be shared). Ours drops one warm-up batch; the reference's pass is timed
+whole, from the start of its workers (forked, cheap) to its last batch: starting the clock at its
+first batch would count the batches its workers prefetched meanwhile as free.
+
+At two sizes by default: the recipe's 224 px and PROFILE=cpu's (what trains on 2 cores here).
+
+    python bench/input_path.py --sizes 224,48 --photos 256 [--data DIR] [--device auto|cpu|cuda]
+"""
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import benchlib
+
+# -----------------------------------------------------------------------------
+SIZES = (benchlib.common.PROFILES["full"]["02"]["size"],   # the recipe's 224
+         benchlib.common.PROFILES["cpu"]["02"]["size"])    # what PROFILE=cpu trains at here
+PHOTOS = 256      # photos sampled; the reference reads each of them in all 8 views
+BATCH = 256       # the recipe's batch size
+ROUNDS = 2        # alternating passes per side; the best counts
+OURS_BATCHES = 8  # timed batches of ours per pass (after one warm-up batch)
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--data", default=None, help="raw data dir with photos/ (else $ATMA11_DATA, ../shared/atmacup11, demo)")
+p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated S")
+p.add_argument("--photos", type=int, default=PHOTOS)
+p.add_argument("--batch", type=int, default=BATCH)
+p.add_argument("--rounds", type=int, default=ROUNDS)
+p.add_argument("--batches", type=int, default=OURS_BATCHES, help="timed batches of ours per pass")
+p.add_argument("--workers", type=int, default=os.cpu_count(), help="reference DataLoader workers (one per core)")
+p.add_argument("--device", default="auto", help="where ours runs: auto (cuda when present), cpu, cuda")
+p.add_argument("--tmp", default=None, help="scratch directory (default: a temporary one, removed)")
+p.add_argument("--prefix", default="input", help="name prefix of the printed lines")
+
+
+class RecipeDataset:
+    """The recipe's per-item loader: (view directory, id) -> normalised float tensor."""
+
+    def __init__(self, items, size):
+        from torchvision import transforms as T
+        import training
+        self.items = items
+        self.tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(training.MEAN, training.STD)])
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        with Image.open(self.items[i]) as im:
+            return self.tf(im.convert("RGB"))
+
+
+def ours_rate(store, vidx, batch, device, generator, batches=OURS_BATCHES):
+    import torch
+    import training
+    cuda = device.type == "cuda"
+    n = store.shape[0]
+
+    def one():
+        rows = torch.randint(0, n, (batch,), generator=generator).to(device, non_blocking=True)
+        views = torch.randint(0, 8, (batch,), generator=generator).to(device, non_blocking=True)
+        return training.to_input(store[rows], views, vidx, channels_last=cuda)
+
+    one()                                                   # warm-up
+    with benchlib.Timer(device) as t:
+        for _ in range(batches):
+            one()
+    return batches * batch / t.seconds
+
+
+def ref_rate(dataset, batch, workers, device):
+    """A whole pass, from creating the iterator (which starts the workers, as every epoch of the
+    recipe's loader did) to the last batch: timing from the first batch would count the batches
+    the workers had prefetched meanwhile as free."""
+    import torch
+    cuda = device.type == "cuda"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                         pin_memory=cuda, drop_last=True)
+    count = 0
+    with benchlib.Timer(device) as t:
+        for x in loader:
+            x = x.to(device, non_blocking=True) if cuda else x
+            count += len(x)
+    return count / t.seconds
+
+
+def main():
+    args = p.parse_args()
+    import numpy as np
+    import torch
+    import training
+    training.configure_threads()
+    device = benchlib.pick_device(args.device)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp).resolve()
+        raw, kind = benchlib.photo_source(args.data, tmp)
+        ids = benchlib.sample_ids(raw / "photos", args.photos)
+        dirs = benchlib.write_recipe_views(raw / "photos", ids, tmp / "views")
+        items = [str(d / f"{i}.jpg") for d in dirs for i in ids]
+        benchlib.note(f"{args.prefix}: {len(ids)} {kind} photos, batch {args.batch}; reference: {len(items)} "
+                      f"JPEGs in 8 view directories, {args.workers} workers; " + benchlib.threads_note(device))
+        for size in map(int, args.sizes.split(",")):
+            images, ids, _ = benchlib.build_store(raw / "photos", ids, size, tmp / f"store{size}")
+            store = torch.from_numpy(np.array(images)).to(device)
+            vidx = training.view_index(size).to(device)
+            dataset = RecipeDataset(items, size)
+            g = torch.Generator().manual_seed(0)
+            ours, ref = [], []
+            for _ in range(args.rounds):
+                ours.append(ours_rate(store, vidx, args.batch, device, g, args.batches))
+                ref.append(ref_rate(dataset, args.batch, args.workers, device))
+            tag = f"{args.prefix}_{size}px"
+            benchlib.emit(f"{tag}_ours", max(ours), "images/s")
+            benchlib.emit(f"{tag}_recipe_loader", max(ref), "images/s")
+            benchlib.emit_ratio(tag, max(ours) / max(ref))
+            del store
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Stage 02's image store made with PIL, for a benchmark machine without ImageMagick (the GPU
+image this project is lent has none and cannot install it). Same files as 02_hvr_augment.sh:
+images.npy (N, S, S, 3) uint8, ids.txt, meta.json (with "decoder": "PIL"), provenance.json, DONE.
+
+The pixels differ slightly from ImageMagick's resize (PIL's Lanczos filter against ImageMagick's
+default), which changes no speed figure; a pipeline run must use 02_hvr_augment.sh.
+
+    python bench/pil_store.py --photos DATA/photos --ids WORK/00_validate/photos.csv --out WORK/02_hvr --size 224
+"""
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import benchlib
+
+common = benchlib.common
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--photos", required=True)
+p.add_argument("--ids", required=True, help="CSV whose first column is object_id (02's --ids)")
+p.add_argument("--out", required=True)
+p.add_argument("--size", type=int, required=True)
+p.add_argument("--jobs", type=int, default=os.cpu_count())
+
+
+def decode(path, size):
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB").resize((size, size), Image.LANCZOS), dtype=np.uint8)
+
+
+def pil_store(photos, ids, out, size, jobs=None):
+    """Write the store for `ids` under out; returns out."""
+    import numpy as np
+    started = time.time()
+    out = common.start_stage(out)
+    paths = [str(Path(photos) / f"{i}.jpg") for i in ids]
+    with common.atomic_path(out / "images.npy") as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
+        with ProcessPoolExecutor(jobs or os.cpu_count()) as pool:
+            for i, img in enumerate(pool.map(decode, paths, [size] * len(paths), chunksize=64)):
+                arr[i] = img
+        arr.flush()
+        del arr
+    common.write_text(out / "ids.txt", "\n".join(ids) + "\n")
+    common.write_json(out / "meta.json", {"size": size, "mode": "stretch", "count": len(ids), "decoder": "PIL"})
+    common.write_provenance(out, {"size": size, "photos": len(ids), "decoder": "PIL"}, started)
+    common.mark_done(out)
+    return out
+
+
+def main():
+    args = p.parse_args()
+    lines = Path(args.ids).read_text().splitlines()[1:]
+    ids = [line.split(",")[0] for line in lines if line.strip()]
+    t0 = time.time()
+    pil_store(args.photos, ids, args.out, args.size, args.jobs)
+    print(f"[02 PIL] store {args.out}: {len(ids)} x {args.size} px [{time.time() - t0:.1f}s]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
