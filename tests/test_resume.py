@@ -32,7 +32,7 @@ def copy_work(src, dst, stages):
 
 
 def kill_when(target, work, data, ready, seed, timeout=300, **variables):
-    """Start `make target`, wait until ready() holds, wait a random 0-0.5 s more, kill -9 the
+    """Start `make target`, wait until ready() holds, wait a random 0-0.2 s more, kill -9 the
     whole process group (make, python, the evaluator); return whether it was still running."""
     rng = random.Random(seed)
     cmd = ["make", "-C", str(REPO), "--no-print-directory", target, f"WORK={work}", f"DATA={data}",
@@ -41,7 +41,7 @@ def kill_when(target, work, data, ready, seed, timeout=300, **variables):
     deadline = time.time() + timeout
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(rng.uniform(0, 0.5))
+    time.sleep(rng.uniform(0, 0.2))
     alive = proc.poll() is None
     try:
         os.killpg(proc.pid, signal.SIGKILL)
