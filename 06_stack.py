@@ -27,7 +27,6 @@ mean; where the onehot network's TTA-mean score for a class exceeds the threshol
 clip to [0, 3]. --post tuned picks ratio and threshold on a grid by CV, nested: the score of
 fold k comes from the values chosen on the other folds' rows. --post recipe: 0.5 and 0.94.
 """
-import json
 import time
 from pathlib import Path
 
@@ -136,14 +135,13 @@ def tune_post(stack, target_tta, onehot_tta, y):
 
 def stack_seed(feat_dir, folds, extra):
     """The recipe: per fold, the booster learns on the network's own training-side outputs."""
-    pred, iters, models = {}, [], {}
+    pred, iters = {}, []
     for k in K:
         X_tr = features(feat_dir, k, "train", extra).loc[folds[k]["train"]["object_id"]]
         X_va = features(feat_dir, k, "heldout", extra).loc[folds[k]["test"]["object_id"]]
         m = boost(X_tr, folds[k]["train"]["target"], X_va, folds[k]["test"]["target"])
         iters.append(m.best_iteration)
         pred[k] = pd.Series(m.predict(X_va, num_iteration=m.best_iteration), index=X_va.index)
-        models[k] = m
     X_all = features(feat_dir, "all", "train", extra).loc[folds["all"]["train"]["object_id"]]
     final = boost(X_all, folds["all"]["train"]["target"], rounds=max(1, round(np.mean(iters))))
     test = final.predict(features(feat_dir, "all", "test", extra))

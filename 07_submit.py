@@ -91,7 +91,7 @@ def report(args, out, sub):
                              "loss": float(last["loss"]), "era_rmse": float(last["rmse"])})
     profile = json.loads((work / "03_jigsaw" / "provenance.json").read_text())["config"].get("profile", "?") \
         if (work / "03_jigsaw" / "provenance.json").exists() else "?"
-    text = [f"# Run report\n",
+    text = ["# Run report\n",
             f"- data: `{args.data}`; profile: `{profile}`; revision: `{common.git_revision()}`",
             f"- submission: `submission.csv`, {len(sub)} rows, mean {sub['target'].mean():.3f}, "
             f"min {sub['target'].min():.3f}, max {sub['target'].max():.3f}",

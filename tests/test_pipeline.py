@@ -1,14 +1,10 @@
 """Stages 02-07 through the real Makefile, small: exact views (ImageMagick is the oracle), the
 whole pipeline in PROFILE=smoke to a valid submission, nothing redone on a second run, the GPU
 slots, the evaluator's patience with half-written checkpoints, and torchrun (gloo, 2 ranks)."""
-import csv
 import os
 import shutil
 import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, REAL_DATA_ENV
+from conftest import REPO
 
 import common
 import training
