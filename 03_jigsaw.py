@@ -91,8 +91,7 @@ def main():
         return plan[torch.randperm(len(plan), generator=g)]
 
     def forward(net, rows):
-        x = training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=cuda)
-        x = training.shuffle_tiles(x, rows[:, 2:])
+        x = training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=cuda, perms=rows[:, 2:])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             return net(x)
 

@@ -85,12 +85,18 @@ def normaliser(device):
     return _NORMALISERS[device]
 
 
-def to_input(u8, views, index, channels_last=False):
-    """uint8 (B, S, S, 3) on the device -> normalised float views (B, 3, S, S)."""
-    x = u8.permute(0, 3, 1, 2).float()
+def to_input(u8, views, index, channels_last=False, perms=None):
+    """uint8 (B, S, S, 3) on the device -> normalised float views (B, 3, S, S); with `perms`
+    (B, 9), the jigsaw tiles shuffled too. Every permutation moves uint8 (a quarter of the
+    bytes of float), and the conversion and normalisation are one fused pass at the end."""
+    b, s = u8.shape[0], u8.shape[1]
+    x = apply_views(u8.permute(0, 3, 1, 2), views, index)
+    if perms is not None:
+        x = shuffle_tiles(x, perms)
     scale, shift = normaliser(x.device)
-    x = apply_views(x * scale + shift, views, index)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((b, 3, s, s), device=x.device, memory_format=fmt)
+    return torch.addcmul(shift, x, scale, out=out)
 
 
 @torch.no_grad()
@@ -111,15 +117,19 @@ def predict_views(model, u8, vidx, device, batch):
 def shuffle_tiles(x, perms):
     """Jigsaw: cut the top-left 3t x 3t square (t = S // 3) into 3x3 tiles and put tile
     perms[b, i] at position i. When S is not a multiple of 3 the last S mod 3 rows and columns
-    stay where they are: they carry no tile, so they cannot leak the permutation."""
+    stay where they are: they carry no tile, so they cannot leak the permutation.
+    Any dtype; each tile moves as one contiguous row (index_select), not pixel by pixel."""
     b, c, s, _ = x.shape
-    t = s // JIGSAW_GRID
     g = JIGSAW_GRID
+    t = s // g
     core = x[:, :, : g * t, : g * t].reshape(b, c, g, t, g, t).permute(0, 2, 4, 1, 3, 5)
-    tiles = core.reshape(b, g * g, c, t, t)
-    tiles = tiles.gather(1, perms.view(b, g * g, 1, 1, 1).expand(-1, -1, c, t, t))
+    rows = (perms + g * g * torch.arange(b, device=perms.device)[:, None]).reshape(-1)
+    tiles = core.reshape(b * g * g, c * t * t).index_select(0, rows)
+    tiles = tiles.view(b, g, g, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * t, g * t)
+    if g * t == s:
+        return tiles
     out = x.clone()
-    out[:, :, : g * t, : g * t] = tiles.view(b, g, g, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * t, g * t)
+    out[:, :, : g * t, : g * t] = tiles
     return out
 
 

@@ -4,7 +4,7 @@ the disk each needs for the real data.
 Ours (what 03 does): the epoch's plan (image, view, permutation; training.random_perms with the
 identity every 8th row, the recipe's 7 shuffled + 1) is drawn once on the host, as 03's
 epoch_plan does, and its time counts; each batch is then made on the training device from the
-uint8 store: training.to_input (gather, view, normalisation) and training.shuffle_tiles.
+uint8 store by training.to_input: view and tile shuffle on uint8, then one fused normalisation.
 
 The reference (the recipe): every puzzle pre-rendered to disk as a JPEG by one ImageMagick
 `convert` per puzzle, from the view's pre-augmented JPEG: resize to S x S, cut the 3t x 3t square
@@ -92,8 +92,7 @@ def ours_rate(store, vidx, batch, device, batches=OURS_BATCHES, seed=0):
 
     def one(rows):
         rows = rows.to(device, non_blocking=True)
-        x = training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=cuda)
-        return training.shuffle_tiles(x, rows[:, 2:])
+        return training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=cuda, perms=rows[:, 2:])
 
     one(plan()[:batch])                    # warm-up
     with benchlib.Timer(device) as t:
