@@ -5,7 +5,8 @@
 # (training.py: view_index / apply_views), so the 8x costs no disk and no decode time.
 #
 # Reads  DATA/photos/{id}.jpg and WORK/00_validate/photos.csv (the validated id list)
-# Writes WORK/02_hvr/: images.npy (N, S, S, 3) uint8, ids.txt (row order), meta.json, DONE
+# Writes WORK/02_hvr/: images.npy (N, S, S, 3) uint8, ids.txt (row order), meta.json,
+#        stats.csv (per-photo size, colour and edge statistics, photo_stats.py; same row order), DONE
 #
 #   02_hvr_augment.sh --photos DATA/photos --ids WORK/00_validate/photos.csv --out WORK/02_hvr \
 #                     --size 224 --mode stretch --python .venv/bin/python
@@ -70,36 +71,54 @@ echo "[02] profile size ${size}px mode $mode: $total photos, $((total - n_todo))
 if [ "$n_todo" -gt 0 ]; then
   # -regard-warnings: a corrupt JPEG is an error, not a silently grey image.
   printf '%s\n' "$todo" | xargs -d '\n' -n "$batch" -P "$jobs" \
-    sh -c 'mogrify -regard-warnings -path "$0" "$@" || exit 255
+    sh -c 'mogrify -regard-warnings -path "$0" "$@" > "$(mktemp "$0/sizes.XXXXXX")" || exit 255
            n=0; for a; do case $a in *.jpg) n=$((n + 1)) ;; esac; done; echo "[02] +$n photos"' "$out/.rgb" \
-    -colorspace sRGB "${geometry[@]}" -resize "${size}x${size}!" -depth 8 -format rgb 2>&1 \
+    -colorspace sRGB -set photo:size '%w %h' -print '%t %[photo:size]\n' \
+    "${geometry[@]}" -resize "${size}x${size}!" -depth 8 -format rgb 2>&1 \
     | awk '/^\[02\]/ {n += $2; printf "[02] decoded %d/%d\n", n, '"$n_todo"'; fflush(); next} {print; fflush()}' \
     || { echo "error: ImageMagick could not decode the photo(s) named above (corrupt pixel data);" \
               "replace them, then run the same command again: finished photos are kept" >&2; exit 1; }
 fi
 
-# Pack into one array, written to a temporary name and renamed; DONE last.
+# Pack into one array, written to a temporary name and renamed, with each photo's statistics
+# (photo_stats.py) taken from the same decoded bytes on the way; DONE last.
 "$python" - "$out" "$size" "$mode" "$started" <<'PY'
-import json, os, sys, time
+import os, sys, time
 from pathlib import Path
 import numpy as np
+import pandas as pd
 sys.path.insert(0, os.getcwd())
 import common
+import photo_stats
 
 out, size, mode, started = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 ids = (out / ".rgb" / "ids").read_text().split()
+# Each photo's own width and height, as mogrify decoded it (its -print, one line per photo; a
+# photo redone after a kill has two identical lines).
+sizes = {}
+for f in sorted((out / ".rgb").glob("sizes.*")):
+    for line in f.read_text().splitlines():
+        oid, w, h = line.split()
+        sizes[oid] = int(w), int(h)
+rows = []
 with common.atomic_path(out / "images.npy") as tmp:
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
     for i, oid in enumerate(ids):
-        arr[i] = np.fromfile(out / ".rgb" / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
+        arr[i] = img = np.fromfile(out / ".rgb" / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
+        w, h = sizes[oid]
+        top, bottom, left, right = photo_stats.content_box(w, h, size, mode)
+        rows.append(photo_stats.stats(img[top:bottom, left:right], w, h))
     arr.flush()
     del arr
+table = pd.DataFrame(np.stack(rows), columns=photo_stats.COLUMNS)
+table.insert(0, "object_id", ids)
+common.write_csv(out / "stats.csv", table, float_format="%.7g")
 common.write_text(out / "ids.txt", "\n".join(ids) + "\n")
 common.write_json(out / "meta.json", {"size": size, "mode": mode, "count": len(ids)})
 common.write_provenance(out, {"size": size, "mode": mode, "photos": len(ids)}, started)
 mb = (out / "images.npy").stat().st_size / 2**20
-print(f"[02] store {out / 'images.npy'}: {len(ids)} x {size} x {size} x 3 uint8, {mb:.1f} MiB on disk "
-      f"[{time.time() - started:.1f}s]")
+print(f"[02] store {out / 'images.npy'}: {len(ids)} x {size} x {size} x 3 uint8, {mb:.1f} MiB on disk, "
+      f"and stats.csv ({len(photo_stats.COLUMNS)} statistics per photo) [{time.time() - started:.1f}s]")
 PY
 rm -rf "$out/.rgb"
 "$python" -c 'import sys, common; common.mark_done(sys.argv[1])' "$out"

@@ -1,17 +1,17 @@
 """Stage 06: LightGBM stacking of the 8-view features, and the tuned post-processing.
 
-Reads WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet (and for --photo-features,
-WORK/00_validate/photos.csv and WORK/02_hvr).
+Reads WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet, WORK/02_hvr/stats.csv.
 Writes WORK/06_stack/:
-  cv.csv              per fold and overall: the constant mean, (with --photo-features) the same
-                      booster on the photo columns alone, each single network, the stack in both
-                      modes, and the final prediction after post-processing
+  cv.csv              per fold and overall: the constant mean, the same booster on the per-photo
+                      statistics alone (meta_only), each single network, the stack in both modes
+                      with and without the statistics, and the final prediction after
+                      post-processing (tuned, and the recipe's knobs)
   oof.csv, test.csv   out-of-fold and test predictions (stack per mode, final)
   params.json         mode, best iterations, post-processing ratio and threshold (and their CV)
   importance.png, confusion.png, provenance.json, DONE
 
     python 06_stack.py --folds work/01_sgkfold --features work/05_features \
-        --photos work/00_validate/photos.csv --hvr work/02_hvr --out work/06_stack
+        --hvr work/02_hvr --out work/06_stack
 
 Two modes, both always computed and reported; --mode picks the one the submission uses.
   seed: as the recipe: fold k's booster trains on fold k's *training-side* network outputs
@@ -21,6 +21,10 @@ Two modes, both always computed and reported; --mode picks the one the submissio
         are cross-validated over those rows with the same folds; the `all` booster (all rows,
         mean best iteration) predicts test from the 3 fold networks' test features averaged.
 Out-of-fold predictions use each row's out-of-fold fold (01's oof_fold.csv).
+
+Past the recipe, --meta on: the stack's table gains the per-photo statistics of stage 02
+(photo_stats.py: size, aspect, colour, edges), which the square networks never see. Both
+tables are always stacked and scored; --meta picks the one the submission uses.
 
 Post-processing (the recipe): final = ratio * stack + (1 - ratio) * the target network's TTA
 mean; where the onehot network's TTA-mean score for a class exceeds the threshold, that class;
@@ -53,46 +57,31 @@ p.add_argument("--features", required=True, help="stage 05's directory")
 p.add_argument("--out", required=True, help="this stage's directory")
 p.add_argument("--mode", default="seed", choices=["seed", "oof"],
                help="which stack the submission uses (seed: better CV on the real data, README)")
-p.add_argument("--photos", default=None, help="00_validate/photos.csv: each photo's width and height")
-p.add_argument("--hvr", default=None, help="02's image store (for --photo-features all)")
-p.add_argument("--photo-features", default="all", choices=["off", "size", "all"],
-               help="past the recipe: the photo's size (size), and colour/texture statistics (all, "
-                    "better CV on the real data, README); off: the recipe's 104 columns only")
+p.add_argument("--hvr", required=True, help="stage 02's directory (its stats.csv)")
+p.add_argument("--meta", default="on", choices=["off", "on"],
+               help="the submission's stack: with 02's per-photo statistics (on: better CV on the real "
+                    "data, README) or the recipe's 104 columns alone (off); both are always scored")
 p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="post-processing knobs: CV grid or 0.5/0.94")
 
 
 def features(feat_dir, fold, split, extra=None):
     """The 104-column table of one fold's 4 networks on one split, indexed by object_id, plus
-    the `extra` per-object columns (the photo's size) when given."""
+    the `extra` per-object columns (02's per-photo statistics) when given."""
     parts = [pd.read_parquet(Path(feat_dir) / common.run_name(t, fold) / f"{split}.parquet").set_index("object_id")
              for t in common.TASKS]
     table = pd.concat(parts, axis=1)
     return table if extra is None else table.join(extra, how="left")
 
 
-def photo_features(kind, photos_csv, store_dir):
-    """Per-object columns a square resize hides from the networks (DATA.md): `size` = the
-    photo's width, height and aspect; `all` adds colour and texture statistics of the stored
-    image: RGB means and spreads, saturation, brightness and mean edge strength."""
-    p = pd.read_csv(photos_csv, dtype={"object_id": str}).set_index("object_id")
-    table = pd.DataFrame({"photo_width": p["width"], "photo_height": p["height"],
-                          "photo_aspect": p["width"] / p["height"]}, index=p.index)
-    if kind == "all":
-        images = np.load(Path(store_dir) / "images.npy", mmap_mode="r")
-        ids = (Path(store_dir) / "ids.txt").read_text().split()
-        rows = []
-        for start in range(0, len(ids), 1024):    # in chunks: the 224 px store is 1.5 GB
-            x = np.asarray(images[start:start + 1024], dtype=np.float32) / 255
-            hi, lo = x.max(-1), x.min(-1)
-            sat = (hi - lo) / np.maximum(hi, 1e-6)
-            grey = x.mean(-1)
-            edge = np.abs(np.diff(grey, axis=1)).mean((1, 2)) + np.abs(np.diff(grey, axis=2)).mean((1, 2))
-            rows.append(np.column_stack([x.mean((1, 2)), x.std((1, 2)), sat.mean((1, 2)), sat.std((1, 2)),
-                                         hi.mean((1, 2)), edge]))
-        names = ["r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std", "sat_mean", "sat_std",
-                 "value_mean", "edge"]
-        table = table.join(pd.DataFrame(np.concatenate(rows), index=ids, columns=[f"photo_{n}" for n in names]))
-    return table
+def meta_table(hvr_dir):
+    """02's per-photo statistics, indexed by object_id, every column prefixed meta_."""
+    path = Path(hvr_dir) / "stats.csv"
+    if not path.exists():
+        common.fail(f"{path} is missing: this WORK's stage 02 predates the per-photo statistics. Run "
+                    f"02_hvr_augment.sh with the same options into another directory and copy its stats.csv "
+                    f"here (the store comes out byte-identical), or use a new WORK")
+    table = pd.read_csv(path, dtype={"object_id": str}).set_index("object_id")
+    return table.add_prefix("meta_")
 
 
 def rmse(a, b):
@@ -207,13 +196,16 @@ def main():
     train = folds["all"]["train"].set_index("object_id")
     y = train["target"]
 
-    if args.photo_features != "off" and not (args.photos and args.hvr):
-        common.fail("--photo-features needs --photos WORK/00_validate/photos.csv and --hvr WORK/02_hvr")
-    extra = photo_features(args.photo_features, args.photos, args.hvr) if args.photo_features != "off" else None
-    modes = {"seed": stack_seed(args.features, folds, extra), "oof": stack_oof(args.features, folds, oof_fold, extra)}
-    if extra is not None:   # the reference point: the same booster on the photo columns alone
-        photo_only = cross_validate(extra.loc[oof_fold.index], extra.loc[folds["all"]["test"]["object_id"]],
-                                    folds, oof_fold)
+    meta = meta_table(args.hvr)
+    # Every stack, keyed by its cv.csv column: both modes, without and with the statistics.
+    stacks = {}
+    for suffix, extra in (("", None), ("_meta", meta)):
+        stacks["stack_seed" + suffix] = stack_seed(args.features, folds, extra)
+        stacks["stack_oof" + suffix] = stack_oof(args.features, folds, oof_fold, extra)
+    chosen = f"stack_{args.mode}" + ("_meta" if args.meta == "on" else "")
+    # The reference point: the same booster on the statistics alone (DATA.md's 0.81).
+    meta_only = cross_validate(meta.loc[oof_fold.index], meta.loc[folds["all"]["test"]["object_id"]],
+                               folds, oof_fold)
     # Out-of-fold view of everything: row r from fold oof_fold[r], on that fold's held-out side.
     oof = pd.DataFrame(index=train.index)
     oof["target"] = y
@@ -229,12 +221,10 @@ def main():
             oof.loc[rows, f"onehot_{c}"] = X[f"onehot_{c}_mean"]
     for name, parts in singles.items():
         oof[name + "_model"] = pd.concat(parts)
-    for mode, (pred, *_rest) in modes.items():
-        oof[f"stack_{mode}"] = pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
-    if extra is not None:
-        oof["photo_only"] = pd.concat([photo_only[0][k].loc[oof_fold.index[oof_fold == k]] for k in K])
+    for name, (pred, *_rest) in {"meta_only": meta_only, **stacks}.items():
+        oof[name] = pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
 
-    stack = oof[f"stack_{args.mode}"].to_numpy()
+    stack = oof[chosen].to_numpy()
     tta, hot = oof["target_tta"].to_numpy(), oof[[f"onehot_{c}" for c in range(4)]].to_numpy()
     if args.post == "recipe":
         ratio, threshold = RECIPE_POST
@@ -250,16 +240,15 @@ def main():
     # The test side: the `all` networks' TTA means and the chosen stack.
     test_all = features(args.features, "all", "test")
     test = pd.DataFrame(index=test_all.index)
-    for mode, (_pred, test_pred, *_rest) in modes.items():
-        test[f"stack_{mode}"] = test_pred
+    for name, (_pred, test_pred, *_rest) in stacks.items():
+        test[name] = test_pred
     test_hot = test_all[[f"onehot_{c}_mean" for c in range(4)]].to_numpy()
-    test["final"] = post_process(test[f"stack_{args.mode}"].to_numpy(), test_all["target_0_mean"].to_numpy(),
+    test["final"] = post_process(test[chosen].to_numpy(), test_all["target_0_mean"].to_numpy(),
                                  test_hot, ratio, threshold)
 
     for k in K:     # the baseline: each fold's train-side mean era, as a constant
         oof.loc[oof["fold"] == k, "const_mean"] = y[oof["fold"] != k].mean()
-    columns = ["const_mean", *(["photo_only"] if extra is not None else []), *[f"{n}_model" for n in singles],
-               "stack_seed", "stack_oof", "final", "final_recipe_post"]
+    columns = ["const_mean", "meta_only", *[f"{n}_model" for n in singles], *stacks, "final", "final_recipe_post"]
     rows = []
     for k in (*K, "overall"):
         part = oof if k == "overall" else oof[oof["fold"] == k]
@@ -269,15 +258,15 @@ def main():
     common.write_csv(out / "oof.csv", oof.reset_index(), float_format="%.6g")
     common.write_csv(out / "test.csv", test.reset_index(), float_format="%.6g")
     common.write_json(out / "params.json", {
-        "mode": args.mode, "post": args.post, "photo_features": args.photo_features, "ratio": ratio, "threshold": threshold,
-        "best_iterations": {m: [int(i) for i in v[2]] for m, v in modes.items()},
+        "stack": chosen, "mode": args.mode, "meta": args.meta, "post": args.post, "ratio": ratio, "threshold": threshold,
+        "best_iterations": {name: [int(i) for i in v[2]] for name, v in stacks.items()},
         "cv_overall": {c: float(cv.iloc[-1][c]) for c in columns},
     })
-    plots(out, modes[args.mode][3], y.to_numpy(), oof["final"].to_numpy())
+    plots(out, stacks[chosen][3], y.to_numpy(), oof["final"].to_numpy())
     common.write_provenance(out, vars(args), started)
     common.mark_done(out)
     print(cv.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"[06] submission: stack '{args.mode}', post-processing ratio {ratio} threshold {threshold} "
+    print(f"[06] submission: {chosen}, post-processing ratio {ratio} threshold {threshold} "
           f"[{time.time() - started:.1f}s]", flush=True)
 
 

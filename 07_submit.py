@@ -95,10 +95,12 @@ def report(args, out, sub):
             f"- data: `{args.data}`; profile: `{profile}`; revision: `{common.git_revision()}`",
             f"- submission: `submission.csv`, {len(sub)} rows, mean {sub['target'].mean():.3f}, "
             f"min {sub['target'].min():.3f}, max {sub['target'].max():.3f}",
-            f"- stacking mode `{params['mode']}`, post-processing `{params['post']}`: ratio {params['ratio']}, "
-            f"threshold {params['threshold']}; best iterations {params['best_iterations']}\n",
+            f"- stack `{params['stack']}` (mode `{params['mode']}`, per-photo statistics `{params['meta']}`), "
+            f"post-processing `{params['post']}`: ratio {params['ratio']}, threshold {params['threshold']}; "
+            f"best iterations {params['best_iterations']}\n",
             "## Cross-validation (RMSE on the era, out-of-fold)\n",
-            "Columns: constant train mean; each network's TTA mean; the LightGBM stack in both modes; "
+            "Columns: constant train mean; LightGBM on 02's per-photo statistics alone; each network's TTA "
+            "mean; the LightGBM stack in both modes, without and with the statistics (_meta); "
             "the submission's final prediction (nested-tuned post-processing); the recipe's 0.5/0.94.\n",
             markdown(cv), "## Fine-tune runs, last epoch\n",
             markdown(pd.DataFrame(runs)) if runs else "(none)\n",

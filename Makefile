@@ -17,7 +17,7 @@ PYTHON ?= python3#         the interpreter that builds .venv
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
 JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --loss ce --epochs 10
 FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --loss ce
-STACK_ARGS ?=#             extra 06_stack.py options, e.g. --mode seed --post recipe
+STACK_ARGS ?=#             extra 06_stack.py options, e.g. --meta off --post recipe
 ID ?=#                     make views: the object_id to show
 
 # ---- derived --------------------------------------------------------------------------------
@@ -132,8 +132,8 @@ $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --runs $(DIR_FT) --out $(DIR_FEAT) --profile $(PROFILE)
 
 $(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE)
-	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --photos $(DIR_VALID)/photos.csv \
-	  --hvr $(DIR_HVR) --out $(DIR_STACK) $(STACK_ARGS)
+	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --hvr $(DIR_HVR) --out $(DIR_STACK) \
+	  $(STACK_ARGS)
 
 $(DIR_SUB)/DONE: $(DIR_STACK)/DONE
 	$(PY) 07_submit.py --data $(RAW) --work $(WORK) --out $(DIR_SUB)
@@ -159,7 +159,7 @@ features-runs: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) ## (internal) the 16 f
 
 views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
 	$(PY) training.py views --store $(DIR_HVR) --id $(ID)
-status: | $(VENV_STAMP) ## table of every 03/04 run: epoch, loss, held-out RMSE, images/s, state
+status: | $(VENV_STAMP) ## every 03/04 run (epoch, loss, held-out RMSE, images/s, state), CV per task
 	@$(PY) training.py status --work $(WORK)
 cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_finetune/cv_<task>.png
 	$(PY) training.py cv-plot --runs $(DIR_FT)

@@ -480,6 +480,33 @@ def status(work):
             "state": state,
         })
     print(pd.DataFrame(rows).to_string(index=False))
+    for task in common.TASKS:
+        line = fold_cv(work / "04_finetune", task)
+        if line:
+            print(line)
+
+
+def fold_cv(runs_dir, task):
+    """The task's CV line: the held-out era RMSE of folds 0-2 pooled over their rows, at the last
+    epoch all three have evaluated; None until they have, and for a task without an era."""
+    import pandas as pd
+    evals = []
+    for fold in common.FOLDS[:3]:
+        path = Path(runs_dir) / common.run_name(task, fold) / "eval.csv"
+        try:
+            evals.append(pd.read_csv(path).query("split == 'heldout'").set_index("epoch"))
+        except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError):
+            return None
+    common_epochs = set.intersection(*(set(e.index) for e in evals))
+    if not common_epochs:
+        return None
+    epoch = max(common_epochs)
+    rows = [e.loc[epoch] for e in evals]
+    pooled = np.sqrt(sum(r["n"] * r["rmse"] ** 2 for r in rows) / sum(r["n"] for r in rows))
+    if not np.isfinite(pooled):     # word2vec: no era to score
+        return None
+    return (f"CV {task} (epoch {epoch}, folds 0-2 pooled): held-out RMSE {pooled:.4f} "
+            f"(per fold {' / '.join(f'{r.rmse:.4f}' for r in rows)})")
 
 
 def cv_plot(runs_dir, out_dir=None):

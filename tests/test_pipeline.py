@@ -165,7 +165,8 @@ def test_all_ends_with_a_valid_submission_and_report(smoke_run, demo_data):
     assert np.allclose(sub["target"], stacked.loc[test["object_id"], "final"], atol=1e-5)   # test.csv order
     cv = pd.read_csv(work / "06_stack" / "cv.csv", dtype={"fold": str})
     assert list(cv["fold"]) == ["0", "1", "2", "overall"]
-    for col in ("const_mean", "target_model", "stack_seed", "stack_oof", "final", "final_recipe_post"):
+    for col in ("const_mean", "meta_only", "target_model", "stack_seed", "stack_oof", "stack_seed_meta",
+                "stack_oof_meta", "final", "final_recipe_post"):
         assert cv[col].between(0, 3).all(), col
     report = (work / "07_submit" / "report.md").read_text()
     for picture in ("jigsaw_loss.png", "cv_target.png", "importance.png", "confusion.png"):
@@ -189,8 +190,13 @@ def test_second_make_all_does_nothing(smoke_run, make, demo_data):
 def test_status_reads_every_run(smoke_run, make, demo_data):
     work, _, _ = smoke_run
     out = make("status", work=work, data=demo_data).stdout
-    lines = [l for l in out.splitlines()[1:] if l.strip()]
+    lines = [l for l in out.splitlines()[1:] if l.strip() and not l.startswith("CV ")]
     assert len(lines) == 1 + 16 and all(l.rstrip().endswith("done") for l in lines)
+    cv = [l for l in out.splitlines() if l.startswith("CV ")]
+    assert [l.split()[1] for l in cv] == ["target", "onehot", "sortingdate"]     # word2vec has no era
+    ev = [pd.read_csv(work / "04_finetune" / f"target_{k}" / "eval.csv").iloc[-1] for k in "012"]
+    pooled = np.sqrt(sum(e["n"] * e["rmse"] ** 2 for e in ev) / sum(e["n"] for e in ev))
+    assert f"held-out RMSE {pooled:.4f}" in cv[0]
 
 
 def test_a_work_of_another_profile_is_refused(smoke_run, make, demo_data):

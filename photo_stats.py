@@ -1,0 +1,71 @@
+"""Per-photo statistics the square resize hides from the networks (DATA.md): the photo's size and
+aspect, its colour (RGB means and spreads, 8-bin HSV histograms) and its texture (edge strength).
+
+Stage 02 computes them once, while it packs each decoded photo into the image store (no second
+pass over the JPEGs), and writes WORK/02_hvr/stats.csv in the store's row order; 06_stack.py
+--meta on gives them to the stack. Colour and texture come from the stored S x S pixels; in
+`pad` mode only from the photo's own part of the square, so the replicated edges do not count.
+
+The definitions follow Pillow's, so that tests can check them against an independent computation:
+HSV as Image.convert("HSV") (hue of a grey pixel 0), luma as convert("L") (ITU-R 601-2).
+"""
+import math
+
+import numpy as np
+
+BINS = 8            # per HSV channel: a small histogram (DATA.md's reference uses 8)
+EDGE_LEVEL = 0.125  # |8-neighbour Laplacian of luma| above this (32/255) counts as an edge pixel
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+COLUMNS = (["width", "height", "aspect", "r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std"]
+           + [f"{c}_hist{k}" for c in "hsv" for k in range(BINS)]
+           + ["edge_mean", "edge_density"])
+
+
+def content_box(width, height, size, mode):
+    """(top, bottom, left, right) of the photo's own pixels in its S x S stored image: all of
+    it for `stretch`; for `pad` the centred part that is not replicated edge, shrunk inwards to
+    whole pixels (the boundary pixels blend photo and padding), never empty."""
+    if mode == "stretch":
+        return 0, size, 0, size
+    m = max(width, height)
+    scale = size / m
+
+    def span(extent):
+        start = (m - extent) / 2 * scale
+        a, b = math.ceil(start - 1e-9), math.floor(start + extent * scale + 1e-9)
+        return (a, b) if b > a else (min(int(start), size - 1), min(int(start), size - 1) + 1)
+
+    top, bottom = span(height)
+    left, right = span(width)
+    return top, bottom, left, right
+
+
+def hsv(x):
+    """x (..., 3) float RGB in [0, 1] -> h, s, v in [0, 1] (h in [0, 1): a fraction of the circle)."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v, lo = x.max(-1), x.min(-1)
+    c = v - lo
+    safe = np.where(c > 0, c, 1)
+    h = np.where(v == r, (g - b) / safe, np.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h = np.where(c > 0, np.mod(h / 6, 1.0), 0.0)
+    s = np.where(v > 0, c / np.where(v > 0, v, 1), 0.0)
+    return h, s, v
+
+
+def stats(rgb, width, height):
+    """One photo: rgb (h, w, 3) uint8, its part of the stored image; width, height: the photo's
+    own size in pixels. Returns the values of COLUMNS, in order."""
+    x = rgb.astype(np.float32) / 255
+    flat = x.reshape(-1, 3)
+    out = [width, height, width / height, *flat.mean(0), *flat.std(0)]
+    for channel in hsv(flat):
+        out += list(np.bincount(np.minimum((channel * BINS).astype(int), BINS - 1), minlength=BINS) / len(flat))
+    luma = x @ LUMA
+    if luma.shape[0] >= 3 and luma.shape[1] >= 3:   # the Laplacian needs a neighbour on every side
+        window = np.lib.stride_tricks.sliding_window_view(luma, (3, 3))
+        lap = np.abs(9 * luma[1:-1, 1:-1] - window.sum((-2, -1)))
+        out += [float(lap.mean()), float((lap > EDGE_LEVEL).mean())]
+    else:
+        out += [0.0, 0.0]
+    return np.asarray(out, dtype=np.float64)

@@ -1,0 +1,113 @@
+"""Stage 02's per-photo statistics (photo_stats.py, WORK/02_hvr/stats.csv) against Pillow.
+
+A generated photo goes through the real 02_hvr_augment.sh (ImageMagick decode and resize); its
+row of stats.csv is checked two ways: the formulas against Pillow's own HSV, luma, ImageStat and
+FIND_EDGES on the very pixels 02 stored (tight), and the whole chain against Pillow decoding and
+resizing the original JPEG itself (loose: the two resize filters differ at the block edges).
+"""
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageFilter, ImageOps, ImageStat
+
+from conftest import REPO
+import photo_stats
+
+PY = str(REPO / ".venv" / "bin" / "python")
+SIZE = 64
+W, H = 200, 90      # a wide photo: padding it to a square replicates its top and bottom rows
+
+
+def make_photo(path):
+    """Flat colour blocks (exact means after any resize, up to the block edges) and a stripe
+    field (edges): red top band, green bottom band, blue left half, black/white stripes right."""
+    x = np.zeros((H, W, 3), np.uint8)
+    x[:, : W // 2] = (40, 60, 200)
+    x[:, W // 2:] = 255 * ((np.arange(W - W // 2) // 6) % 2)[None, :, None]
+    x[:12] = (210, 30, 30)
+    x[-12:] = (30, 170, 60)
+    Image.fromarray(x).save(path, quality=100, subsampling=0)
+    return path
+
+
+def run_02(photo, out, mode):
+    ids = out.parent / f"ids_{mode}.csv"
+    ids.write_text(f"object_id,width,height,mode\n{photo.stem},{W},{H},RGB\n")
+    subprocess.run([str(REPO / "02_hvr_augment.sh"), "--photos", str(photo.parent), "--ids", str(ids),
+                    "--out", str(out), "--size", str(SIZE), "--mode", mode, "--python", PY],
+                   check=True, capture_output=True, cwd=REPO, timeout=120)
+    row = pd.read_csv(out / "stats.csv", dtype={"object_id": str}).set_index("object_id").loc[photo.stem]
+    return row, np.load(out / "images.npy")[0]
+
+
+def pillow_stats(im):
+    """The same statistics, by Pillow alone, of an RGB image."""
+    mean = np.array(ImageStat.Stat(im).mean) / 255
+    std = np.array(ImageStat.Stat(im).stddev) / 255
+    hist = {}
+    for name, band in zip("hsv", im.convert("HSV").split()):
+        counts = np.array(band.histogram()).reshape(photo_stats.BINS, -1).sum(1)   # 8 bins of 32 levels
+        hist[name] = counts / counts.sum()
+    luma = im.convert("L")
+    # FIND_EDGES is the 8-neighbour Laplacian clipped at 0; of the inverted image, its negative side.
+    up = np.asarray(luma.filter(ImageFilter.FIND_EDGES), float)
+    down = np.asarray(ImageOps.invert(luma).filter(ImageFilter.FIND_EDGES), float)
+    lap = np.maximum(up, down)[1:-1, 1:-1]                   # the border has no full neighbourhood
+    return mean, std, hist, (lap > 255 * photo_stats.EDGE_LEVEL).mean()
+
+
+def check(row, mean, std, hist, density, tol):
+    assert np.allclose(row[["r_mean", "g_mean", "b_mean"]], mean, atol=tol["mean"]), (row[["r_mean", "g_mean", "b_mean"]], mean)
+    assert np.allclose(row[["r_std", "g_std", "b_std"]], std, atol=tol["std"]), (row[["r_std", "g_std", "b_std"]], std)
+    for c in "hsv":
+        ours = row[[f"{c}_hist{k}" for k in range(photo_stats.BINS)]].to_numpy(float)
+        assert abs(ours.sum() - 1) < 1e-6
+        assert np.allclose(ours, hist[c], atol=tol["hist"]), (c, ours, hist[c])
+    if density is not None:
+        assert abs(row["edge_density"] - density) < tol["edge"], (row["edge_density"], density)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photo_stats")
+    (d / "photos").mkdir()
+    return make_photo(d / "photos" / "f00dfeed00000000beef.jpg")
+
+
+def test_stretch_statistics_match_pillow(photo, tmp_path):
+    row, stored = run_02(photo, tmp_path / "hvr", "stretch")
+    assert (row["width"], row["height"], row["aspect"]) == (W, H, pytest.approx(W / H))
+    # The formulas, on the pixels 02 stored: only Pillow's byte rounding of hue and luma differs.
+    check(row, *pillow_stats(Image.fromarray(stored)),
+          tol=dict(mean=1e-5, std=1e-5, hist=0.02, edge=0.02))
+    # The chain: Pillow decodes and resizes the original itself.
+    with Image.open(photo) as im:
+        check(row, *pillow_stats(im.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS)),
+              tol=dict(mean=0.02, std=0.03, hist=0.05, edge=0.08))
+    assert row["edge_density"] > 0.1 and row["edge_mean"] > 0      # the stripes are edges
+
+
+def test_pad_statistics_ignore_the_padding(photo, tmp_path):
+    """In pad mode the square is mostly replicated red and green bands; the statistics must see
+    only the photo's own part, i.e. agree with Pillow on the photo at its own aspect."""
+    row, stored = run_02(photo, tmp_path / "hvr", "pad")
+    assert (row["width"], row["height"]) == (W, H)
+    top, bottom, left, right = photo_stats.content_box(W, H, SIZE, "pad")
+    assert (left, right) == (0, SIZE) and 0 < top and bottom < SIZE and bottom - top >= H * SIZE // W - 2
+    with Image.open(photo) as im:
+        own = im.convert("RGB").resize((right - left, bottom - top), Image.LANCZOS)
+        check(row, *pillow_stats(own)[:3], None, tol=dict(mean=0.03, std=0.04, hist=0.06))
+    whole = stored.reshape(-1, 3).mean(0) / 255          # what counting the padding would give
+    assert abs(whole[0] - row["r_mean"]) > 0.05
+
+
+def test_content_box_is_inside_the_photo():
+    assert photo_stats.content_box(224, 109, 48, "stretch") == (0, 48, 0, 48)
+    top, bottom, left, right = photo_stats.content_box(224, 109, 48, "pad")
+    # 109 of 224 rows, centred: rows 12.3 .. 35.7 of 48, shrunk to whole pixels
+    assert (top, bottom, left, right) == (13, 35, 0, 48)
+    assert photo_stats.content_box(109, 224, 48, "pad") == (0, 48, 13, 35)
+    top, bottom, _, _ = photo_stats.content_box(224, 2, 48, "pad")   # a sliver still has a pixel
+    assert bottom - top == 1
