@@ -62,18 +62,23 @@ echo "$meta" > "$out/.rgb/meta"
 bytes=$((size * size * 3))
 tail -n +2 "$ids" | cut -d, -f1 > "$out/.rgb/ids"
 total=$(wc -l < "$out/.rgb/ids")
-# finished photos: exactly S*S*3 bytes (a file cut short by a kill is redone)
-find "$out/.rgb" -maxdepth 1 -name '*.rgb' -size "${bytes}c" -printf '%f\n' | sed 's/\.rgb$//' | sort > "$out/.rgb/finished"
+# finished photos: exactly S*S*3 bytes (a file cut short by a kill is redone) and a complete
+# line of their size in a sizes.* file (see below; a photo whose line a kill lost is redone too)
+find "$out/.rgb" -maxdepth 1 -name '*.rgb' -size "${bytes}c" -printf '%f\n' | sed 's/\.rgb$//' | sort > "$out/.rgb/pixels"
+find "$out/.rgb" -maxdepth 1 -name 'sizes.*' -exec awk 'NF == 4 && $4 == "." {print $1}' {} + | sort -u \
+  | comm -12 "$out/.rgb/pixels" - > "$out/.rgb/finished"
 todo=$(sort "$out/.rgb/ids" | comm -23 - "$out/.rgb/finished" | sed "s|^|$photos/|; s|\$|.jpg|")
 n_todo=$(printf '%s' "$todo" | grep -c . || true)
 echo "[02] profile size ${size}px mode $mode: $total photos, $((total - n_todo)) already done, $n_todo to decode on $jobs cores"
 
 if [ "$n_todo" -gt 0 ]; then
-  # -regard-warnings: a corrupt JPEG is an error, not a silently grey image.
+  # -regard-warnings: a corrupt JPEG is an error, not a silently grey image. Each photo's own
+  # size, as decoded, is printed (-print, line-buffered by stdbuf, so it is on disk before the
+  # photo's pixels are) as "id width height ." into one sizes.* file per batch.
   printf '%s\n' "$todo" | xargs -d '\n' -n "$batch" -P "$jobs" \
-    sh -c 'mogrify -regard-warnings -path "$0" "$@" > "$(mktemp "$0/sizes.XXXXXX")" || exit 255
+    sh -c 'stdbuf -oL mogrify -regard-warnings -path "$0" "$@" > "$(mktemp "$0/sizes.XXXXXX")" || exit 255
            n=0; for a; do case $a in *.jpg) n=$((n + 1)) ;; esac; done; echo "[02] +$n photos"' "$out/.rgb" \
-    -colorspace sRGB -set photo:size '%w %h' -print '%t %[photo:size]\n' \
+    -colorspace sRGB -set photo:size '%w %h' -print '%t %[photo:size] .\n' \
     "${geometry[@]}" -resize "${size}x${size}!" -depth 8 -format rgb 2>&1 \
     | awk '/^\[02\]/ {n += $2; printf "[02] decoded %d/%d\n", n, '"$n_todo"'; fflush(); next} {print; fflush()}' \
     || { echo "error: ImageMagick could not decode the photo(s) named above (corrupt pixel data);" \
@@ -93,13 +98,14 @@ import photo_stats
 
 out, size, mode, started = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 ids = (out / ".rgb" / "ids").read_text().split()
-# Each photo's own width and height, as mogrify decoded it (its -print, one line per photo; a
-# photo redone after a kill has two identical lines).
+# Each photo's own width and height, as mogrify decoded it: its complete "id w h ." lines (a
+# photo redone after a kill may have two, identical; a line a kill cut short has no final ".").
 sizes = {}
-for f in sorted((out / ".rgb").glob("sizes.*")):
+for f in (out / ".rgb").glob("sizes.*"):
     for line in f.read_text().splitlines():
-        oid, w, h = line.split()
-        sizes[oid] = int(w), int(h)
+        fields = line.split()
+        if len(fields) == 4 and fields[3] == ".":
+            sizes[fields[0]] = int(fields[1]), int(fields[2])
 rows = []
 with common.atomic_path(out / "images.npy") as tmp:
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))

@@ -19,7 +19,6 @@ A fixed set of `holdout` photos is kept out of training to measure puzzle accura
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,7 +68,7 @@ def main():
     out = common.start_stage(args.out) if dist.main else Path(args.out)
     images, ids, meta = training.load_store(args.hvr)
     device, cuda = dist.device, dist.device.type == "cuda"
-    store = torch.from_numpy(np.array(images)).to(device)   # whole uint8 store, resident
+    store = training.to_pixels(images, device)   # the whole store, resident, packed pixels
     vidx = training.view_index(meta["size"]).to(device)
 
     held = torch.randperm(len(ids), generator=torch.Generator().manual_seed(args.seed))[: args.holdout]

@@ -139,7 +139,7 @@ def train(args, run_dir, dist):
     train_df, _, _ = task_data(args)
     date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
     pos = training.store_rows(ids, train_df["object_id"], args.hvr)
-    store = torch.from_numpy(np.array(images[np.sort(pos.numpy())])).to(device)  # only this fold's photos
+    store = training.to_pixels(images[np.sort(pos.numpy())], device)  # only this fold's photos
     pos = torch.from_numpy(np.searchsorted(np.sort(pos.numpy()), pos.numpy())).to(device)
     y, w = (t.to(device) for t in targets(args.task, train_df, args.folds, date_stats))
     vidx = training.view_index(meta["size"]).to(device)
@@ -178,7 +178,7 @@ def evaluate(args, run_dir, dist):
     device = dist.device
     train_df, held, split = task_data(args)
     date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
-    u8 = torch.from_numpy(np.array(images[training.store_rows(ids, held["object_id"], args.hvr).numpy()])).to(device)
+    px = training.to_pixels(images[training.store_rows(ids, held["object_id"], args.hvr).numpy()], device)
     y, w = targets(args.task, held, args.folds, date_stats)
     era = torch.tensor(held["target"].to_numpy(), dtype=torch.float32)
     vidx = training.view_index(meta["size"]).to(device)
@@ -203,7 +203,7 @@ def evaluate(args, run_dir, dist):
             time.sleep(EVAL_POLL)
             continue
         model.load_state_dict(state["model"])
-        mean_out = training.predict_views(model, u8, vidx, device, args.batch).mean(1).cpu()
+        mean_out = training.predict_views(model, px, vidx, device, args.batch).mean(1).cpu()
         loss = (per_sample_loss(args.task, args.loss, mean_out, y) * w).sum() / w.sum().clamp(min=1)
         pred = era_prediction(args.task, args.loss, mean_out, date_stats)
         rmse = "" if pred is None else f"{((pred - era) ** 2).mean().sqrt().item():.6g}"

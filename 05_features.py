@@ -82,10 +82,11 @@ def main():
     training.banner("05", args, dist, run=run, epoch=ckpts[-1][0],
                     **{k: len(v) for k, v in wanted.items()})
     for split, oids in wanted.items():
-        u8 = torch.from_numpy(np.array(images[training.store_rows(ids, oids, args.hvr).numpy()]))
+        px = training.to_pixels(images[training.store_rows(ids, oids, args.hvr).numpy()], "cpu")
         chunks = []
-        for part in training.progress(u8.split(4096), dist, desc=f"{run} {split}"):
-            part = part.to(dist.device, non_blocking=True)
+        for part in training.progress(px.split(4096), dist, desc=f"{run} {split}"):
+            if dist.device.type == "cuda":      # pinned, so the copy overlaps the previous part's work
+                part = part.pin_memory().to(dist.device, non_blocking=True)
             chunks.append(predict(model, part, vidx, dist.device, args.batch, config))
         outputs = torch.cat(chunks).numpy()
         with common.atomic_path(out / f"{split}.npz") as tmp:
@@ -101,9 +102,9 @@ def main():
 
 
 @torch.no_grad()
-def predict(model, u8, vidx, device, batch, config):
-    """(N, 8, D) task-unit outputs for the 8 views of each image in u8."""
-    outputs = training.predict_views(model, u8, vidx, device, batch).cpu()
+def predict(model, px, vidx, device, batch, config):
+    """(N, 8, D) task-unit outputs for the 8 views of each image in px (training.to_pixels)."""
+    outputs = training.predict_views(model, px, vidx, device, batch).cpu()
     if config["task"] == "sortingdate":
         outputs = outputs * config["date_std"] + config["date_mean"]
     if config["task"] == "onehot" and config.get("loss") == "ce":

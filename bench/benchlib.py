@@ -166,6 +166,20 @@ class Timer:
             torch.cuda.synchronize()
 
 
+MIN_SECONDS = 1.0   # a timed loop runs at least this long: a 48 px batch takes milliseconds
+
+
+def timed_rate(step, per_step, device, min_steps, min_seconds=MIN_SECONDS):
+    """Items/s of step() (each call makes `per_step` items), called at least `min_steps` times
+    and for at least `min_seconds`, whole calls only; on CUDA synchronised at both ends."""
+    steps = 0
+    with Timer(device) as t:
+        while steps < min_steps or time.perf_counter() - t.t0 < min_seconds:
+            step()
+            steps += 1
+    return steps * per_step / t.seconds
+
+
 def pick_device(name):
     import torch
     if name == "auto":

@@ -1,6 +1,6 @@
 """Figure 1, the input path: images/s of ready-to-train batches, ours against the recipe's loader.
 
-Ours (what 03/04 do every step): the uint8 store from stage 02 sits on the training device; a
+Ours (what 03/04 do every step): stage 02's store sits on the training device as packed pixels; a
 batch is a gather of random rows, a random view each (one of the 8 symmetries) and the ImageNet
 normalisation, all in training.to_input. The batch is ready for the network (channels_last on
 CUDA, as 03/04).
@@ -33,7 +33,7 @@ SIZES = (benchlib.common.PROFILES["full"]["02"]["size"],   # the recipe's 224
 PHOTOS = 256      # photos sampled; the reference reads each of them in all 8 views
 BATCH = 256       # the recipe's batch size
 ROUNDS = 2        # alternating passes per side; the best counts
-OURS_BATCHES = 8  # timed batches of ours per pass (after one warm-up batch)
+OURS_BATCHES = 8  # timed batches of ours per pass at least (and 1 s at least), after a warm-up one
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--data", default=None, help="raw data dir with photos/ (else $ATMA11_DATA, ../shared/atmacup11, demo)")
@@ -41,7 +41,7 @@ p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separat
 p.add_argument("--photos", type=int, default=PHOTOS)
 p.add_argument("--batch", type=int, default=BATCH)
 p.add_argument("--rounds", type=int, default=ROUNDS)
-p.add_argument("--batches", type=int, default=OURS_BATCHES, help="timed batches of ours per pass")
+p.add_argument("--batches", type=int, default=OURS_BATCHES, help="timed batches of ours per pass, at least")
 p.add_argument("--workers", type=int, default=os.cpu_count(), help="reference DataLoader workers (one per core)")
 p.add_argument("--device", default="auto", help="where ours runs: auto (cuda when present), cpu, cuda")
 p.add_argument("--tmp", default=None, help="scratch directory (default: a temporary one, removed)")
@@ -78,10 +78,7 @@ def ours_rate(store, vidx, batch, device, generator, batches=OURS_BATCHES):
         return training.to_input(store[rows], views, vidx, channels_last=cuda)
 
     one()                                                   # warm-up
-    with benchlib.Timer(device) as t:
-        for _ in range(batches):
-            one()
-    return batches * batch / t.seconds
+    return benchlib.timed_rate(one, batch, device, batches)
 
 
 def ref_rate(dataset, batch, workers, device):
@@ -102,7 +99,6 @@ def ref_rate(dataset, batch, workers, device):
 
 def main():
     args = p.parse_args()
-    import numpy as np
     import torch
     import training
     training.configure_threads()
@@ -117,7 +113,7 @@ def main():
                       f"JPEGs in 8 view directories, {args.workers} workers; " + benchlib.threads_note(device))
         for size in map(int, args.sizes.split(",")):
             images, ids, _ = benchlib.build_store(raw / "photos", ids, size, tmp / f"store{size}")
-            store = torch.from_numpy(np.array(images)).to(device)
+            store = training.to_pixels(images, device)
             vidx = training.view_index(size).to(device)
             dataset = RecipeDataset(items, size)
             g = torch.Generator().manual_seed(0)

@@ -4,7 +4,7 @@ the disk each needs for the real data.
 Ours (what 03 does): the epoch's plan (image, view, permutation; training.random_perms with the
 identity every 8th row, the recipe's 7 shuffled + 1) is drawn once on the host, as 03's
 epoch_plan does, and its time counts; each batch is then made on the training device from the
-uint8 store by training.to_input: view and tile shuffle on uint8, then one fused normalisation.
+store by training.to_input: view and tile shuffle move whole packed pixels, then one normalising pass.
 
 The reference (the recipe): every puzzle pre-rendered to disk as a JPEG by one ImageMagick
 `convert` per puzzle, from the view's pre-augmented JPEG: resize to S x S, cut the 3t x 3t square
@@ -35,7 +35,7 @@ SIZES = (benchlib.common.PROFILES["full"]["02"]["size"],   # the recipe's 224
 PHOTOS = 64         # photos sampled (ours gathers from their store; the reference renders from them)
 PUZZLES = 50        # puzzles the reference renders (the brief: a sample, extrapolated)
 BATCH = 256         # the recipe's batch size
-OURS_BATCHES = 8    # timed batches of ours per pass (after one warm-up batch)
+OURS_BATCHES = 8    # timed batches of ours per pass at least (and 1 s at least), after a warm-up one
 ROUNDS = 2          # alternating passes per side; the best counts
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -45,7 +45,7 @@ p.add_argument("--photos", type=int, default=PHOTOS)
 p.add_argument("--puzzles", type=int, default=PUZZLES)
 p.add_argument("--batch", type=int, default=BATCH)
 p.add_argument("--rounds", type=int, default=ROUNDS)
-p.add_argument("--batches", type=int, default=OURS_BATCHES, help="timed batches of ours per pass")
+p.add_argument("--batches", type=int, default=OURS_BATCHES, help="timed batches of ours per pass, at least")
 p.add_argument("--jobs", type=int, default=os.cpu_count(), help="convert processes at a time (one per core)")
 p.add_argument("--device", default="auto", help="where ours runs: auto (cuda when present), cpu, cuda")
 p.add_argument("--tmp", default=None, help="scratch directory (default: a temporary one, removed)")
@@ -95,17 +95,19 @@ def ours_rate(store, vidx, batch, device, batches=OURS_BATCHES, seed=0):
         return training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=cuda, perms=rows[:, 2:])
 
     one(plan()[:batch])                    # warm-up
-    with benchlib.Timer(device) as t:
-        rows = plan()[batch:]
-        for k in range(batches):
-            one(rows[k * batch:(k + 1) * batch])
-    return batches * batch / t.seconds
+    todo = []
+
+    def step():                            # a fresh plan of `batches` batches when one runs out
+        if not todo:
+            todo.extend(plan()[batch:].split(batch))
+        one(todo.pop(0))
+
+    return benchlib.timed_rate(step, batch, device, batches)
 
 
 def main():
     args = p.parse_args()
     import numpy as np
-    import torch
     import training
     training.configure_threads()
     device = benchlib.pick_device(args.device)
@@ -118,7 +120,7 @@ def main():
                       f"puzzles by convert, {args.jobs} at a time; " + benchlib.threads_note(device))
         for size in map(int, args.sizes.split(",")):
             images, ids, _ = benchlib.build_store(raw / "photos", ids, size, tmp / f"store{size}")
-            store = torch.from_numpy(np.array(images)).to(device)
+            store = training.to_pixels(images, device)
             vidx = training.view_index(size).to(device)
             rng = np.random.default_rng(0)
             ours, ref, jpeg_bytes = [], [], []

@@ -4,7 +4,7 @@ on the same inputs; their ratio is our loop's overhead (1.0: none).
 Ours is the real code path: training.fit (Adam with the recipe's betas, the plan sliced into
 batches, rows to the device, loss scaling, the per-step statistics, the loss.csv row every
 `log_every` steps: every step on CPU, 04's LOG_EVERY on CUDA) with the batch_loss that
-04_finetune.py uses for the `target` task, line for line: rows of the uint8 store gathered, a
+04_finetune.py uses for the `target` task, line for line: rows of the packed-pixel store gathered, a
 view each, normalised by training.to_input, bf16 autocast and channels_last on CUDA, 04's
 per_sample_loss (MSE) weighted and summed. It is timed from the call of batch_loss that starts
 the first timed step to the one that starts the step after the last (whole steps, fit's own work
@@ -179,7 +179,7 @@ def main():
         log_every = ft.LOG_EVERY if cuda else 1
         n = args.batch * (warm + steps + 1)          # ours runs one step more: its end mark
         g = torch.Generator().manual_seed(size)
-        store = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g).to(device)
+        store = training.to_pixels(torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g), device)
         pos = torch.arange(n, device=device)
         plan = torch.stack([torch.arange(n), torch.randint(0, 8, (n,), generator=g)], 1)
         y = torch.rand(n, 1, generator=g).mul(3).to(device)

@@ -117,23 +117,25 @@ def test_jigsaw_tiles_are_a_permutation():
 
 
 @pytest.mark.parametrize("size", [48, 49, 10])
-def test_uint8_fast_path_equals_the_float_composition(size):
-    """to_input permutes uint8 and normalises once at the end; the straightforward order
-    (normalise, then view, then shuffle the float tiles) must give the same batch, to float
-    rounding (the fast path's fused multiply-add), in both memory formats."""
+def test_packed_pixel_path_equals_the_float_composition(size):
+    """to_input moves packed pixels (to_pixels) and normalises once at the end; the plain order
+    (uint8 -> float, normalise, then view, then shuffle the float tiles) must give the same
+    batch, to float rounding, in both memory formats."""
     g = torch.Generator().manual_seed(size)
     u8 = torch.randint(0, 256, (16, size, size, 3), dtype=torch.uint8, generator=g)
     views, perms = torch.arange(16) % 8, training.random_perms(16, g)
     idx = training.view_index(size)
-    scale, shift = training.normaliser(torch.device("cpu"))
-    plain = training.apply_views(u8.permute(0, 3, 1, 2).float() * scale + shift, views, idx)
+    mean, std = torch.tensor(training.MEAN).view(1, 3, 1, 1), torch.tensor(training.STD).view(1, 3, 1, 1)
+    plain = training.apply_views((u8.permute(0, 3, 1, 2).float() / 255 - mean) / std, views, idx)
+    px = training.to_pixels(u8.numpy(), "cpu")
+    assert px.shape == (16, size * size) and px.dtype == torch.int32
     for channels_last in (False, True):
-        fast = training.to_input(u8, views, idx, channels_last=channels_last)
-        torch.testing.assert_close(fast, plain, rtol=0, atol=1e-6)
-        jig = training.to_input(u8, views, idx, channels_last=channels_last, perms=perms)
-        torch.testing.assert_close(jig, training.shuffle_tiles(plain, perms), rtol=0, atol=1e-6)
+        fast = training.to_input(px, views, idx, channels_last=channels_last)
+        torch.testing.assert_close(fast, plain, rtol=0, atol=2e-6)
+        jig = training.to_input(px, views, idx, channels_last=channels_last, perms=perms)
+        torch.testing.assert_close(jig, training.shuffle_tiles(plain, perms), rtol=0, atol=2e-6)
         assert jig.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert not torch.equal(training.to_input(u8, views, idx, perms=perms), plain)   # the tiles did move
+    assert not torch.equal(training.to_input(px, views, idx, perms=perms), plain)   # the tiles did move
 
 
 # -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 again, and compare with an uninterrupted run: bit-identical on this CPU. And a write that fails
 half-way (a file-size limit standing in for a full disk) leaves a clear error, no stamp, and the
 earlier stages' outputs intact."""
+import json
 import os
 import random
 import shutil
@@ -78,7 +79,31 @@ def test_kill_hvr_then_resume(reference, demo_data, tmp_path):
     if alive:
         assert not (work / "02_hvr" / "DONE").exists()      # never looks complete
     run_make("hvr", work=work, data=demo_data, **SMOKE)
-    for f in ("images.npy", "ids.txt", "meta.json"):
+    for f in ("images.npy", "ids.txt", "meta.json", "stats.csv"):
+        assert (work / "02_hvr" / f).read_bytes() == (reference / "02_hvr" / f).read_bytes(), f
+
+
+def test_hvr_redoes_a_photo_whose_size_line_was_lost(reference, demo_data, tmp_path):
+    """A kill can land after a photo's pixels are written but before its size line is (or cut
+    that line short): such a photo is not finished, and a rerun decodes it again."""
+    work = copy_work(reference, tmp_path / "work", ["00_validate"])
+    (work / "00_validate" / "DONE").touch()
+    rgb = work / "02_hvr" / ".rgb"
+    rgb.mkdir(parents=True)
+    meta = json.loads((reference / "02_hvr" / "meta.json").read_text())
+    (rgb / "meta").write_text(f'{{"size": {meta["size"]}, "mode": "{meta["mode"]}"}}\n')   # as 02 writes it
+    ids = (reference / "02_hvr" / "ids.txt").read_text().split()
+    images = np.load(reference / "02_hvr" / "images.npy")
+    stats = pd.read_csv(reference / "02_hvr" / "stats.csv", dtype={"object_id": str})
+    for oid, img in zip(ids, images):
+        (rgb / f"{oid}.rgb").write_bytes(img.tobytes())
+    lines = [f"{o} {int(w)} {int(h)} ." for o, w, h in stats[["object_id", "width", "height"]].itertuples(index=False)]
+    lost, cut = ids[0], ids[1]
+    kept = [l for l in lines if not l.startswith((lost, cut))]
+    (rgb / "sizes.a").write_text("\n".join(kept) + "\n" + next(l for l in lines if l.startswith(cut))[:-4])
+    p = run_make("hvr", work=work, data=demo_data, **SMOKE)
+    assert f"{len(ids) - 2} already done, 2 to decode" in p.stdout
+    for f in ("images.npy", "ids.txt", "stats.csv"):
         assert (work / "02_hvr" / f).read_bytes() == (reference / "02_hvr" / f).read_bytes(), f
 
 
