@@ -14,15 +14,17 @@
 # --mode stretch: the recipe's plain resize to S x S (-resize SxS!).
 # --mode pad:     pad to a square by replicating the edge pixels, then resize (the 1st place).
 # Greyscale and CMYK photos are converted to sRGB (-colorspace sRGB); the store is always RGB.
+# The same decode also writes the photo at its own size (OUT/.rgb/native/, raw, temporary), from
+# which the pack step takes the colour and edge statistics before removing it.
 # Resumable: each photo lands in OUT/.rgb/ as S*S*3 raw bytes; a rerun redoes only the photos
-# whose file is missing or not exactly that size, and DONE is written after images.npy.
+# whose files (or size line) are missing or cut short, and DONE is written after images.npy.
 set -euo pipefail
 
 # ---- defaults -------------------------------------------------------------------------------
 size=224            # the recipe's input size (profile: full)
 mode=stretch        # the recipe's resize
-batch=200           # photos per mogrify process: amortises its start-up
-jobs=$(nproc)       # one mogrify per core
+batch=200           # photos per convert process: amortises its start-up
+jobs=$(nproc)       # one convert per core
 python=python3
 
 while [ $# -gt 0 ]; do
@@ -34,10 +36,10 @@ while [ $# -gt 0 ]; do
     --mode) mode=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
+    --batch) batch_dir=$2; shift 2; break ;;    # (internal) decode the photos that follow
     *) echo "02_hvr_augment.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-: "${photos:?--photos is required}" "${ids:?--ids is required}" "${out:?--out is required}"
 case "$mode" in
   stretch) geometry=() ;;
   # The viewport grows the canvas to max(w,h) square, centred; -virtual-pixel edge fills it
@@ -49,46 +51,58 @@ case "$mode" in
 esac
 [[ "$size" =~ ^[0-9]+$ ]] && [ "$size" -ge 9 ] || { echo "--size must be an integer >= 9" >&2; exit 2; }
 
+# ---- one batch of photos: what xargs runs, one per core --------------------------------------
+# One decode per photo: its own size is printed ("id width height .", line-buffered by stdbuf,
+# so it is on disk before the photo's pixels are) into a sizes.* file of this batch; the photo
+# is written as decoded (native/), then resized into the store's S x S. -regard-warnings: a
+# corrupt JPEG is an error, not a silently grey image.
+if [ -n "${batch_dir:-}" ]; then
+  stdbuf -oL convert -regard-warnings "$@" -colorspace sRGB -set filename:id '%t' \
+    -format '%t %w %h .\n' -identify -write "$batch_dir/native/%[filename:id].rgb" \
+    "${geometry[@]}" -resize "${size}x${size}!" -depth 8 "$batch_dir/%[filename:id].rgb" \
+    > "$(mktemp "$batch_dir/sizes.XXXXXX")" || exit 255
+  echo "[02] +$# photos"
+  exit 0
+fi
+: "${photos:?--photos is required}" "${ids:?--ids is required}" "${out:?--out is required}"
+
 started=$(date +%s.%N)
 rm -f "$out/DONE"
-mkdir -p "$out/.rgb"
+mkdir -p "$out/.rgb/native"
 meta="{\"size\": $size, \"mode\": \"$mode\"}"
 # A store of another size or mode cannot be resumed: start it again.
 if [ -f "$out/.rgb/meta" ] && [ "$(cat "$out/.rgb/meta")" != "$meta" ]; then
-  rm -rf "$out/.rgb" && mkdir -p "$out/.rgb"
+  rm -rf "$out/.rgb" && mkdir -p "$out/.rgb/native"
 fi
 echo "$meta" > "$out/.rgb/meta"
 
 bytes=$((size * size * 3))
 tail -n +2 "$ids" | cut -d, -f1 > "$out/.rgb/ids"
 total=$(wc -l < "$out/.rgb/ids")
-# finished photos: exactly S*S*3 bytes (a file cut short by a kill is redone) and a complete
-# line of their size in a sizes.* file (see below; a photo whose line a kill lost is redone too)
-find "$out/.rgb" -maxdepth 1 -name '*.rgb' -size "${bytes}c" -printf '%f\n' | sed 's/\.rgb$//' | sort > "$out/.rgb/pixels"
-find "$out/.rgb" -maxdepth 1 -name 'sizes.*' -exec awk 'NF == 4 && $4 == "." {print $1}' {} + | sort -u \
-  | comm -12 "$out/.rgb/pixels" - > "$out/.rgb/finished"
+# finished photos: a complete size line, the stored S*S*3 bytes and the native w*h*3 bytes (a
+# file cut short by a kill, or a line it lost, and the photo is decoded again)
+{ find "$out/.rgb" -maxdepth 1 -name '*.rgb' -printf 'S %f %s\n'
+  find "$out/.rgb/native" -maxdepth 1 -name '*.rgb' -printf 'N %f %s\n'
+  find "$out/.rgb" -maxdepth 1 -name 'sizes.*' -exec awk 'NF == 4 && $4 == "." {print "L", $1 ".rgb", $2 * $3 * 3}' {} +
+} | awk -v stored="$bytes" '$1 == "S" && $3 == stored {s[$2] = 1} $1 == "N" {n[$2] = $3} $1 == "L" {want[$2] = $3}
+      END {for (f in want) if (s[f] && n[f] == want[f]) {sub(/\.rgb$/, "", f); print f}}' | sort > "$out/.rgb/finished"
 todo=$(sort "$out/.rgb/ids" | comm -23 - "$out/.rgb/finished" | sed "s|^|$photos/|; s|\$|.jpg|")
 n_todo=$(printf '%s' "$todo" | grep -c . || true)
 echo "[02] profile size ${size}px mode $mode: $total photos, $((total - n_todo)) already done, $n_todo to decode on $jobs cores"
 
 if [ "$n_todo" -gt 0 ]; then
-  # -regard-warnings: a corrupt JPEG is an error, not a silently grey image. Each photo's own
-  # size, as decoded, is printed (-print, line-buffered by stdbuf, so it is on disk before the
-  # photo's pixels are) as "id width height ." into one sizes.* file per batch.
   printf '%s\n' "$todo" | xargs -d '\n' -n "$batch" -P "$jobs" \
-    sh -c 'stdbuf -oL mogrify -regard-warnings -path "$0" "$@" > "$(mktemp "$0/sizes.XXXXXX")" || exit 255
-           n=0; for a; do case $a in *.jpg) n=$((n + 1)) ;; esac; done; echo "[02] +$n photos"' "$out/.rgb" \
-    -colorspace sRGB -set photo:size '%w %h' -print '%t %[photo:size] .\n' \
-    "${geometry[@]}" -resize "${size}x${size}!" -depth 8 -format rgb 2>&1 \
+    "$0" --size "$size" --mode "$mode" --batch "$out/.rgb" 2>&1 \
     | awk '/^\[02\]/ {n += $2; printf "[02] decoded %d/%d\n", n, '"$n_todo"'; fflush(); next} {print; fflush()}' \
     || { echo "error: ImageMagick could not decode the photo(s) named above (corrupt pixel data);" \
               "replace them, then run the same command again: finished photos are kept" >&2; exit 1; }
 fi
 
 # Pack into one array, written to a temporary name and renamed, with each photo's statistics
-# (photo_stats.py) taken from the same decoded bytes on the way; DONE last.
-"$python" - "$out" "$size" "$mode" "$started" <<'PY'
+# (photo_stats.py) from the same decode: the photo at its own size and its stored pixels; DONE last.
+"$python" - "$out" "$size" "$mode" "$started" "$jobs" <<'PY'
 import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -96,26 +110,43 @@ sys.path.insert(0, os.getcwd())
 import common
 import photo_stats
 
-out, size, mode, started = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-ids = (out / ".rgb" / "ids").read_text().split()
-# Each photo's own width and height, as mogrify decoded it: its complete "id w h ." lines (a
-# photo redone after a kill may have two, identical; a line a kill cut short has no final ".").
+out, size, mode, started, jobs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+rgb = out / ".rgb"
+ids = (rgb / "ids").read_text().split()
+# Each photo's own width and height, as decoded: its complete "id w h ." lines (a photo redone
+# after a kill may have two, identical; a line a kill cut short has no final ".").
 sizes = {}
-for f in (out / ".rgb").glob("sizes.*"):
+for f in rgb.glob("sizes.*"):
     for line in f.read_text().splitlines():
         fields = line.split()
         if len(fields) == 4 and fields[3] == ".":
             sizes[fields[0]] = int(fields[1]), int(fields[2])
-rows = []
-with common.atomic_path(out / "images.npy") as tmp:
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
-    for i, oid in enumerate(ids):
-        arr[i] = img = np.fromfile(out / ".rgb" / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
+
+
+def stored(oid):
+    return np.fromfile(rgb / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
+
+
+def stats_rows(chunk):
+    rows = []
+    for oid in chunk:
         w, h = sizes[oid]
+        native = np.fromfile(rgb / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
         top, bottom, left, right = photo_stats.content_box(w, h, size, mode)
-        rows.append(photo_stats.stats(img[top:bottom, left:right], w, h))
-    arr.flush()
-    del arr
+        rows.append(photo_stats.row(native, stored(oid)[top:bottom, left:right]))
+    return rows
+
+
+# The statistics on every core (workers fork with `sizes`); the store written meanwhile.
+with ProcessPoolExecutor(jobs) as pool:
+    parts = pool.map(stats_rows, [ids[k:k + 256] for k in range(0, len(ids), 256)])
+    with common.atomic_path(out / "images.npy") as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
+        for i, oid in enumerate(ids):
+            arr[i] = stored(oid)
+        arr.flush()
+        del arr
+    rows = [r for part in parts for r in part]
 table = pd.DataFrame(np.stack(rows), columns=photo_stats.COLUMNS)
 table.insert(0, "object_id", ids)
 common.write_csv(out / "stats.csv", table, float_format="%.7g")

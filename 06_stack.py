@@ -24,7 +24,9 @@ Out-of-fold predictions use each row's out-of-fold fold (01's oof_fold.csv).
 
 Past the recipe, --meta on: the stack's table gains the per-photo statistics of stage 02
 (photo_stats.py: size, aspect, colour, edges), which the square networks never see. Both
-tables are always stacked and scored; --meta picks the one the submission uses.
+tables are always stacked and scored; --meta picks the one the submission uses. The
+ablations --meta native / stored keep the size and only the colour and edge statistics of the
+photo as decoded / of the stored S x S pixels.
 
 Post-processing (the recipe): final = ratio * stack + (1 - ratio) * the target network's TTA
 mean; where the onehot network's TTA-mean score for a class exceeds the threshold, that class;
@@ -39,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 import common
+import photo_stats
 
 # -----------------------------------------------------------------------------
 LGB_PARAMS = dict(objective="regression", metric="l2", boosting_type="gbdt", num_leaves=31,
@@ -58,9 +61,10 @@ p.add_argument("--out", required=True, help="this stage's directory")
 p.add_argument("--mode", default="seed", choices=["seed", "oof"],
                help="which stack the submission uses (seed: better CV on the real data, README)")
 p.add_argument("--hvr", required=True, help="stage 02's directory (its stats.csv)")
-p.add_argument("--meta", default="on", choices=["off", "on"],
+p.add_argument("--meta", default="on", choices=["off", "on", "native", "stored"],
                help="the submission's stack: with 02's per-photo statistics (on: better CV on the real "
-                    "data, README) or the recipe's 104 columns alone (off); both are always scored")
+                    "data, README; native / stored: only those of the photo as decoded / of the stored "
+                    "pixels) or the recipe's 104 columns alone (off); both stacks are always scored")
 p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="post-processing knobs: CV grid or 0.5/0.94")
 
 
@@ -73,14 +77,19 @@ def features(feat_dir, fold, split, extra=None):
     return table if extra is None else table.join(extra, how="left")
 
 
-def meta_table(hvr_dir):
-    """02's per-photo statistics, indexed by object_id, every column prefixed meta_."""
+def meta_table(hvr_dir, which):
+    """02's per-photo statistics, indexed by object_id, every column prefixed meta_; `which`:
+    native / stored keep the size and only that half of the colour and edge columns."""
     path = Path(hvr_dir) / "stats.csv"
     if not path.exists():
         common.fail(f"{path} is missing: this WORK's stage 02 predates the per-photo statistics. Run "
                     f"02_hvr_augment.sh with the same options into another directory and copy its stats.csv "
                     f"here (the store comes out byte-identical), or use a new WORK")
     table = pd.read_csv(path, dtype={"object_id": str}).set_index("object_id")
+    if which == "native":
+        table = table.drop(columns=[c for c in table.columns if c.endswith("_stored")])
+    elif which == "stored":
+        table = table.drop(columns=[c for c in photo_stats.PIXEL_COLUMNS])
     return table.add_prefix("meta_")
 
 
@@ -196,13 +205,13 @@ def main():
     train = folds["all"]["train"].set_index("object_id")
     y = train["target"]
 
-    meta = meta_table(args.hvr)
+    meta = meta_table(args.hvr, args.meta)
     # Every stack, keyed by its cv.csv column: both modes, without and with the statistics.
     stacks = {}
     for suffix, extra in (("", None), ("_meta", meta)):
         stacks["stack_seed" + suffix] = stack_seed(args.features, folds, extra)
         stacks["stack_oof" + suffix] = stack_oof(args.features, folds, oof_fold, extra)
-    chosen = f"stack_{args.mode}" + ("_meta" if args.meta == "on" else "")
+    chosen = f"stack_{args.mode}" + ("" if args.meta == "off" else "_meta")
     # The reference point: the same booster on the statistics alone (DATA.md's 0.81).
     meta_only = cross_validate(meta.loc[oof_fold.index], meta.loc[folds["all"]["test"]["object_id"]],
                                folds, oof_fold)

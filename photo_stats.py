@@ -1,10 +1,12 @@
 """Per-photo statistics the square resize hides from the networks (DATA.md): the photo's size and
 aspect, its colour (RGB means and spreads, 8-bin HSV histograms) and its texture (edge strength).
 
-Stage 02 computes them once, while it packs each decoded photo into the image store (no second
-pass over the JPEGs), and writes WORK/02_hvr/stats.csv in the store's row order; 06_stack.py
---meta on gives them to the stack. Colour and texture come from the stored S x S pixels; in
-`pad` mode only from the photo's own part of the square, so the replicated edges do not count.
+Stage 02 computes them once, from its one decode of each photo (no second pass over the JPEGs),
+and writes WORK/02_hvr/stats.csv in the store's row order; 06_stack.py --meta on gives them to
+the stack. Colour and texture are measured twice: on the photo as decoded, at its own size, and
+(columns ending _stored) on the S x S pixels the networks get, in `pad` mode only on the photo's
+own part of the square, so the replicated edges do not count. Both help on the real data
+(README: the stack's CV with either and with both).
 
 The definitions follow Pillow's, so that tests can check them against an independent computation:
 HSV as Image.convert("HSV") (hue of a grey pixel 0), luma as convert("L") (ITU-R 601-2).
@@ -17,9 +19,10 @@ BINS = 8            # per HSV channel: a small histogram (DATA.md's reference us
 EDGE_LEVEL = 0.125  # |8-neighbour Laplacian of luma| above this (32/255) counts as an edge pixel
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
-COLUMNS = (["width", "height", "aspect", "r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std"]
-           + [f"{c}_hist{k}" for c in "hsv" for k in range(BINS)]
-           + ["edge_mean", "edge_density"])
+PIXEL_COLUMNS = (["r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std"]
+                 + [f"{c}_hist{k}" for c in "hsv" for k in range(BINS)]
+                 + ["edge_mean", "edge_density"])
+COLUMNS = ["width", "height", "aspect", *PIXEL_COLUMNS, *(f"{c}_stored" for c in PIXEL_COLUMNS)]
 
 
 def content_box(width, height, size, mode):
@@ -53,18 +56,28 @@ def hsv(x):
     return h, s, v
 
 
-def stats(rgb, width, height):
-    """One photo: rgb (h, w, 3) uint8, its part of the stored image; width, height: the photo's
-    own size in pixels. Returns the values of COLUMNS, in order."""
+def row(native, stored):
+    """One photo's values of COLUMNS: native (h, w, 3) uint8, the photo as decoded; stored, its
+    part of the S x S stored image (content_box)."""
+    height, width = native.shape[:2]
+    return np.concatenate([[width, height, width / height], pixel_stats(native), pixel_stats(stored)])
+
+
+def pixel_stats(rgb):
+    """The values of PIXEL_COLUMNS of an (h, w, 3) uint8 image."""
     x = rgb.astype(np.float32) / 255
     flat = x.reshape(-1, 3)
-    out = [width, height, width / height, *flat.mean(0), *flat.std(0)]
+    px = rgb.reshape(-1, 3).astype(np.int64)          # exact sums: mean and spread in float64
+    mean = px.sum(0) / len(px)
+    spread = np.sqrt(np.maximum(np.einsum("ij,ij->j", px, px) / len(px) - mean ** 2, 0))
+    out = [*(mean / 255), *(spread / 255)]
     for channel in hsv(flat):
         out += list(np.bincount(np.minimum((channel * BINS).astype(int), BINS - 1), minlength=BINS) / len(flat))
     luma = x @ LUMA
     if luma.shape[0] >= 3 and luma.shape[1] >= 3:   # the Laplacian needs a neighbour on every side
-        window = np.lib.stride_tricks.sliding_window_view(luma, (3, 3))
-        lap = np.abs(9 * luma[1:-1, 1:-1] - window.sum((-2, -1)))
+        ring = sum(luma[1 + dy: luma.shape[0] - 1 + dy, 1 + dx: luma.shape[1] - 1 + dx]
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+        lap = np.abs(8 * luma[1:-1, 1:-1] - ring)
         out += [float(lap.mean()), float((lap > EDGE_LEVEL).mean())]
     else:
         out += [0.0, 0.0]

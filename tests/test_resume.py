@@ -83,26 +83,29 @@ def test_kill_hvr_then_resume(reference, demo_data, tmp_path):
         assert (work / "02_hvr" / f).read_bytes() == (reference / "02_hvr" / f).read_bytes(), f
 
 
-def test_hvr_redoes_a_photo_whose_size_line_was_lost(reference, demo_data, tmp_path):
-    """A kill can land after a photo's pixels are written but before its size line is (or cut
-    that line short): such a photo is not finished, and a rerun decodes it again."""
+def test_hvr_redoes_a_photo_a_kill_left_unfinished(reference, demo_data, tmp_path):
+    """A kill can land after a photo's stored pixels are written but before its size line is (or
+    cut that line short), or in the middle of its native-size copy: such a photo is not finished,
+    and a rerun decodes it again; the others are kept."""
     work = copy_work(reference, tmp_path / "work", ["00_validate"])
     (work / "00_validate" / "DONE").touch()
     rgb = work / "02_hvr" / ".rgb"
-    rgb.mkdir(parents=True)
+    (rgb / "native").mkdir(parents=True)
     meta = json.loads((reference / "02_hvr" / "meta.json").read_text())
     (rgb / "meta").write_text(f'{{"size": {meta["size"]}, "mode": "{meta["mode"]}"}}\n')   # as 02 writes it
     ids = (reference / "02_hvr" / "ids.txt").read_text().split()
-    images = np.load(reference / "02_hvr" / "images.npy")
-    stats = pd.read_csv(reference / "02_hvr" / "stats.csv", dtype={"object_id": str})
-    for oid, img in zip(ids, images):
+    for oid, img in zip(ids, np.load(reference / "02_hvr" / "images.npy")):
         (rgb / f"{oid}.rgb").write_bytes(img.tobytes())
-    lines = [f"{o} {int(w)} {int(h)} ." for o, w, h in stats[["object_id", "width", "height"]].itertuples(index=False)]
-    lost, cut = ids[0], ids[1]
-    kept = [l for l in lines if not l.startswith((lost, cut))]
-    (rgb / "sizes.a").write_text("\n".join(kept) + "\n" + next(l for l in lines if l.startswith(cut))[:-4])
+    subprocess.run(["convert", *(str(demo_data / "photos" / f"{i}.jpg") for i in ids), "-colorspace", "sRGB",
+                    "-set", "filename:id", "%t", str(rgb / "native" / "%[filename:id].rgb")], check=True)
+    stats = pd.read_csv(reference / "02_hvr" / "stats.csv", dtype={"object_id": str}).set_index("object_id")
+    lines = {o: f"{o} {int(stats.at[o, 'width'])} {int(stats.at[o, 'height'])} ." for o in ids}
+    lost, cut, short = ids[0], ids[1], ids[2]
+    (rgb / "sizes.a").write_text("".join(lines[o] + "\n" for o in ids if o not in (lost, cut)) + lines[cut][:-4])
+    native = rgb / "native" / f"{short}.rgb"
+    native.write_bytes(native.read_bytes()[:-3])
     p = run_make("hvr", work=work, data=demo_data, **SMOKE)
-    assert f"{len(ids) - 2} already done, 2 to decode" in p.stdout
+    assert f"{len(ids) - 3} already done, 3 to decode" in p.stdout
     for f in ("images.npy", "ids.txt", "stats.csv"):
         assert (work / "02_hvr" / f).read_bytes() == (reference / "02_hvr" / f).read_bytes(), f
 
