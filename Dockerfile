@@ -17,15 +17,16 @@ ARG PIP_VERSION=26.3
 ARG USER_NAME=atma
 ARG USER_UID=1000
 
-# System tools the Makefile and stages call: ImageMagick (convert, mogrify, identify) for 02,
-# make, git (provenance), util-linux (flock), ca-certificates (rclone speaks TLS to the cloud);
+# System tools the Makefile and stages call: ImageMagick (convert, mogrify, identify) and
+# coreutils (stdbuf) for 02, make, git (provenance), util-linux (flock), ca-certificates (rclone
+# speaks TLS to the cloud);
 # and the non-root user the image runs as by default.
 # Ubuntu's own versions, not pinned: the archive drops superseded versions, so an exact pin
 # would break the build within weeks; the base image tag fixes the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      "${PYTHON}" "${PYTHON}-venv" imagemagick make git util-linux ca-certificates \
+      "${PYTHON}" "${PYTHON}-venv" imagemagick coreutils make git util-linux ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid "${USER_UID}" --shell /bin/bash "${USER_NAME}"
 

@@ -31,6 +31,7 @@ TOOLS = {
     "convert": ("apt", "imagemagick"),
     "mogrify": ("apt", "imagemagick"),
     "identify": ("apt", "imagemagick"),
+    "stdbuf": ("apt", "coreutils"),
     "make": ("apt", "make"),
     "git": ("apt", "git"),
     "flock": ("apt", "util-linux"),
