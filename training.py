@@ -291,10 +291,10 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
         if dist.main:
             print(f"resuming from {path.name} (epoch {epoch}, step {step or 'end'})", flush=True)
     net = dist.wrap(model)
+    compiling = None
     if config.get("compile"):
-        t0 = time.time()
         net = torch.compile(net)
-        print(f"torch.compile wrapped in {time.time() - t0:.1f}s (kernels compile on first steps)")
+        compiling = time.time()     # the kernels compile during the first step: its time is reported
     log_path = run_dir / "loss.csv"
     if dist.main:
         keep_log_until(log_path, gstep)
@@ -323,6 +323,13 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
             (loss_sum * world / global_n).backward()
             optim.step()
             gstep += 1
+            if compiling is not None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()        # once per run, so the figure is the compile's
+                if dist.main:
+                    print(f"torch.compile: the first step, which compiles the kernels, took "
+                          f"{time.time() - compiling:.1f}s", flush=True)
+                compiling = None
             seen += global_n
             n_local += len(rows)
             for k, v in {"loss": loss_sum, **stats}.items():      # summed on the device: no sync

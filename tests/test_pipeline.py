@@ -2,6 +2,7 @@
 whole pipeline in PROFILE=smoke to a valid submission, nothing redone on a second run, the GPU
 slots, the evaluator's patience with half-written checkpoints, and torchrun (gloo, 2 ranks)."""
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -331,6 +332,16 @@ def test_torchrun_two_ranks_matches_one_process(smoke_run, tmp_path):
         travelled = relative_gap({k: init[k] for k in body}, {k: w1[k] for k in body})
         gap = relative_gap({k: w1[k] for k in body}, {k: w2[k] for k in body})
         assert 0 < gap < 2 * travelled, (name, gap, travelled)
+
+
+def test_torch_compile_runs_and_reports_its_compile_time(make, demo_data, tmp_path):
+    """--compile (the GPU fast path's option) works on this CPU too, and says how long the first
+    step, which compiles the kernels, took."""
+    work = tmp_path / "work"
+    p = make("jigsaw", work=work, data=demo_data, PROFILE="smoke", JIGSAW_ARGS="--compile --epochs 1", timeout=600)
+    took = re.search(r"torch.compile: the first step, which compiles the kernels, took ([0-9.]+)s", p.stdout)
+    assert took and float(took.group(1)) > 0, p.stdout[-2000:]
+    assert (work / "03_jigsaw" / "DONE").exists()
 
 
 @pytest.mark.parametrize("arch", training.ARCHS)
