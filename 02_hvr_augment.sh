@@ -123,30 +123,27 @@ for f in rgb.glob("sizes.*"):
             sizes[fields[0]] = int(fields[1]), int(fields[2])
 
 
-def stored(oid):
-    return np.fromfile(rgb / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
-
-
-def stats_rows(chunk):
+def pack(start, chunk, store):
+    """Rows start.. of the store, from their raw files, and their statistics: each file read once."""
+    arr = np.load(store, mmap_mode="r+")
     rows = []
-    for oid in chunk:
+    for i, oid in enumerate(chunk, start):
+        arr[i] = img = np.fromfile(rgb / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
         w, h = sizes[oid]
         native = np.fromfile(rgb / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
         top, bottom, left, right = photo_stats.content_box(w, h, size, mode)
-        rows.append(photo_stats.row(native, stored(oid)[top:bottom, left:right]))
+        rows.append(photo_stats.row(native, img[top:bottom, left:right]))
+    arr.flush()
     return rows
 
 
-# The statistics on every core (workers fork with `sizes`); the store written meanwhile.
-with ProcessPoolExecutor(jobs) as pool:
-    parts = pool.map(stats_rows, [ids[k:k + 256] for k in range(0, len(ids), 256)])
-    with common.atomic_path(out / "images.npy") as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
-        for i, oid in enumerate(ids):
-            arr[i] = stored(oid)
-        arr.flush()
-        del arr
-    rows = [r for part in parts for r in part]
+# Chunks on every core (workers fork with `sizes`), each writing its rows of the one store file.
+with common.atomic_path(out / "images.npy") as tmp:
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3)).flush()
+    starts = range(0, len(ids), 256)
+    with ProcessPoolExecutor(jobs) as pool:
+        parts = pool.map(pack, starts, [ids[k:k + 256] for k in starts], [tmp] * len(starts))
+        rows = [r for part in parts for r in part]
 table = pd.DataFrame(np.stack(rows), columns=photo_stats.COLUMNS)
 table.insert(0, "object_id", ids)
 common.write_csv(out / "stats.csv", table, float_format="%.7g")

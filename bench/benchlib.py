@@ -5,6 +5,7 @@ Every figure is one line `name: value unit`; a comparison with the recipe's way,
 same run on the same machine, adds `name_vs_ref: ratio x`, where the ratio says how many times
 better ours is (a rate: ours / ref; a size or a time: ref / ours).
 """
+import argparse
 import os
 import shutil
 import subprocess
@@ -24,6 +25,13 @@ RECIPE_VIEWS = 8                         # the 8 symmetries of the square (SEED.
 RECIPE_PERMS = 8                         # per image-view per epoch: 7 shuffled + the identity
 # ImageMagick operators of each view, applied in the recipe's order h, v, r.
 VIEW_OPS = {"h": ["-flop"], "v": ["-flip"], "r": ["-rotate", "90"]}
+
+# Figures 1 and 2 (batches of ours against the recipe's way of making them).
+BATCH_SIZES = (common.PROFILES["full"]["02"]["size"],     # the recipe's 224
+               common.PROFILES["cpu"]["02"]["size"])      # what PROFILE=cpu trains at here
+BATCH = 256         # the recipe's batch size
+ROUNDS = 2          # alternating passes per side; the best counts
+OURS_BATCHES = 8    # timed batches of ours per pass at least (and 1 s at least), after a warm-up one
 
 
 # -----------------------------------------------------------------------------
@@ -185,3 +193,34 @@ def pick_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+# -----------------------------------------------------------------------------
+def batch_parser(doc, photos, prefix):
+    """The options figures 1 and 2 share; each script adds those of its reference."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--data", default=None, help="raw data dir with photos/ (else $ATMA11_DATA, ../shared/atmacup11, demo)")
+    p.add_argument("--sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated S")
+    p.add_argument("--photos", type=int, default=photos, help="photos sampled")
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--rounds", type=int, default=ROUNDS)
+    p.add_argument("--batches", type=int, default=OURS_BATCHES, help="timed batches of ours per pass, at least")
+    p.add_argument("--device", default="auto", help="where ours runs: auto (cuda when present), cpu, cuda")
+    p.add_argument("--tmp", default=None, help="scratch directory (default: a temporary one, removed)")
+    p.add_argument("--prefix", default=prefix, help="name prefix of the printed lines")
+    return p
+
+
+def recipe_inputs(args, tmp):
+    """(raw dir, 'real' | 'demo', sampled ids, the recipe's 8 view directories of them)."""
+    raw, kind = photo_source(args.data, tmp)
+    ids = sample_ids(raw / "photos", args.photos)
+    return raw, kind, ids, write_recipe_views(raw / "photos", ids, Path(tmp) / "views")
+
+
+def resident_store(raw, ids, size, tmp, device):
+    """Ours at size S: (the store of `ids` as training.to_pixels on `device`, ids in its row
+    order, training.view_index on `device`), from the real stage 02."""
+    import training
+    images, ids, _ = build_store(raw / "photos", ids, size, Path(tmp) / f"store{size}")
+    return training.to_pixels(images, device), ids, training.view_index(size).to(device)

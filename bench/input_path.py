@@ -20,7 +20,6 @@ At two sizes by default: the recipe's 224 px and PROFILE=cpu's (what trains on 2
 
     python bench/input_path.py --sizes 224,48 --photos 256 [--data DIR] [--device auto|cpu|cuda]
 """
-import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -28,25 +27,10 @@ from pathlib import Path
 import benchlib
 
 # -----------------------------------------------------------------------------
-SIZES = (benchlib.common.PROFILES["full"]["02"]["size"],   # the recipe's 224
-         benchlib.common.PROFILES["cpu"]["02"]["size"])    # what PROFILE=cpu trains at here
 PHOTOS = 256      # photos sampled; the reference reads each of them in all 8 views
-BATCH = 256       # the recipe's batch size
-ROUNDS = 2        # alternating passes per side; the best counts
-OURS_BATCHES = 8  # timed batches of ours per pass at least (and 1 s at least), after a warm-up one
 
-p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-p.add_argument("--data", default=None, help="raw data dir with photos/ (else $ATMA11_DATA, ../shared/atmacup11, demo)")
-p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated S")
-p.add_argument("--photos", type=int, default=PHOTOS)
-p.add_argument("--batch", type=int, default=BATCH)
-p.add_argument("--rounds", type=int, default=ROUNDS)
-p.add_argument("--batches", type=int, default=OURS_BATCHES, help="timed batches of ours per pass, at least")
+p = benchlib.batch_parser(__doc__, PHOTOS, "input")
 p.add_argument("--workers", type=int, default=os.cpu_count(), help="reference DataLoader workers (one per core)")
-p.add_argument("--device", default="auto", help="where ours runs: auto (cuda when present), cpu, cuda")
-p.add_argument("--tmp", default=None, help="scratch directory (default: a temporary one, removed)")
-p.add_argument("--prefix", default="input", help="name prefix of the printed lines")
-
 
 class RecipeDataset:
     """The recipe's per-item loader: (view directory, id) -> normalised float tensor."""
@@ -66,7 +50,7 @@ class RecipeDataset:
             return self.tf(im.convert("RGB"))
 
 
-def ours_rate(store, vidx, batch, device, generator, batches=OURS_BATCHES):
+def ours_rate(store, vidx, batch, device, generator, batches=benchlib.OURS_BATCHES):
     import torch
     import training
     cuda = device.type == "cuda"
@@ -105,16 +89,12 @@ def main():
     device = benchlib.pick_device(args.device)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp).resolve()
-        raw, kind = benchlib.photo_source(args.data, tmp)
-        ids = benchlib.sample_ids(raw / "photos", args.photos)
-        dirs = benchlib.write_recipe_views(raw / "photos", ids, tmp / "views")
+        raw, kind, ids, dirs = benchlib.recipe_inputs(args, tmp)
         items = [str(d / f"{i}.jpg") for d in dirs for i in ids]
         benchlib.note(f"{args.prefix}: {len(ids)} {kind} photos, batch {args.batch}; reference: {len(items)} "
                       f"JPEGs in 8 view directories, {args.workers} workers; " + benchlib.threads_note(device))
         for size in map(int, args.sizes.split(",")):
-            images, ids, _ = benchlib.build_store(raw / "photos", ids, size, tmp / f"store{size}")
-            store = training.to_pixels(images, device)
-            vidx = training.view_index(size).to(device)
+            store, ids, vidx = benchlib.resident_store(raw, ids, size, tmp, device)
             dataset = RecipeDataset(items, size)
             g = torch.Generator().manual_seed(0)
             ours, ref = [], []

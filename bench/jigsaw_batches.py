@@ -19,7 +19,6 @@ At two sizes by default: the recipe's 224 px and PROFILE=cpu's (what trains on 2
 
     python bench/jigsaw_batches.py --sizes 224,48 --puzzles 50 [--data DIR] [--device auto|cpu|cuda]
 """
-import argparse
 import os
 import subprocess
 import tempfile
@@ -30,27 +29,12 @@ from pathlib import Path
 import benchlib
 
 # -----------------------------------------------------------------------------
-SIZES = (benchlib.common.PROFILES["full"]["02"]["size"],   # the recipe's 224
-         benchlib.common.PROFILES["cpu"]["02"]["size"])    # what PROFILE=cpu trains at here
 PHOTOS = 64         # photos sampled (ours gathers from their store; the reference renders from them)
 PUZZLES = 50        # puzzles the reference renders (the brief: a sample, extrapolated)
-BATCH = 256         # the recipe's batch size
-OURS_BATCHES = 8    # timed batches of ours per pass at least (and 1 s at least), after a warm-up one
-ROUNDS = 2          # alternating passes per side; the best counts
 
-p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-p.add_argument("--data", default=None, help="raw data dir with photos/ (else $ATMA11_DATA, ../shared/atmacup11, demo)")
-p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated S")
-p.add_argument("--photos", type=int, default=PHOTOS)
+p = benchlib.batch_parser(__doc__, PHOTOS, "jigsaw")
 p.add_argument("--puzzles", type=int, default=PUZZLES)
-p.add_argument("--batch", type=int, default=BATCH)
-p.add_argument("--rounds", type=int, default=ROUNDS)
-p.add_argument("--batches", type=int, default=OURS_BATCHES, help="timed batches of ours per pass, at least")
 p.add_argument("--jobs", type=int, default=os.cpu_count(), help="convert processes at a time (one per core)")
-p.add_argument("--device", default="auto", help="where ours runs: auto (cuda when present), cpu, cuda")
-p.add_argument("--tmp", default=None, help="scratch directory (default: a temporary one, removed)")
-p.add_argument("--prefix", default="jigsaw", help="name prefix of the printed lines")
-
 
 def convert_cmd(src, dst, size, perm):
     """One recipe-style puzzle: tiles of the top-left 3t x 3t square, tile perm[i] at position i."""
@@ -77,7 +61,7 @@ def ref_rate(dirs, ids, size, n, jobs, out, rng):
     return n / seconds, sum(sizes) / len(sizes)
 
 
-def ours_rate(store, vidx, batch, device, batches=OURS_BATCHES, seed=0):
+def ours_rate(store, vidx, batch, device, batches=benchlib.OURS_BATCHES, seed=0):
     import torch
     import training
     cuda = device.type == "cuda"
@@ -113,15 +97,11 @@ def main():
     device = benchlib.pick_device(args.device)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp).resolve()
-        raw, kind = benchlib.photo_source(args.data, tmp)
-        ids = benchlib.sample_ids(raw / "photos", args.photos)
-        dirs = benchlib.write_recipe_views(raw / "photos", ids, tmp / "views")
+        raw, kind, ids, dirs = benchlib.recipe_inputs(args, tmp)
         benchlib.note(f"{args.prefix}: {len(ids)} {kind} photos, batch {args.batch}; reference: {args.puzzles} "
                       f"puzzles by convert, {args.jobs} at a time; " + benchlib.threads_note(device))
         for size in map(int, args.sizes.split(",")):
-            images, ids, _ = benchlib.build_store(raw / "photos", ids, size, tmp / f"store{size}")
-            store = training.to_pixels(images, device)
-            vidx = training.view_index(size).to(device)
+            store, ids, vidx = benchlib.resident_store(raw, ids, size, tmp, device)
             rng = np.random.default_rng(0)
             ours, ref, jpeg_bytes = [], [], []
             for r in range(args.rounds):

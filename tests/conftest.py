@@ -52,6 +52,18 @@ def load_script(filename):
     return module
 
 
+
+def build_store(photos, ids, out, size, mode="stretch"):
+    """Run the real 02_hvr_augment.sh on `ids` of the photos directory into out/; returns out.
+    The id list carries no photo sizes: 02 takes each photo's size from its own decode."""
+    ids_csv = out.parent / f"ids_{out.name}.csv"
+    ids_csv.write_text("object_id,width,height,mode\n" + "".join(f"{i},0,0,RGB\n" for i in ids))
+    subprocess.run([str(REPO / "02_hvr_augment.sh"), "--photos", str(photos), "--ids", str(ids_csv),
+                    "--out", str(out), "--size", str(size), "--mode", mode, "--python",
+                    str(REPO / ".venv" / "bin" / "python")],
+                   check=True, capture_output=True, cwd=REPO, timeout=120)
+    return out
+
 def generate_demo(out, **options):
     """Run 00_demo_data.py --out OUT [--train N --test N --seed S ...]; return OUT. Without
     options: the script's defaults, i.e. what `make demo` makes."""

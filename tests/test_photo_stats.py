@@ -6,17 +6,14 @@ the photo-size columns against Pillow on the original JPEG (tight: the same pixe
 decoders); the _stored columns against Pillow on the very pixels 02 stored (tight), and against
 Pillow resizing the original itself (loose: the two resize filters differ at the block edges).
 """
-import subprocess
-
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageFilter, ImageOps, ImageStat
 
-from conftest import REPO
+from conftest import build_store
 import photo_stats
 
-PY = str(REPO / ".venv" / "bin" / "python")
 SIZE = 64
 W, H = 200, 90      # a wide photo: padding it to a square replicates its top and bottom rows
 
@@ -34,11 +31,7 @@ def make_photo(path):
 
 
 def run_02(photo, out, mode):
-    ids = out.parent / f"ids_{mode}.csv"
-    ids.write_text(f"object_id,width,height,mode\n{photo.stem},{W},{H},RGB\n")
-    subprocess.run([str(REPO / "02_hvr_augment.sh"), "--photos", str(photo.parent), "--ids", str(ids),
-                    "--out", str(out), "--size", str(SIZE), "--mode", mode, "--python", PY],
-                   check=True, capture_output=True, cwd=REPO, timeout=120)
+    build_store(photo.parent, [photo.stem], out, SIZE, mode)
     row = pd.read_csv(out / "stats.csv", dtype={"object_id": str}).set_index("object_id").loc[photo.stem]
     return row, np.load(out / "images.npy")[0]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, build_store
 
 import common
 import training
@@ -25,15 +25,6 @@ OPS = {"id": [], "h": ["-flop"], "v": ["-flip"], "hv": ["-flop", "-flip"], "r": 
 PAD = ["-virtual-pixel", "edge", "-set", "option:distort:viewport",
        "%[fx:max(w,h)]x%[fx:max(w,h)]-%[fx:max((h-w)/2,0)]-%[fx:max((w-h)/2,0)]",
        "-distort", "SRT", "0", "+repage"]
-
-
-def build_store(photos, ids, out, size, mode):
-    ids_csv = out.parent / f"ids_{out.name}.csv"
-    ids_csv.write_text("object_id,width,height,mode\n" + "".join(f"{i},0,0,RGB\n" for i in ids))
-    subprocess.run([str(REPO / "02_hvr_augment.sh"), "--photos", str(photos), "--ids", str(ids_csv),
-                    "--out", str(out), "--size", str(size), "--mode", mode, "--python", PY],
-                   check=True, capture_output=True, cwd=REPO, timeout=120)
-    return out
 
 
 def oracle(photo, size, mode, op):
