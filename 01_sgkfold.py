@@ -92,10 +92,18 @@ def check_folds(train, folds, align):
             raise RuntimeError(f"fold {k}: series on both sides: {common.show_ids(sorted(shared))}")
         if len(tr) % align:
             raise RuntimeError(f"fold {k}: train side {len(tr)} is not a multiple of {align}")
-        gap = np.abs(np.bincount(y[tr], minlength=common.N_CLASSES) / len(tr) - overall).max()
+        shares = np.bincount(y[tr], minlength=common.N_CLASSES) / len(tr)
+        cls = int(np.abs(shares - overall).argmax())
+        gap = abs(shares[cls] - overall[cls])
         tolerance = max(0.01, 1 / len(tr))     # 1 pp; one row's share on a tiny (demo) set
         if gap > tolerance + 1e-12:
-            raise RuntimeError(f"fold {k}: class shares off the whole set's by {gap:.3f} (> {tolerance:.3f})")
+            sizes = pd.Series(groups[y == cls]).value_counts()
+            raise RuntimeError(
+                f"fold {k}: target {cls} is {shares[cls]:.1%} of the train side but {overall[cls]:.1%} "
+                f"of all rows (off by {gap:.3f} > {tolerance:.3f}): its {sizes.sum()} rows are in "
+                f"{len(sizes)} series (the largest, {sizes.index[0]!r}, has {sizes.iloc[0]}), which "
+                f"grouped folds keep whole, so they cannot be spread evenly; more series of that era "
+                f"are needed")
         if not set(oof) <= set(te):
             raise RuntimeError(f"fold {k}: a row held out before the moves is on the train side")
         seen[oof] += 1
@@ -121,6 +129,11 @@ def word2vec_table(train, materials, techniques, seed, epochs):
 
 def main():
     args = p.parse_args()
+    with common.disk_full_is_an_error(args.out):
+        run(args)
+
+
+def run(args):
     started = time.time()
     out = common.start_stage(args.out)
     try:
@@ -132,6 +145,12 @@ def main():
         common.fail(str(e))
     if train["art_series_id"].nunique() < N_SPLITS:
         common.fail(f"{Path(args.data) / 'train.csv'}: {N_SPLITS} folds need at least {N_SPLITS} series")
+    counts = np.bincount(train["target"], minlength=common.N_CLASSES)
+    few = [c for c in range(common.N_CLASSES) if counts[c] < N_SPLITS]
+    if few:       # StratifiedGroupKFold would only warn, and a fold would lack the class
+        common.fail(f"{Path(args.data) / 'train.csv'}: target {few[0]} has {counts[few[0]]} row(s); "
+                    f"{N_SPLITS} stratified folds need at least {N_SPLITS} rows of every target "
+                    f"(rows per target 0-{common.N_CLASSES - 1}: {counts.tolist()})")
 
     folds = split_folds(train, args.align, Path(args.data) / "train.csv")
     try:

@@ -14,10 +14,11 @@
 # --mode stretch: the recipe's plain resize to S x S (-resize SxS!).
 # --mode pad:     pad to a square by replicating the edge pixels, then resize (the 1st place).
 # Greyscale and CMYK photos are converted to sRGB (-colorspace sRGB); the store is always RGB.
-# The same decode also writes the photo at its own size (OUT/.rgb/native/, raw, temporary), from
-# which the pack step takes the colour and edge statistics before removing it.
-# Resumable: each photo lands in OUT/.rgb/ as S*S*3 raw bytes; a rerun redoes only the photos
-# whose files (or size line) are missing or cut short, and DONE is written after images.npy.
+# The same decode also writes the photo at its own size (OUT/.rgb/b.*/native/, raw, temporary),
+# from which the pack step takes the colour and edge statistics before removing it.
+# Resumable: each batch of photos lands in OUT/.rgb/b.*/ as S*S*3 raw bytes, committed only when
+# the whole batch decoded; a rerun redoes only the photos no committed batch holds with the bytes
+# validation checked (photos.csv's sha256), and DONE is written after images.npy.
 set -euo pipefail
 
 # ---- defaults -------------------------------------------------------------------------------
@@ -52,50 +53,102 @@ esac
 [[ "$size" =~ ^[0-9]+$ ]] && [ "$size" -ge 9 ] || { echo "--size must be an integer >= 9" >&2; exit 2; }
 
 # ---- one batch of photos: what xargs runs, one per core --------------------------------------
-# One decode per photo: its own size is printed ("id width height .", line-buffered by stdbuf,
-# so it is on disk before the photo's pixels are) into a sizes.* file of this batch; the photo
-# is written as decoded (native/), then resized into the store's S x S. -regard-warnings: a
-# corrupt JPEG is an error, not a silently grey image.
+# One decode per photo: its own size is printed ("id width height"), the photo is written as
+# decoded (native/), then resized into the store's S x S. -regard-warnings: a corrupt JPEG is an
+# error, not a silently grey image. Everything lands in a private tmp.* directory that is renamed
+# to b.* only when the whole batch decoded, with each photo's sha256 (taken before and after the
+# decode, so a photo changed meanwhile is caught) in its index: a rerun trusts only committed
+# batches, and only for photos whose bytes are still those that validation checked.
 if [ -n "${batch_dir:-}" ]; then
-  stdbuf -oL convert -regard-warnings "$@" -colorspace sRGB -set filename:id '%t' \
-    -format '%t %w %h .\n' -identify -write "$batch_dir/native/%[filename:id].rgb" \
-    "${geometry[@]}" -resize "${size}x${size}!" -depth 8 "$batch_dir/%[filename:id].rgb" \
-    > "$(mktemp "$batch_dir/sizes.XXXXXX")" || exit 255
+  failed() {   # the cause, for the parent's summary; convert's own lines name the photo
+    echo "[02-failed] $1"; rm -rf "$tmp"; exit 255; }
+  tmp=$(mktemp -d "$batch_dir/tmp.XXXXXX" 2>/dev/null) && mkdir "$tmp/native" 2>/dev/null || {
+    tmp=; failed nospace; }
+  before=$(sha256sum -- "$@") || failed changed
+  if ! convert -regard-warnings "$@" -colorspace sRGB -set filename:id '%t' \
+      -format '%t %w %h\n' -identify -write "$tmp/native/%[filename:id].rgb" \
+      "${geometry[@]}" -resize "${size}x${size}!" -depth 8 "$tmp/%[filename:id].rgb" \
+      > "$tmp/sizes" 2> "$tmp/err"; then
+    cat "$tmp/err" >&2 2>/dev/null || true
+    if grep -qi "no space left\|disk quota" "$tmp/err" 2>/dev/null \
+        || [ "$(df -Pk "$batch_dir" | awk 'NR == 2 {print $4}')" -lt 1024 ]; then failed nospace; fi
+    grep -oE "[^/\`' ]+\.jpg'" "$tmp/err" | tr -d "'" | sort -u | sed 's/^/[02-photo] /' || true
+    if grep -qi "cache resources exhausted\|exceeds limit\|resource limit" "$tmp/err"; then failed resources
+    else failed corrupt; fi
+  fi
+  [ "$(sha256sum -- "$@")" = "$before" ] || failed changed
+  printf '%s\n' "$before" | awk 'NR == FNR {n = split($2, p, "/"); sub(/\.jpg$/, "", p[n]); h[p[n]] = $1; next}
+      NF == 3 {print $1, $2, $3, h[$1]}' - "$tmp/sizes" > "$tmp/index" || failed nospace
+  mv "$tmp" "$batch_dir/b.${tmp##*.}" || failed nospace
   echo "[02] +$# photos"
   exit 0
 fi
 : "${photos:?--photos is required}" "${ids:?--ids is required}" "${out:?--out is required}"
+# The decode needs ImageMagick; without it every photo would look corrupt.
+convert -version 2>/dev/null | head -1 | grep -q '^Version: ImageMagick' || {
+  echo "error: ImageMagick's convert is not on PATH ($(command -v convert || echo none));" \
+       "run make setup, or install it (apt-get install imagemagick)" >&2; exit 2; }
 
+# Any write of this script's own that fails on a full disk says so (not blamed on the photos).
+disk_full() {
+  echo "error: the disk holding $out is full (No space left on device): free space there" \
+       "(df -h $out), then run the same command again: finished photos are kept" >&2; }
+trap '[ "$(df -Pk "$out" 2>/dev/null | awk "NR == 2 {print \$4}")" -lt 1024 ] 2>/dev/null && disk_full' ERR
 started=$(date +%s.%N)
-rm -f "$out/DONE"
-mkdir -p "$out/.rgb/native"
+rm -f "$out/DONE" "$out"/.*.tmp        # and a store a kill left half-written (1.5 GB at 224 px)
+mkdir -p "$out/.rgb"
+rm -rf "$out"/.rgb/tmp.*               # batches a kill interrupted: never trusted
 meta="{\"size\": $size, \"mode\": \"$mode\"}"
 # A store of another size or mode cannot be resumed: start it again.
 if [ -f "$out/.rgb/meta" ] && [ "$(cat "$out/.rgb/meta")" != "$meta" ]; then
-  rm -rf "$out/.rgb" && mkdir -p "$out/.rgb/native"
+  rm -rf "$out/.rgb" && mkdir -p "$out/.rgb"
 fi
 echo "$meta" > "$out/.rgb/meta"
 
-bytes=$((size * size * 3))
-tail -n +2 "$ids" | cut -d, -f1 > "$out/.rgb/ids"
+# The ids to decode, with the sha256 validation saw ("-": an id list without hashes, trusted as is).
+awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "sha256") c = i; next} {print $1, (c ? $c : "-")}' \
+  "$ids" > "$out/.rgb/ids"
 total=$(wc -l < "$out/.rgb/ids")
-# finished photos: a complete size line, the stored S*S*3 bytes and the native w*h*3 bytes (a
-# file cut short by a kill, or a line it lost, and the photo is decoded again)
-{ find "$out/.rgb" -maxdepth 1 -name '*.rgb' -printf 'S %f %s\n'
-  find "$out/.rgb/native" -maxdepth 1 -name '*.rgb' -printf 'N %f %s\n'
-  find "$out/.rgb" -maxdepth 1 -name 'sizes.*' -exec awk 'NF == 4 && $4 == "." {print "L", $1 ".rgb", $2 * $3 * 3}' {} +
-} | awk -v stored="$bytes" '$1 == "S" && $3 == stored {s[$2] = 1} $1 == "N" {n[$2] = $3} $1 == "L" {want[$2] = $3}
-      END {for (f in want) if (s[f] && n[f] == want[f]) {sub(/\.rgb$/, "", f); print f}}' | sort > "$out/.rgb/finished"
-todo=$(sort "$out/.rgb/ids" | comm -23 - "$out/.rgb/finished" | sed "s|^|$photos/|; s|\$|.jpg|")
+# finished photos: "id batch-dir width height" from committed batches whose hash is validation's
+plan() {
+  find "$out/.rgb" -mindepth 2 -maxdepth 2 -path '*/b.*/index' -print0 \
+    | xargs -0 -r awk '{d = FILENAME; sub(/\/index$/, "", d); print "B", d, $0}' \
+    | awk 'NR == FNR {want[$1] = $2; next}
+           ($3 in want) && (want[$3] == "-" || want[$3] == $6) && !($3 in done) {done[$3] = $2 " " $4 " " $5}
+           END {for (i in done) print i, done[i]}' "$out/.rgb/ids" - | sort > "$out/.rgb/finished"
+}
+plan
+todo=$(cut -d' ' -f1 "$out/.rgb/ids" | sort | comm -23 - <(cut -d' ' -f1 "$out/.rgb/finished") \
+       | sed "s|^|$photos/|; s|\$|.jpg|")
 n_todo=$(printf '%s' "$todo" | grep -c . || true)
 echo "[02] profile size ${size}px mode $mode: $total photos, $((total - n_todo)) already done, $n_todo to decode on $jobs cores"
 
 if [ "$n_todo" -gt 0 ]; then
+  rc=0
   printf '%s\n' "$todo" | xargs -d '\n' -n "$batch" -P "$jobs" \
     "$0" --size "$size" --mode "$mode" --batch "$out/.rgb" 2>&1 \
-    | awk '/^\[02\]/ {n += $2; printf "[02] decoded %d/%d\n", n, '"$n_todo"'; fflush(); next} {print; fflush()}' \
-    || { echo "error: ImageMagick could not decode the photo(s) named above (corrupt pixel data);" \
-              "replace them, then run the same command again: finished photos are kept" >&2; exit 1; }
+    | awk '/^\[02\]/ {n += $2; printf "[02] decoded %d/%d\n", n, '"$n_todo"'; fflush(); next}
+           /^\[02-failed\]/ {why[$2] = 1; next}
+           /^\[02-photo\]/ {if (!($2 in bad)) {bad[$2] = 1; names = names " " $2}; next}
+           {print; fflush()}
+           END {if (names != "") print "photo(s) ImageMagick failed on:" names > "/dev/stderr"
+                if (why["nospace"]) exit 10; if (why["resources"]) exit 11; if (why["changed"]) exit 12}' \
+    || rc=$?
+  case $rc in
+    0) ;;
+    10) disk_full; exit 1 ;;
+    11) echo "error: ImageMagick's resource limits (identify -list resource; its policy.xml) are too small" \
+             "for the photo(s) named above: raise them, or validate with a lower make MAX_PIXELS=..." >&2; exit 1 ;;
+    12) echo "error: photo(s) under $photos changed while 02 read them; run the same command again" >&2; exit 1 ;;
+    *) echo "error: ImageMagick could not decode the photo(s) named above (corrupt pixel data);" \
+            "replace them, then run the same command again: finished photos are kept" >&2; exit 1 ;;
+  esac
+  plan
+fi
+missing=$(cut -d' ' -f1 "$out/.rgb/ids" | sort | comm -23 - <(cut -d' ' -f1 "$out/.rgb/finished") | head -5)
+if [ -n "$missing" ]; then
+  echo "error: photo(s) changed since validation checked them (their sha256 differs from $ids):" \
+       $missing "; run the same command again (validation and 02 then see the new bytes)" >&2; exit 1
 fi
 
 # Pack into one array, written to a temporary name and renamed, with each photo's statistics
@@ -112,15 +165,12 @@ import photo_stats
 
 out, size, mode, started, jobs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
 rgb = out / ".rgb"
-ids = (rgb / "ids").read_text().split()
-# Each photo's own width and height, as decoded: its complete "id w h ." lines (a photo redone
-# after a kill may have two, identical; a line a kill cut short has no final ".").
-sizes = {}
-for f in rgb.glob("sizes.*"):
-    for line in f.read_text().splitlines():
-        fields = line.split()
-        if len(fields) == 4 and fields[3] == ".":
-            sizes[fields[0]] = int(fields[1]), int(fields[2])
+ids = [line.split()[0] for line in (rgb / "ids").read_text().splitlines()]
+# Each photo's committed batch and its own width and height, as decoded.
+where, sizes = {}, {}
+for line in (rgb / "finished").read_text().splitlines():
+    oid, batch, w, h = line.split()
+    where[oid], sizes[oid] = Path(batch), (int(w), int(h))
 
 
 def pack(start, chunk, store):
@@ -128,28 +178,32 @@ def pack(start, chunk, store):
     arr = np.load(store, mmap_mode="r+")
     rows = []
     for i, oid in enumerate(chunk, start):
-        arr[i] = img = np.fromfile(rgb / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
+        arr[i] = img = np.fromfile(where[oid] / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
         w, h = sizes[oid]
-        native = np.fromfile(rgb / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
+        native = np.fromfile(where[oid] / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
         top, bottom, left, right = photo_stats.content_box(w, h, size, mode)
         rows.append(photo_stats.row(native, img[top:bottom, left:right]))
     arr.flush()
     return rows
 
 
-# Chunks on every core (workers fork with `sizes`), each writing its rows of the one store file.
-with common.atomic_path(out / "images.npy") as tmp:
-    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3)).flush()
-    starts = range(0, len(ids), 256)
-    with ProcessPoolExecutor(jobs) as pool:
-        parts = pool.map(pack, starts, [ids[k:k + 256] for k in starts], [tmp] * len(starts))
-        rows = [r for part in parts for r in part]
-table = pd.DataFrame(np.stack(rows), columns=photo_stats.COLUMNS)
-table.insert(0, "object_id", ids)
-common.write_csv(out / "stats.csv", table, float_format="%.7g")
-common.write_text(out / "ids.txt", "\n".join(ids) + "\n")
-common.write_json(out / "meta.json", {"size": size, "mode": mode, "count": len(ids)})
-common.write_provenance(out, {"size": size, "mode": mode, "photos": len(ids)}, started)
+# Chunks on every core (workers fork with `sizes`), each writing its rows of the one store file,
+# whose blocks are reserved first: a full disk is an error here, not a SIGBUS in a worker.
+with common.disk_full_is_an_error(out):
+    with common.atomic_path(out / "images.npy") as tmp:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3)).flush()
+        with open(tmp, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        starts = range(0, len(ids), 256)
+        with ProcessPoolExecutor(jobs) as pool:
+            parts = pool.map(pack, starts, [ids[k:k + 256] for k in starts], [tmp] * len(starts))
+            rows = [r for part in parts for r in part]
+    table = pd.DataFrame(np.stack(rows), columns=photo_stats.COLUMNS)
+    table.insert(0, "object_id", ids)
+    common.write_csv(out / "stats.csv", table, float_format="%.7g")
+    common.write_text(out / "ids.txt", "\n".join(ids) + "\n")
+    common.write_json(out / "meta.json", {"size": size, "mode": mode, "count": len(ids)})
+    common.write_provenance(out, {"size": size, "mode": mode, "photos": len(ids)}, started)
 mb = (out / "images.npy").stat().st_size / 2**20
 print(f"[02] store {out / 'images.npy'}: {len(ids)} x {size} x {size} x 3 uint8, {mb:.1f} MiB on disk, "
       f"and stats.csv ({len(photo_stats.COLUMNS)} statistics per photo) [{time.time() - started:.1f}s]")

@@ -20,6 +20,7 @@ FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --l
 STACK_ARGS ?=#             extra 06_stack.py options, e.g. --meta off --post recipe
 ID ?=#                     make views: the object_id to show
 
+MAX_PIXELS ?= 25000000#    validation: the largest photo (width x height) 02's ImageMagick must decode
 # ---- derived --------------------------------------------------------------------------------
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -60,10 +61,42 @@ endif
 ifneq ($(words $(DATA)) $(words $(WORK)),1 1)
 $(error DATA and WORK must be paths without spaces (DATA='$(DATA)' WORK='$(WORK)'))
 endif
-# Real data when DATA holds a train.csv; otherwise the generated demo set.
+# Paths go into shell commands unquoted: characters the shell would read are refused up front.
+UNSAFE_CHARS := ( ) ; & | < > ' " ` * ? [ ] { } ! $$ \ \#
+ifneq ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK)))),)
+$(error DATA and WORK must be paths without shell characters ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK))))): DATA=$(DATA) WORK=$(WORK))
+endif
+# Stages write only under WORK; inside DATA they would write into the raw data.
+ifneq ($(filter $(abspath $(DATA)) $(abspath $(DATA))/%,$(abspath $(WORK))),)
+$(error WORK=$(WORK) is inside DATA=$(DATA): the raw data is read-only; use a WORK outside it)
+endif
+# Real data when DATA holds a train.csv; otherwise the generated demo set, but only for the
+# default DATA: a DATA given by hand without train.csv is a mistake, not a wish for demo data.
+ifeq ($(wildcard $(DATA)/train.csv),)
+ifeq ($(filter default file,$(origin DATA)),)
+ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views,$(MAKECMDGOALS)),)
+$(error DATA=$(DATA) holds no train.csv$(if $(wildcard $(DATA)/*),$(comma) only: $(notdir $(wildcard $(DATA)/*)),$(if $(wildcard $(DATA)), (empty), (no such directory))); demo data is only for the default DATA (unset it, or run make demo))
+endif
+endif
+endif
 RAW := $(if $(wildcard $(DATA)/train.csv),$(DATA),$(DIR_DEMO))
 RAW_STAMP := $(if $(wildcard $(DATA)/train.csv),$(DATA)/train.csv,$(DIR_DEMO)/DONE)
 ifeq ($(RAW),$(DIR_DEMO))
+# One make at a time on a WORK: a second one is refused at once. The lock is an flock on
+# WORK/.lock held by a helper that exits with this make (a kill -9 too: the kernel releases it);
+# sub-makes inherit it. A dry run (make -n) takes none.
+ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views finetune-runs features-runs,$(MAKECMDGOALS)),)
+ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
+ifndef ATMA11_WORK_LOCK
+ATMA11_WORK_LOCK := $(shell mkdir -p $(WORK) && exec 9>>$(WORK)/.lock && flock -w 1 9 && \
+  { tail --pid=$$PPID -s 0.05 -f /dev/null >/dev/null 2>&1 </dev/null & echo held; })
+ifneq ($(ATMA11_WORK_LOCK),held)
+$(error another make is running on WORK=$(WORK) (it holds $(WORK)/.lock); wait for it to end, or use another WORK)
+endif
+export ATMA11_WORK_LOCK
+endif
+endif
+endif
 ifneq ($(filter all demo validate folds,$(or $(MAKECMDGOALS),help)),)
 $(info No train.csv in DATA=$(DATA): using generated demo data in $(DIR_DEMO) (PROFILE=$(PROFILE)).)
 endif
@@ -107,13 +140,14 @@ $(DIR_VALID)/source.txt: $(RAW_STAMP) FORCE | $(VENV_STAMP)
 	@$(PY) common.py fingerprint --data $(RAW) --out $(DIR_VALID)
 
 $(DIR_VALID)/DONE: $(DIR_VALID)/source.txt
-	$(PY) common.py validate --data $(RAW) --out $(DIR_VALID)
+	$(PY) common.py validate --data $(RAW) --out $(DIR_VALID) --max-pixels $(MAX_PIXELS)
 
 $(DIR_FOLDS)/DONE: $(DIR_VALID)/DONE
 	$(PY) 01_sgkfold.py --data $(RAW) --out $(DIR_FOLDS)
 
 $(DIR_HVR)/DONE: $(DIR_VALID)/DONE
-	@echo $(PROFILE) > $(WORK)/profile.txt
+	@test "$$(cat $(WORK)/profile.txt 2>/dev/null)" = $(PROFILE) || echo $(PROFILE) > $(WORK)/profile.txt || { \
+	  echo "error: could not write $(WORK)/profile.txt: the disk holding $(WORK) is full, or not writable (df -h $(WORK))" >&2; exit 1; }
 	./02_hvr_augment.sh --photos $(RAW)/photos --ids $(DIR_VALID)/photos.csv --out $(DIR_HVR) \
 	  --mode $(RESIZE) --python $(PY) \
 	  --size $$($(PY) -c 'import common; print(common.PROFILES["$(PROFILE)"]["02"]["size"])')

@@ -475,7 +475,7 @@ def test_bad_input(case, demo_copy, demo_folds, tmp_path):
     if case.outcome == "rejected":          # by validation: nothing a later stage could read
         assert not (work / "00_validate/DONE").exists()
         left = {f.name for f in (work / "00_validate").glob("*")}
-        assert left <= {"source.txt"}, f"00_validate holds {left} after a failed validation"
+        assert left <= {"source.txt", ".photos_listing.json"}, f"00_validate holds {left} after a failed validation"
         assert not (work / "01_sgkfold").exists(), "01 ran on data that failed validation"
     else:                                   # by 01: validation passed, 01 wrote no stamp
         assert (work / "00_validate/DONE").exists()

@@ -1,6 +1,8 @@
 """Stage 00 (00_demo_data.py): the generated data set has the competition's schema (compared with
 the real data when present), follows from its seed alone, and is shaped like the real task."""
+import os
 import re
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -8,7 +10,7 @@ import pytest
 from PIL import Image
 
 import common
-from conftest import DEMO_SIZE, generate_demo
+from conftest import DEMO_SIZE, MAKE_ENV_DROP, REPO, generate_demo
 
 REAL_CLASS_COUNTS = np.array([475, 896, 1511, 1055])   # DATA.md, the full train.csv
 COMPETITION_FILES = {"train.csv", "test.csv", "materials.csv", "techniques.csv", "sample_submission.csv"}
@@ -132,10 +134,18 @@ def test_default_size_is_shaped_like_the_real_task(default_demo):
 
 
 def test_make_says_when_it_uses_demo_data(make, tmp_path):
-    """DATA without train.csv: Make says so and plans 00_demo_data.py into WORK (dry run: -n)."""
-    (tmp_path / "empty").mkdir()
-    p = make("-n", "validate", work=tmp_path / "work", data=tmp_path / "empty")
-    assert f"No train.csv in DATA={tmp_path / 'empty'}: using generated demo data in " \
-           f"{tmp_path / 'work'}/00_demo_data" in p.stdout
+    """The default DATA without train.csv: Make says so and plans 00_demo_data.py into WORK (dry
+    run: -n). A DATA given by hand without train.csv is an error (issue 15), never demo data."""
+    if (REPO / "data" / "raw" / "train.csv").exists():
+        pytest.skip("the default DATA (data/raw) holds a train.csv in this checkout")
+    env = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
+    p = subprocess.run(["make", "-C", str(REPO), "--no-print-directory", "-n", "validate",
+                        f"WORK={tmp_path / 'work'}"], capture_output=True, text=True, env=env, timeout=60)
+    assert "No train.csv in DATA=data/raw: using generated demo data in " \
+           f"{tmp_path / 'work'}/00_demo_data" in p.stdout, p.stdout + p.stderr
     assert f"00_demo_data.py --out {tmp_path / 'work'}/00_demo_data" in p.stdout
     assert not (tmp_path / "work").exists()
+    (tmp_path / "empty").mkdir()
+    p = make("-n", "validate", work=tmp_path / "work", data=tmp_path / "empty", check=False)
+    assert p.returncode != 0 and "demo" not in p.stdout, p.stdout
+    assert f"DATA={tmp_path / 'empty'} holds no train.csv" in p.stderr, p.stderr

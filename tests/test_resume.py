@@ -84,26 +84,32 @@ def test_kill_hvr_then_resume(reference, demo_data, tmp_path):
 
 
 def test_hvr_redoes_a_photo_a_kill_left_unfinished(reference, demo_data, tmp_path):
-    """A kill can land after a photo's stored pixels are written but before its size line is (or
-    cut that line short), or in the middle of its native-size copy: such a photo is not finished,
-    and a rerun decodes it again; the others are kept."""
+    """A batch is trusted only once committed (its directory renamed from tmp.* to b.*) and only
+    for photos whose sha256 is the one validation saw: a photo missing from the committed index,
+    one recorded with other bytes' hash, and one only in a batch a kill interrupted are decoded
+    again; the others are kept."""
     work = copy_work(reference, tmp_path / "work", ["00_validate"])
     (work / "00_validate" / "DONE").touch()
     rgb = work / "02_hvr" / ".rgb"
-    (rgb / "native").mkdir(parents=True)
+    batch, killed = rgb / "b.aaaaaa", rgb / "tmp.bbbbbb"
+    for d in (batch, killed):
+        (d / "native").mkdir(parents=True)
     meta = json.loads((reference / "02_hvr" / "meta.json").read_text())
     (rgb / "meta").write_text(f'{{"size": {meta["size"]}, "mode": "{meta["mode"]}"}}\n')   # as 02 writes it
     ids = (reference / "02_hvr" / "ids.txt").read_text().split()
     for oid, img in zip(ids, np.load(reference / "02_hvr" / "images.npy")):
-        (rgb / f"{oid}.rgb").write_bytes(img.tobytes())
+        (batch / f"{oid}.rgb").write_bytes(img.tobytes())
     subprocess.run(["convert", *(str(demo_data / "photos" / f"{i}.jpg") for i in ids), "-colorspace", "sRGB",
-                    "-set", "filename:id", "%t", str(rgb / "native" / "%[filename:id].rgb")], check=True)
+                    "-set", "filename:id", "%t", str(batch / "native" / "%[filename:id].rgb")], check=True)
     stats = pd.read_csv(reference / "02_hvr" / "stats.csv", dtype={"object_id": str}).set_index("object_id")
-    lines = {o: f"{o} {int(stats.at[o, 'width'])} {int(stats.at[o, 'height'])} ." for o in ids}
-    lost, cut, short = ids[0], ids[1], ids[2]
-    (rgb / "sizes.a").write_text("".join(lines[o] + "\n" for o in ids if o not in (lost, cut)) + lines[cut][:-4])
-    native = rgb / "native" / f"{short}.rgb"
-    native.write_bytes(native.read_bytes()[:-3])
+    sha = pd.read_csv(work / "00_validate" / "photos.csv", dtype=str).set_index("object_id")["sha256"]
+    lost, stale, unfinished = ids[0], ids[1], ids[2]
+    line = {o: f"{o} {int(stats.at[o, 'width'])} {int(stats.at[o, 'height'])} {sha[o]}\n" for o in ids}
+    line[stale] = line[stale].replace(sha[stale], "0" * 64)
+    (batch / "index").write_text("".join(line[o] for o in ids if o not in (lost, unfinished)))
+    for f in (f"{unfinished}.rgb", f"native/{unfinished}.rgb"):
+        (killed / f).write_bytes((batch / f).read_bytes())
+    (killed / "index").write_text(line[unfinished])
     p = run_make("hvr", work=work, data=demo_data, **SMOKE)
     assert f"{len(ids) - 3} already done, 3 to decode" in p.stdout
     for f in ("images.npy", "ids.txt", "stats.csv"):

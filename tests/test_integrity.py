@@ -1,0 +1,352 @@
+"""Issue 15: nothing wrong gets into the store, nothing hangs, every failure names its true cause.
+
+Each case breaks a copy of the demo data (or the machine around it) one way and runs the real
+`make` with PROFILE=smoke and a fresh WORK. A failure must exit non-zero with an `error:` that
+names the file, row or id and the cause, print no traceback, write no DONE; once the cause is
+removed, the same command succeeds, and where it matters its outputs are byte-identical to a
+clean run's.
+"""
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REPO, load_script, run_make
+
+SMOKE = dict(PROFILE="smoke")
+STORE = ("images.npy", "stats.csv", "ids.txt", "meta.json")
+
+
+def ids(data, split="train"):
+    return list(pd.read_csv(data / f"{split}.csv", dtype=str)["object_id"])
+
+
+def refused(p, *needles):
+    out = f"--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}"
+    assert p.returncode != 0, f"accepted:\n{out}"
+    assert "Traceback" not in p.stdout + p.stderr, f"a crash, not a clear error:\n{out}"
+    assert "error" in p.stderr or "*** " in p.stderr, out      # ours, or Make's $(error)
+    for needle in needles:
+        assert str(needle) in p.stderr, f"{needle!r} not in the message:\n{out}"
+    return out
+
+
+def no_stamps(work, *stages):
+    for stage in stages:
+        assert not (work / stage / "DONE").exists(), f"{stage}/DONE written after a failure"
+
+
+def same_store(work, reference):
+    differ = [f for f in STORE if (work / "02_hvr" / f).read_bytes() != (reference / "02_hvr" / f).read_bytes()]
+    assert not differ, f"02's outputs differ from a clean run's: {differ}"
+
+
+def garble(photo):
+    """Headers and EOI intact, the entropy-coded data overwritten (every 7th byte 0xFF)."""
+    data = bytearray(photo.read_bytes())
+    sos = data.index(b"\xff\xda")
+    for i in range(sos + 200, len(data) - 400, 7):
+        data[i] = 0xFF
+    photo.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def clean_hvr(demo_data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("clean_hvr") / "work"
+    run_make("hvr", work=work, data=demo_data, **SMOKE)
+    return work
+
+
+# ---- 1, 2: the store holds only decodes of the bytes validation checked --------------------------
+def test_corrupt_photo_never_enters_the_store(demo_copy, clean_hvr, tmp_path):
+    work, oid = tmp_path / "work", ids(demo_copy)[3]
+    photo = demo_copy / "photos" / f"{oid}.jpg"
+    good = photo.read_bytes()
+    garble(photo)
+    for attempt in (1, 2):      # the second run used to trust the first one's garbage and pass
+        p = run_make("hvr", work=work, data=demo_copy, check=False, **SMOKE)
+        refused(p, f"{oid}.jpg", "corrupt pixel data")
+        no_stamps(work, "02_hvr")
+        assert not (work / "02_hvr" / "images.npy").exists()
+    photo.write_bytes(good)
+    run_make("hvr", work=work, data=demo_copy, **SMOKE)
+    same_store(work, clean_hvr)
+
+
+def kill_when(target, work, data, ready, timeout=120):
+    cmd = ["make", "-C", str(REPO), "--no-print-directory", target, f"WORK={work}", f"DATA={data}",
+           "PROFILE=smoke"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    alive = proc.poll() is None
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    return alive
+
+
+def test_resume_never_trusts_a_decode_of_other_bytes(demo_copy, tmp_path):
+    """Killed after photos were decoded; one of them is replaced by its mirror image (same size,
+    other bytes) and another by a photo of another size: the rerun decodes both again."""
+    work = tmp_path / "work"
+    run_make("validate", work=work, data=demo_copy, **SMOKE)
+    rgb = work / "02_hvr" / ".rgb"
+    alive = kill_when("hvr", work, demo_copy, lambda: rgb.is_dir() and any(rgb.glob("b.*/index")))
+    assert alive and not (work / "02_hvr" / "DONE").exists(), "the kill must land before the pack ends"
+    assert any(rgb.glob("b.*/index")), "nothing was decoded before the kill"
+    a, b, c = ids(demo_copy)[:3]
+    photos = demo_copy / "photos"
+    Image.open(photos / f"{a}.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / f"{a}.jpg", quality=90)
+    shutil.copy(photos / f"{c}.jpg", photos / f"{b}.jpg")
+    p = run_make("hvr", work=work, data=demo_copy, **SMOKE)
+    assert "2 to decode" in p.stdout, p.stdout
+    reference = tmp_path / "reference"
+    run_make("hvr", work=reference, data=demo_copy, **SMOKE)
+    same_store(work, reference)
+
+
+# ---- 3: demo data only for the default DATA -------------------------------------------------------
+def test_explicit_data_without_train_csv_is_an_error(demo_copy, tmp_path):
+    (demo_copy / "train.csv").rename(demo_copy / "Train.csv")
+    work = tmp_path / "work"
+    for goal in ("hvr", "validate", "all"):
+        p = run_make(goal, work=work, data=demo_copy, check=False, **SMOKE)
+        refused(p, f"DATA={demo_copy} holds no train.csv", "Train.csv")
+        assert "demo" not in p.stdout
+    assert not (work / "00_demo_data").exists()
+
+
+# ---- 4, 5, 6: what validation reads, and what it lets through -------------------------------------
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_photo_that_is_no_regular_file_is_refused_without_hanging(kind, demo_copy, tmp_path):
+    oid = ids(demo_copy, "test")[2]
+    photo = demo_copy / "photos" / f"{oid}.jpg"
+    photo.unlink()
+    if kind == "fifo":
+        os.mkfifo(photo)
+    else:
+        photo.symlink_to("/dev/zero")
+    p = run_make("validate", work=tmp_path / "work", data=demo_copy, check=False, timeout=60, **SMOKE)
+    refused(p, f"{oid}.jpg", "not a regular file", "a FIFO" if kind == "fifo" else "a device")
+    no_stamps(tmp_path / "work", "00_validate")
+
+
+def test_bytes_after_the_end_marker_are_tolerated(demo_copy, tmp_path):
+    oid = ids(demo_copy)[4]
+    photo = demo_copy / "photos" / f"{oid}.jpg"
+    photo.write_bytes(photo.read_bytes() + b"\x00trailing bytes of a careless export\xff\xd8" * 50)
+    run_make("hvr", work=tmp_path / "work", data=demo_copy, **SMOKE)
+    assert (tmp_path / "work" / "02_hvr" / "DONE").exists()
+
+
+def declare_size(photo, width, height):
+    """Rewrite the frame header's width and height: the header declares a huge photo."""
+    data = bytearray(photo.read_bytes())
+    sof = next(i for i in range(2, len(data) - 1) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC1, 0xC2))
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    photo.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("side", [30000, 12000])
+def test_huge_photo_is_refused_with_the_limit_and_the_way_out(side, demo_copy, tmp_path):
+    oid = ids(demo_copy)[5]
+    declare_size(demo_copy / "photos" / f"{oid}.jpg", side, side)
+    p = run_make("hvr", work=tmp_path / "work", data=demo_copy, check=False, **SMOKE)
+    refused(p, f"{oid}.jpg", f"{side} x {side}", "limit of 25000000 pixels", "MAX_PIXELS")
+    no_stamps(tmp_path / "work", "00_validate", "02_hvr")
+
+
+def test_a_photo_at_the_limit_decodes(demo_copy, tmp_path):
+    """What validation accepts by default, ImageMagick's default policy decodes."""
+    oid = ids(demo_copy)[6]
+    Image.new("RGB", (5000, 5000), (120, 80, 40)).save(demo_copy / "photos" / f"{oid}.jpg", quality=50)
+    run_make("hvr", work=tmp_path / "work", data=demo_copy, timeout=300, **SMOKE)
+    stats = pd.read_csv(tmp_path / "work" / "02_hvr" / "stats.csv", dtype={"object_id": str}).set_index("object_id")
+    assert (stats.at[oid, "width"], stats.at[oid, "height"]) == (5000, 5000)
+
+
+# ---- 7: a full disk is said to be one -----------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk):
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for chunk in (1 << 16, 1 << 9):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_full_disk_is_named_not_blamed_on_the_photos(demo_copy, small_disk):
+    work = small_disk / "work"
+    run_make("validate", work=work, data=demo_copy, **SMOKE)
+    (work / "profile.txt").write_text("smoke\n")         # as 02's rule writes it: the decode fills the disk
+    fill(small_disk)
+    for goal, stage in (("folds", "01_sgkfold"), ("hvr", "02_hvr")):
+        p = run_make(goal, work=work, data=demo_copy, check=False, **SMOKE)
+        out = refused(p, "is full", str(work))
+        assert "corrupt" not in p.stderr and "BrokenProcessPool" not in out, out
+        no_stamps(work, stage)
+    (small_disk / "filler").unlink()
+    run_make("folds", work=work, data=demo_copy, **SMOKE)
+
+
+def test_full_disk_while_packing_the_store(demo_copy, clean_hvr, tmp_path):
+    """The decode fits, the store does not (an fallocate that fails, as on a full disk)."""
+    work = tmp_path / "work"
+    run_make("validate", work=work, data=demo_copy, **SMOKE)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import errno, os\n"
+        "def _full(fd, offset, length):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "os.posix_fallocate = _full\n")
+    p = run_make("hvr", work=work, data=demo_copy, check=False, env={"PYTHONPATH": str(hook)}, **SMOKE)
+    out = refused(p, "is full", str(work / "02_hvr"))
+    assert "BrokenProcessPool" not in out and "corrupt" not in p.stderr
+    no_stamps(work, "02_hvr")
+    assert not list((work / "02_hvr").glob(".*.tmp"))
+    run_make("hvr", work=work, data=demo_copy, **SMOKE)
+    same_store(work, clean_hvr)
+
+
+# ---- 8: no ImageMagick -------------------------------------------------------------------------
+def test_no_imagemagick_is_said_not_blamed_on_the_photos(demo_copy, tmp_path):
+    """PATH without convert: every other tool the pipeline runs is linked into one directory."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            if name in ("convert", "identify", "mogrify", "magick") or (bin_dir / name).exists():
+                continue
+            target = Path(d) / name
+            if target.is_file() and os.access(target, os.X_OK):
+                (bin_dir / name).symlink_to(target)
+    work = tmp_path / "work"
+    p = run_make("hvr", work=work, data=demo_copy, check=False, env={"PATH": str(bin_dir)}, **SMOKE)
+    refused(p, "ImageMagick", "not on PATH")
+    assert "corrupt" not in p.stderr
+    no_stamps(work, "02_hvr")
+
+
+# ---- 10, 11: one make per WORK; no leftovers ------------------------------------------------------
+def test_a_second_make_on_the_same_work_is_refused_at_once(demo_copy, tmp_path):
+    work = tmp_path / "work"
+    run_make("validate", work=work, data=demo_copy, **SMOKE)
+    cmd = ["make", "-C", str(REPO), "--no-print-directory", "hvr", f"WORK={work}", f"DATA={demo_copy}",
+           "PROFILE=smoke"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (work / "02_hvr" / ".rgb").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        started = time.time()
+        second = run_make("hvr", work=work, data=demo_copy, check=False, **SMOKE)
+        refused(second, "another make is running", str(work))
+        assert time.time() - started < 10
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, out + err
+    run_make("hvr", work=work, data=demo_copy, **SMOKE)          # the lock went with the first make
+
+
+def test_a_store_a_kill_left_half_written_is_removed(demo_copy, tmp_path):
+    work = tmp_path / "work"
+    run_make("validate", work=work, data=demo_copy, **SMOKE)
+    (work / "02_hvr").mkdir()
+    left = work / "02_hvr" / ".images.npy.x1y2z3.tmp"
+    left.write_bytes(b"\0" * 4096)
+    run_make("hvr", work=work, data=demo_copy, **SMOKE)
+    assert not left.exists() and not list((work / "02_hvr").glob(".*.tmp"))
+
+
+# ---- 12, 15: where WORK and DATA may be ------------------------------------------------------------
+def test_work_inside_data_is_refused(demo_copy):
+    before = sorted(p.name for p in demo_copy.iterdir())
+    p = run_make("validate", work=demo_copy / "work", data=demo_copy, check=False, **SMOKE)
+    refused(p, "inside DATA", "read-only")
+    assert sorted(p.name for p in demo_copy.iterdir()) == before
+
+
+@pytest.mark.parametrize("name", ["raw (copy)", "raw(2)", "raw;x"])
+def test_data_path_with_shell_characters_is_refused_clearly(name, demo_data, tmp_path):
+    data = tmp_path / name
+    shutil.copytree(demo_data, data)
+    p = run_make("validate", work=tmp_path / "work", data=data, check=False, **SMOKE)
+    refused(p, "DATA")
+    assert "syntax error" not in p.stderr and not (tmp_path / "work" / "00_validate" / "DONE").exists()
+
+
+# ---- 13, 14, 16: tables and folders ---------------------------------------------------------------
+def test_duplicate_column_names_are_refused(demo_copy, tmp_path):
+    lines = (demo_copy / "train.csv").read_text().splitlines()
+    flip = {"0": "1", "1": "2", "2": "3", "3": "0"}
+    col = lines[0].split(",").index("target")
+    lines = [lines[0] + ",target"] + [line + "," + flip[line.split(",")[col]] for line in lines[1:]]
+    (demo_copy / "train.csv").write_text("\n".join(lines) + "\n")
+    p = run_make("validate", work=tmp_path / "work", data=demo_copy, check=False, **SMOKE)
+    refused(p, str(demo_copy / "train.csv"), "duplicate column", "target")
+    no_stamps(tmp_path / "work", "00_validate")
+
+
+@pytest.mark.parametrize("keep", [1, 0])
+def test_a_class_too_small_for_the_folds_is_refused(keep, demo_copy, tmp_path):
+    train = pd.read_csv(demo_copy / "train.csv", dtype=str)
+    drop = train[train["target"] == "3"].iloc[keep:]
+    train = train.drop(drop.index)
+    train.to_csv(demo_copy / "train.csv", index=False, lineterminator="\n")
+    for f in ("materials.csv", "techniques.csv"):
+        names = pd.read_csv(demo_copy / f, dtype=str)
+        names[~names["object_id"].isin(drop["object_id"])].to_csv(demo_copy / f, index=False, lineterminator="\n")
+    p = run_make("folds", work=tmp_path / "work", data=demo_copy, check=False, **SMOKE)
+    refused(p, str(demo_copy / "train.csv"), f"target 3 has {keep} row(s)", "at least 3 rows of every target")
+    assert "Warning" not in p.stderr
+    no_stamps(tmp_path / "work", "01_sgkfold")
+
+
+def test_uneven_fold_message_names_the_class_and_the_cause(demo_data):
+    sgkfold = load_script("01_sgkfold.py")
+    train = pd.DataFrame({"object_id": [f"{i:020x}" for i in range(12)],
+                          "art_series_id": ["big"] * 6 + [f"s{i}" for i in range(6)],
+                          "target": [3] * 6 + [0, 1, 2, 0, 1, 2]})
+    tr, te = list(range(6, 12)), list(range(6))
+    with pytest.raises(RuntimeError) as e:
+        sgkfold.check_folds(train, [(tr, te, te)], 1)
+    msg = str(e.value)
+    assert "target 3" in msg and "'big'" in msg and "series" in msg, msg
+
+
+def test_photos_that_is_a_file_is_said_to_be_no_directory(demo_copy, tmp_path):
+    shutil.rmtree(demo_copy / "photos")
+    (demo_copy / "photos").write_text("not a folder\n")
+    p = run_make("validate", work=tmp_path / "work", data=demo_copy, check=False, **SMOKE)
+    refused(p, str(demo_copy / "photos"), "not a directory")
+    assert "missing photo" not in p.stderr and len(p.stderr.strip().splitlines()) <= 3, p.stderr
