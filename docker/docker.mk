@@ -44,6 +44,9 @@ docker_gpu_flag = $(if $(GPUS),--gpus '"device=$(GPUS)"')
 docker_data_given = $(filter-out default file,$(origin DATA))
 docker_data_mount = $(if $(or $(wildcard $(DATA)),$(docker_data_given)),\
   -v $(abspath $(DATA)):/data:ro)
+# Inside, DATA=/data only for real data or a DATA set by hand: the default DATA without a
+# train.csv leaves the inner DATA at its default too, which means demo data there as here.
+docker_data_var = $(if $(or $(docker_data_given),$(wildcard $(DATA)/train.csv)),DATA=/data)
 
 # rclone: the host's config read-only (RCLONE_CONFIG's file, else its config directory), and
 # every RCLONE_* variable by name only, so their values never appear in a printed command.
@@ -77,7 +80,7 @@ define docker_run
 	$(strip $(DOCKER) run --rm --init --ipc=host --user $$(id -u):$$(id -g) $(2) \
 	  -v $(abspath $(WORK)):/work $(docker_data_mount) $(docker_rclone_mount) $(docker_rclone_env) \
 	  -e HOME=/tmp -e USER=atma11 $(DOCKER_RUN_ARGS) $(IMAGE) \
-	  make $(filter -j%,$(MAKEFLAGS)) $(1) DATA=/data WORK=/work \
+	  make $(filter -j%,$(MAKEFLAGS)) $(1) $(docker_data_var) WORK=/work \
 	  GPUS=$(if $(2),$(docker_gpus_inside)) PROFILE=$(PROFILE) $(docker_overrides))
 endef
 
