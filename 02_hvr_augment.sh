@@ -25,6 +25,8 @@ set -euo pipefail
 size=224            # the recipe's input size (profile: full)
 mode=stretch        # the recipe's resize
 batch=200           # photos per convert process: amortises its start-up
+batch_pixels=25000000  # and at most this many pixels per convert (unless one photo has more):
+                       # convert holds a batch's photos at once, within ImageMagick's policy
 jobs=$(nproc)       # one convert per core
 python=python3
 
@@ -106,7 +108,9 @@ fi
 echo "$meta" > "$out/.rgb/meta"
 
 # The ids to decode, with the sha256 validation saw ("-": an id list without hashes, trusted as is).
-awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "sha256") c = i; next} {print $1, (c ? $c : "-")}' \
+awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) col[$i] = i; next}
+         {print $1, (("sha256" in col) ? $col["sha256"] : "-"), (("width" in col) ? $col["width"] + 0 : 0),
+                (("height" in col) ? $col["height"] + 0 : 0)}' \
   "$ids" > "$out/.rgb/ids"
 total=$(wc -l < "$out/.rgb/ids")
 # finished photos: "id batch-dir width height" from committed batches whose hash is validation's
@@ -118,14 +122,19 @@ plan() {
            END {for (i in done) print i, done[i]}' "$out/.rgb/ids" - | sort > "$out/.rgb/finished"
 }
 plan
-todo=$(cut -d' ' -f1 "$out/.rgb/ids" | sort | comm -23 - <(cut -d' ' -f1 "$out/.rgb/finished") \
-       | sed "s|^|$photos/|; s|\$|.jpg|")
-n_todo=$(printf '%s' "$todo" | grep -c . || true)
+# the rest, one batch a line: up to $batch photos and $batch_pixels pixels
+todo=$(awk -v max="$batch" -v budget="$batch_pixels" -v dir="$photos" '
+    FILENAME == ARGV[1] {done[$1] = 1; next}
+    !($1 in done) {px = $3 * $4
+                   if (n && (n == max || sum + px > budget)) {print line; n = sum = 0; line = ""}
+                   line = line (n ? " " : "") dir "/" $1 ".jpg"; n++; sum += px}
+    END {if (n) print line}' "$out/.rgb/finished" "$out/.rgb/ids")
+n_todo=$(printf '%s' "$todo" | wc -w)
 echo "[02] profile size ${size}px mode $mode: $total photos, $((total - n_todo)) already done, $n_todo to decode on $jobs cores"
 
 if [ "$n_todo" -gt 0 ]; then
   rc=0
-  printf '%s\n' "$todo" | xargs -d '\n' -n "$batch" -P "$jobs" \
+  printf '%s\n' "$todo" | xargs -L 1 -P "$jobs" \
     "$0" --size "$size" --mode "$mode" --batch "$out/.rgb" 2>&1 \
     | awk '/^\[02\]/ {n += $2; printf "[02] decoded %d/%d\n", n, '"$n_todo"'; fflush(); next}
            /^\[02-failed\]/ {why[$2] = 1; next}

@@ -178,6 +178,18 @@ def test_a_photo_at_the_limit_decodes(demo_copy, tmp_path):
     assert (stats.at[oid, "width"], stats.at[oid, "height"]) == (5000, 5000)
 
 
+def test_imagemagick_limits_too_small_are_named_not_blamed_on_the_photo(demo_copy, tmp_path):
+    """A photo validation accepts but ImageMagick's resource limits do not (here limits lowered
+    by its environment variables, as a stricter policy.xml would): 02 says so, not "corrupt"."""
+    oid = ids(demo_copy)[7]
+    Image.new("RGB", (4500, 4500), (10, 20, 30)).save(demo_copy / "photos" / f"{oid}.jpg", quality=50)
+    tight = {f"MAGICK_{r}_LIMIT": "64MiB" for r in ("MEMORY", "MAP", "DISK")}
+    p = run_make("hvr", work=tmp_path / "work", data=demo_copy, check=False, env=tight, **SMOKE)
+    refused(p, f"{oid}.jpg", "resource limits", "identify -list resource")
+    assert "corrupt" not in p.stderr
+    no_stamps(tmp_path / "work", "02_hvr")
+
+
 # ---- 7: a full disk is said to be one -----------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
