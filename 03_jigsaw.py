@@ -36,7 +36,7 @@ p = common.profile_parser(__doc__.split("\n")[0], "03")
 p.add_argument("--hvr", required=True, help="the image store (stage 02)")
 p.add_argument("--out", required=True, help="this stage's directory")
 p.add_argument("--arch", default=None, choices=training.ARCHS, help="network (profile)")
-p.add_argument("--epochs", type=int, default=None, help="passes over the photos (profile)")
+p.add_argument("--epochs", type=int, default=None, help="passes over the photos (profile; 0: none, the fine-tunes start from random init)")
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
 p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="1-8",
                help="views per image per epoch: 8 = all (recipe), fewer = random ones (profile)")
@@ -68,6 +68,12 @@ def main():
     out = common.start_stage(args.out) if dist.main else Path(args.out)
     images, ids, meta = training.load_store(args.hvr)
     device, cuda = dist.device, dist.device.type == "cuda"
+    if args.epochs == 0:     # a profile that fine-tunes from random init (cpu: `make study`)
+        if dist.main:
+            print(f"[03] profile={args.profile}: 0 jigsaw epochs, the fine-tunes start from random init", flush=True)
+            common.write_provenance(out, vars(args), started)
+            common.mark_done(out)
+        return dist.close()
     store = training.to_pixels(images, device)   # the whole store, resident, packed pixels
     vidx = training.view_index(meta["size"]).to(device)
 
@@ -90,7 +96,7 @@ def main():
         return plan[torch.randperm(len(plan), generator=g)]
 
     def forward(net, rows):
-        x = training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=cuda, perms=rows[:, 2:])
+        x = training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=True, perms=rows[:, 2:])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             return net(x)
 
@@ -120,7 +126,7 @@ def main():
     common.seed_everything(args.seed)
     model = training.build_model(args.arch, TILES * TILES)
     config = dict(vars(args), lr=args.lr, betas=list(BETAS), log_every=LOG_EVERY,
-                  channels_last=cuda, size=meta["size"], outputs=TILES * TILES)
+                  channels_last=True, size=meta["size"], outputs=TILES * TILES)
     model = training.fit(model, run_dir=out, dist=dist, config=config, epoch_plan=epoch_plan,
                          batch_loss=batch_loss, on_epoch_end=on_epoch_end)
     if dist.main:

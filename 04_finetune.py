@@ -1,4 +1,4 @@
-"""Stage 04: fine-tune the jigsaw network on one task of one fold, with its evaluator beside it.
+"""Stage 04: fine-tune a network on one task (or all four) of one fold, and evaluate every epoch.
 
 Reads WORK/01_sgkfold, WORK/02_hvr, WORK/03_jigsaw. Writes WORK/04_finetune/<task>_<fold>/:
   ckpt_e001.pt ...   checkpoints (the epoch-end ones are kept: the evaluator and 05 read them)
@@ -12,14 +12,18 @@ Tasks (head size): target (1: the era), onehot (4: the era one-hot), sortingdate
 standardised with the fold's train-side mean and std, de-standardised on output), word2vec (20:
 the material/technique embedding from 01; objects without names are masked out of the loss).
 MSE for all four, as the recipe; `--loss ce` makes onehot a cross-entropy classifier.
+`--task multi`: one backbone with all four heads (26 outputs), the sum of the four losses.
 
-The evaluator is a second process (`--role evaluate`, started by the default `--role run`): it
-waits for each complete epoch checkpoint, scores the fold's held-out side with 8-view TTA (the
-mean) and appends a row to eval.csv: the task's own loss, and the RMSE on the era target where
-the task allows (target; onehot's expected class; sortingdate's year mapped linearly to the era,
-1550 -> 0 ... 1850 -> 3, clipped). Fold `all` has no held-out labels: it scores (up to 1024 of)
-its own train rows instead. Training never waits for it, and its crash cannot stop training;
-the run is DONE only when both finished.
+Evaluation scores each epoch's checkpoint on the fold's held-out side (the mean over
+`eval_views` views; over all 8 at the last epoch) and appends a row to eval.csv: the loss, and the RMSE on the era target of every head that
+has one (target; onehot's expected class; sortingdate's year mapped linearly to the era,
+1550 -> 0 ... 1850 -> 3, clipped); `rmse` is the run's first such head. Fold `all` has no
+held-out labels: it scores (up to 1024 of) its own train rows instead.
+On a GPU the evaluator is a second process (`--role evaluate`, started by `--role run`), as the
+recipe: it waits for each complete epoch checkpoint, training never waits for it, its crash
+cannot stop training, and it exits when the trainer dies. On a CPU it runs in the trainer's
+process at each epoch end, while training waits: a second process would hold one of the two
+cores for the whole run.
 """
 import fcntl
 import os
@@ -38,8 +42,6 @@ import common
 import training
 
 # -----------------------------------------------------------------------------
-LR = 1e-3              # the recipe's Adam
-BETAS = (0.5, 0.999)   # the recipe's Adam betas
 SEED = 0               # init of the new head; epoch RNGs derive from it too
 LOG_EVERY = 10         # steps between loss.csv rows
 EVAL_POLL = 1.0        # seconds between the evaluator's looks for a new checkpoint
@@ -48,7 +50,7 @@ EVAL_TRAIN_ROWS = 1024 # fold `all`: train rows the evaluator scores (it has no 
 TRAINABLE_WHEN_FROZEN = ("layer3.", "layer4.", "fc.")   # the recipe's --freeze experiment
 
 p = common.profile_parser(__doc__.split("\n")[0], "04")
-p.add_argument("--task", required=True, choices=common.TASKS)
+p.add_argument("--task", required=True, choices=common.NETS, help="one task, or multi: all four heads")
 p.add_argument("--fold", required=True, choices=common.FOLDS)
 p.add_argument("--folds", required=True, help="stage 01's directory")
 p.add_argument("--hvr", required=True, help="stage 02's image store")
@@ -56,7 +58,7 @@ p.add_argument("--jigsaw", required=True, help="stage 03's directory")
 p.add_argument("--out", required=True, help="this stage's directory (the run goes in <task>_<fold>/)")
 p.add_argument("--role", default="run", choices=["run", "train", "evaluate"],
                help="run = train + evaluator process (what make calls)")
-p.add_argument("--init", default="jigsaw", choices=["jigsaw", "scratch"], help="start from 03's weights or random")
+p.add_argument("--init", default=None, choices=["jigsaw", "scratch"], help="start from 03's weights or random (profile)")
 p.add_argument("--arch", default=None, choices=training.ARCHS, help="network (profile); must match 03 with --init jigsaw")
 p.add_argument("--epochs", type=int, default=None, help="epochs (profile; the recipe: 5, later 10)")
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
@@ -65,7 +67,14 @@ p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="
 p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
 p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="ce: cross-entropy for onehot")
 p.add_argument("--freeze", action="store_true", help="train only layer3, layer4 and the head")
-p.add_argument("--lr", type=float, default=LR)
+p.add_argument("--optim", default=None, choices=["adam", "adamw"], help="optimizer (profile; the recipe: adam)")
+p.add_argument("--lr", type=float, default=None, help="learning rate, the peak for onecycle (profile)")
+p.add_argument("--betas", type=float, nargs=2, default=None, help="Adam betas (profile; the recipe: 0.5 0.999)")
+p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (profile)")
+p.add_argument("--schedule", default=None, choices=training.SCHEDULES, help="lr schedule (profile; the recipe: halve)")
+p.add_argument("--halve-views", type=int, default=None,
+               help="halve: views per image between halvings (profile; the recipe: 8, once per 8-view epoch)")
+p.add_argument("--eval-views", type=int, default=None, choices=(1, 8), help="views scored per epoch (profile)")
 p.add_argument("--seed", type=int, default=SEED)
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
 
@@ -81,8 +90,17 @@ def task_data(args):
     return train, held, split
 
 
-def targets(task, df, folds_dir, date_stats):
-    """(y (N, D) float32, w (N,) float32 loss weights) in the space the network is trained in."""
+def heads(task):
+    """[(task, slice of the network's outputs)]: the task's one head, or multi's four."""
+    out, start = [], 0
+    for t in (common.TASKS if task == "multi" else (task,)):
+        out.append((t, slice(start, start + common.TASK_DIMS[t])))
+        start += common.TASK_DIMS[t]
+    return out
+
+
+def head_targets(task, df, folds_dir, date_stats):
+    """(y (N, D), w (N,)) of one head, in the space the network is trained in."""
     if task == "target":
         y = df[["target"]].to_numpy(np.float32)
     elif task == "onehot":
@@ -93,17 +111,29 @@ def targets(task, df, folds_dir, date_stats):
         w2v = pd.read_csv(Path(folds_dir) / "word2vec.csv", dtype={"object_id": str}).set_index("object_id")
         y = w2v.loc[df["object_id"]].to_numpy(np.float32)
     w = (~np.isnan(y).any(axis=1)).astype(np.float32)       # word2vec: no names -> masked
-    return torch.from_numpy(np.nan_to_num(y)), torch.from_numpy(w)
+    return np.nan_to_num(y), w
 
 
-def per_sample_loss(task, kind, out, y):
-    if task == "onehot" and kind == "ce":
-        return F.cross_entropy(out, y.argmax(1), reduction="none")
-    return ((out - y) ** 2).mean(1)
+def targets(task, df, folds_dir, date_stats):
+    """(y (N, D) float32, w (N, heads) float32 loss weights) for every head of the network."""
+    parts = [head_targets(t, df, folds_dir, date_stats) for t, _ in heads(task)]
+    return (torch.from_numpy(np.concatenate([y for y, _ in parts], 1)),
+            torch.from_numpy(np.stack([w for _, w in parts], 1)))
+
+
+def head_losses(task, kind, out, y):
+    """(N, heads): each head's per-sample loss (MSE over its outputs, or onehot's CE)."""
+    losses = []
+    for t, cols in heads(task):
+        if t == "onehot" and kind == "ce":
+            losses.append(F.cross_entropy(out[:, cols], y[:, cols].argmax(1), reduction="none"))
+        else:
+            losses.append(((out[:, cols] - y[:, cols]) ** 2).mean(1))
+    return torch.stack(losses, 1)
 
 
 def era_prediction(task, kind, mean_out, date_stats):
-    """The era (0..3, continuous) a task's TTA-mean output implies, or None (word2vec)."""
+    """The era (0..3, continuous) one head's TTA-mean output implies, or None (word2vec)."""
     if task == "target":
         return mean_out[:, 0]
     if task == "onehot":
@@ -133,7 +163,7 @@ def build(args, outputs, device):
 
 
 # -----------------------------------------------------------------------------
-def train(args, run_dir, dist):
+def train(args, run_dir, dist, on_epoch_end=None):
     images, ids, meta = training.load_store(args.hvr)
     device, cuda = dist.device, dist.device.type == "cuda"
     train_df, _, _ = task_data(args)
@@ -144,7 +174,8 @@ def train(args, run_dir, dist):
     y, w = (t.to(device) for t in targets(args.task, train_df, args.folds, date_stats))
     vidx = training.view_index(meta["size"]).to(device)
     training.banner("04", args, dist, task=args.task, fold=args.fold, train=len(train_df),
-                    size=meta["size"], arch=args.arch, init=args.init)
+                    size=meta["size"], arch=args.arch, init=args.init, epochs=args.epochs,
+                    schedule=f"{args.optim}/{args.schedule}/lr={args.lr:g}")
 
     def epoch_plan(epoch, g):
         n = len(train_df)
@@ -157,45 +188,82 @@ def train(args, run_dir, dist):
         return plan[torch.randperm(len(plan), generator=g)]
 
     def batch_loss(net, rows):
-        x = training.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=cuda)
+        x = training.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             out = net(x).float()
-        return (per_sample_loss(args.task, args.loss, out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
+        return (head_losses(args.task, args.loss, out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
 
     common.seed_everything(args.seed)
     model = build(args, common.TASK_DIMS[args.task], device)
-    config = dict(vars(args), lr=args.lr, betas=list(BETAS), log_every=LOG_EVERY, channels_last=cuda,
-                  size=meta["size"], outputs=common.TASK_DIMS[args.task],
-                  date_mean=date_stats[0], date_std=date_stats[1])
+    config = dict(vars(args), log_every=LOG_EVERY, channels_last=True, size=meta["size"],
+                  outputs=common.TASK_DIMS[args.task], date_mean=date_stats[0], date_std=date_stats[1])
     training.fit(model, run_dir=run_dir, dist=dist, config=config, epoch_plan=epoch_plan,
-                 batch_loss=batch_loss)
+                 batch_loss=batch_loss, on_epoch_end=on_epoch_end)
     return config
 
 
+class Evaluator:
+    """Scores a model on the fold's held-out side (fold all: its first train rows) and keeps
+    eval.csv: one row per epoch, the loss and each era head's RMSE."""
+
+    def __init__(self, args, run_dir, device):
+        images, ids, meta = training.load_store(args.hvr)
+        train_df, self.held, self.split = task_data(args)
+        self.date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
+        self.px = training.to_pixels(images[training.store_rows(ids, self.held["object_id"], args.hvr).numpy()], device)
+        self.y, self.w = targets(args.task, self.held, args.folds, self.date_stats)
+        self.era = torch.tensor(self.held["target"].to_numpy(), dtype=torch.float32)
+        self.vidx = training.view_index(meta["size"]).to(device)
+        self.args, self.device, self.path = args, device, run_dir / "eval.csv"
+        self.eras = [t for t, _ in heads(args.task) if t != "word2vec"]
+        self.columns = ["epoch", "split", "n", "views", "loss", "rmse", *(f"rmse_{t}" for t in self.eras), "seconds"]
+
+    def done(self):
+        return read_eval(self.path)
+
+    def score(self, epoch, model):
+        started = time.time()
+        args = self.args
+        # the last epoch always with all 8 views: the run's figure comparable with the recipe's
+        views = range(8 if epoch == args.epochs else args.eval_views)
+        mean_out = training.predict_views(model, self.px, self.vidx, self.device, args.batch * 4, views).mean(1).cpu()
+        losses = head_losses(args.task, args.loss, mean_out, self.y)
+        loss = ((losses * self.w).sum(0) / self.w.sum(0).clamp(min=1)).sum().item()
+        rmse = {}
+        for t, cols in heads(args.task):
+            pred = era_prediction(t, args.loss, mean_out[:, cols], self.date_stats)
+            if pred is not None:
+                rmse[t] = ((pred - self.era) ** 2).mean().sqrt().item()
+        first = rmse[self.eras[0]] if self.eras else None
+        values = [epoch, self.split, len(self.held), len(views), f"{loss:.6g}", "" if first is None else f"{first:.6g}",
+                  *(f"{rmse[t]:.6g}" for t in self.eras), f"{time.time() - started:.2f}"]
+        rows = self.done()
+        rows[epoch] = ",".join(map(str, values))
+        common.write_text(self.path, ",".join(self.columns) + "\n" + "".join(rows[e] + "\n" for e in sorted(rows)))
+        shown = ", ".join(f"{t} era RMSE {v:.4f}" for t, v in rmse.items())
+        print(f"[04 eval] {self.path.parent.name} epoch {epoch}: {self.split} ({len(views)} view"
+              f"{'s' if len(views) > 1 else ''}) loss {loss:.4f}" + (f", {shown}" if shown else ""), flush=True)
+
+
 def evaluate(args, run_dir, dist):
-    """The evaluator: score each complete epoch checkpoint once, in order, then stop."""
-    images, ids, meta = training.load_store(args.hvr)
-    device = dist.device
-    train_df, held, split = task_data(args)
-    date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
-    px = training.to_pixels(images[training.store_rows(ids, held["object_id"], args.hvr).numpy()], device)
-    y, w = targets(args.task, held, args.folds, date_stats)
-    era = torch.tensor(held["target"].to_numpy(), dtype=torch.float32)
-    vidx = training.view_index(meta["size"]).to(device)
-    model = training.build_model(args.arch, common.TASK_DIMS[args.task]).to(device)
-    path = run_dir / "eval.csv"
+    """The evaluator process (GPU): score each complete epoch checkpoint once, in order, then
+    stop; stop too when the trainer that started it has died."""
+    parent = os.getppid()
+    ev = Evaluator(args, run_dir, dist.device)
+    model = training.build_model(args.arch, common.TASK_DIMS[args.task]).to(dist.device)
     unreadable = {}
     while True:
-        rows = read_eval(path)
-        todo = [e for e in range(1, args.epochs + 1) if e not in rows]
+        todo = [e for e in range(1, args.epochs + 1) if e not in ev.done()]
         if not todo:
             return
         ckpt = run_dir / common.ckpt_name(todo[0])
         if not ckpt.exists():        # complete checkpoints only: a write in progress has a temp name
+            if os.getppid() != parent:
+                common.fail(f"{run_dir}: the trainer died; the evaluator stops with it")
             time.sleep(EVAL_POLL)
             continue
         try:
-            state = training.load_checkpoint(ckpt, device)
+            state = training.load_checkpoint(ckpt, dist.device)
         except (RuntimeError, EOFError, OSError) as e:   # a writer that skipped the atomic rename
             unreadable[ckpt] = unreadable.get(ckpt, 0) + 1
             if unreadable[ckpt] * EVAL_POLL > EVAL_GIVE_UP:
@@ -203,14 +271,7 @@ def evaluate(args, run_dir, dist):
             time.sleep(EVAL_POLL)
             continue
         model.load_state_dict(state["model"])
-        mean_out = training.predict_views(model, px, vidx, device, args.batch).mean(1).cpu()
-        loss = (per_sample_loss(args.task, args.loss, mean_out, y) * w).sum() / w.sum().clamp(min=1)
-        pred = era_prediction(args.task, args.loss, mean_out, date_stats)
-        rmse = "" if pred is None else f"{((pred - era) ** 2).mean().sqrt().item():.6g}"
-        rows[todo[0]] = f"{todo[0]},{split},{len(held)},{loss.item():.6g},{rmse}"
-        common.write_text(path, "epoch,split,n,loss,rmse\n" + "".join(rows[e] + "\n" for e in sorted(rows)))
-        print(f"[04 eval] {run_dir.name} epoch {todo[0]}: {split} loss {loss.item():.4f}"
-              + (f", era RMSE {rmse}" if rmse else ""), flush=True)
+        ev.score(todo[0], model)
 
 
 def read_eval(path):
@@ -218,23 +279,45 @@ def read_eval(path):
     return {int(l.split(",")[0]): l for l in lines}
 
 
+def evaluate_missing(args, run_dir, dist, ev):
+    """Score the epochs a kill left without an eval.csv row (between checkpoint and row)."""
+    missing = [e for e in range(1, args.epochs + 1) if e not in ev.done()]
+    if missing:
+        model = training.build_model(args.arch, common.TASK_DIMS[args.task]).to(dist.device)
+        for epoch in missing:
+            model.load_state_dict(training.load_checkpoint(run_dir / common.ckpt_name(epoch), dist.device)["model"])
+            ev.score(epoch, model)
+
+
+def gpu_slot_fd():
+    """[the descriptor of the GPU slot lock that common.py on-gpu handed down], or []."""
+    try:
+        fd = int(os.environ.get("GPU_SLOT_FD", ""))
+        os.fstat(fd)
+        return [fd]
+    except (ValueError, OSError):
+        return []
+
+
 def run(args, run_dir, dist):
-    """Training here, the evaluator in a second process; DONE when both succeeded."""
+    """Training and its evaluation (a second process on a GPU, epoch ends on a CPU); DONE when
+    both succeeded."""
     started = time.time()
-    evaluator = None
+    evaluator, inline = None, None
     if dist.main:
         lock = open(run_dir / ".running", "w")     # `make status`: held while this run is alive
         fcntl.flock(lock, fcntl.LOCK_EX)
         (run_dir / "FAILED").unlink(missing_ok=True)
-        argv = [a for a in sys.argv[1:] if a not in ("--role", "run")]
-        env = dict(os.environ, TORCH_THREADS="1", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
-        evaluator = subprocess.Popen([sys.executable, __file__, *argv, "--role", "evaluate"], env=env)
-        if dist.device.type == "cpu" and torch.get_num_threads() > 1:
-            # The evaluator's core is its own: two processes whose thread pools overlap on the
-            # same cores stall each other's barriers (measured here: training fell ~10x).
-            torch.set_num_threads(torch.get_num_threads() - 1)
+        if dist.device.type == "cuda":
+            argv = [a for a in sys.argv[1:] if a not in ("--role", "run")]
+            env = dict(os.environ, TORCH_THREADS="1", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
+            slot = gpu_slot_fd()
+            evaluator = subprocess.Popen([sys.executable, __file__, *argv, "--role", "evaluate"], env=env,
+                                         pass_fds=slot)     # the GPU stays held while it lives
+        else:
+            inline = Evaluator(args, run_dir, dist.device)
     try:
-        config = train(args, run_dir, dist)
+        config = train(args, run_dir, dist, on_epoch_end=inline.score if inline else None)
     except BaseException:
         if evaluator:
             evaluator.terminate()
@@ -244,7 +327,9 @@ def run(args, run_dir, dist):
         raise
     if not dist.main:
         return
-    if evaluator.wait() != 0:
+    if inline:
+        evaluate_missing(args, run_dir, dist, inline)
+    elif evaluator.wait() != 0:
         common.write_text(run_dir / "FAILED", f"evaluator exited with {evaluator.returncode}\n")
         common.fail(f"{run_dir}: the evaluator failed (exit {evaluator.returncode}); "
                     f"training is complete: rerun to evaluate the missing epochs")

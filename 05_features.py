@@ -1,4 +1,4 @@
-"""Stage 05: every view of every object the stacking needs, through one fine-tuned model.
+"""Stage 05: every view of every object the stacking needs, through one fine-tuned network.
 
 Reads WORK/01_sgkfold, WORK/02_hvr, WORK/04_finetune/<task>_<fold>/ (its last epoch checkpoint).
 Writes WORK/05_features/<task>_<fold>/:
@@ -13,7 +13,9 @@ for out-of-fold stacking); fold all -> train, test.
 
 Outputs are in the task's own units: the era (target), the one-hot scores (onehot; softmax
 probabilities when it was trained with --loss ce), the year (sortingdate, de-standardised), the
-20 word2vec coordinates. Columns are named <task>_<dim>_<stat>.
+20 word2vec coordinates. Columns are named <task>_<dim>_<stat>; a `multi` network's four heads
+give the same columns as the four single-task networks. Every object of every split goes
+through the network in one pass (inference mode, channels_last, 8 views per image).
 """
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ import training
 STATS = ("mean", "max", "min", "var")   # the recipe's reductions over the 8 views
 
 p = common.profile_parser(__doc__.split("\n")[0], "05")
-p.add_argument("--task", required=True, choices=common.TASKS)
+p.add_argument("--task", required=True, choices=common.NETS, help="one task, or multi: all four heads")
 p.add_argument("--fold", required=True, choices=common.FOLDS)
 p.add_argument("--folds", required=True, help="stage 01's directory")
 p.add_argument("--hvr", required=True, help="stage 02's image store")
@@ -49,12 +51,15 @@ def splits(folds_dir, fold):
 
 
 def reduce_views(task, outputs):
-    """(N, 8, D) -> {column: (N,)}: mean, max, min, var over the views, per output dimension."""
-    cols = {}
-    for d in range(outputs.shape[2]):
-        v = outputs[:, :, d]
-        for stat, values in zip(STATS, (v.mean(1), v.max(1), v.min(1), v.var(1))):
-            cols[f"{task}_{d}_{stat}"] = values
+    """(N, 8, D) -> {column: (N,)}: mean, max, min, var over the views, per output dimension of
+    each head (multi: the four tasks' outputs side by side, in common.TASKS order)."""
+    cols, start = {}, 0
+    for t in (common.TASKS if task == "multi" else (task,)):
+        for d in range(common.TASK_DIMS[t]):
+            v = outputs[:, :, start + d]
+            for stat, values in zip(STATS, (v.mean(1), v.max(1), v.min(1), v.var(1))):
+                cols[f"{t}_{d}_{stat}"] = values
+        start += common.TASK_DIMS[t]
     return cols
 
 
@@ -73,26 +78,25 @@ def main():
     config = state["config"]
     model = training.build_model(config["arch"], config["outputs"]).to(dist.device)
     model.load_state_dict(state["model"])
-    if dist.device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
 
     images, ids, meta = training.load_store(args.hvr)
     vidx = training.view_index(meta["size"]).to(dist.device)
     wanted = splits(args.folds, args.fold)
     training.banner("05", args, dist, run=run, epoch=ckpts[-1][0],
                     **{k: len(v) for k, v in wanted.items()})
+    every = pd.concat(wanted.values(), ignore_index=True)
+    px = training.to_pixels(images[training.store_rows(ids, every, args.hvr).numpy()], "cpu")
+    chunks = []
+    for part in training.progress(px.split(4096), dist, desc=run):
+        chunks.append(predict(model, part.to(dist.device), vidx, dist.device, args.batch, config))
+    outputs = torch.cat(chunks).numpy()
+    start = 0
     for split, oids in wanted.items():
-        px = training.to_pixels(images[training.store_rows(ids, oids, args.hvr).numpy()], "cpu")
-        chunks = []
-        for part in training.progress(px.split(4096), dist, desc=f"{run} {split}"):
-            if dist.device.type == "cuda":      # pinned, so the copy overlaps the previous part's work
-                part = part.pin_memory().to(dist.device, non_blocking=True)
-            chunks.append(predict(model, part, vidx, dist.device, args.batch, config))
-        outputs = torch.cat(chunks).numpy()
+        part, start = outputs[start:start + len(oids)], start + len(oids)
         with common.atomic_path(out / f"{split}.npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, object_id=np.array(oids, dtype="U20"), outputs=outputs)
-        table = pd.DataFrame({"object_id": oids.to_numpy(), **reduce_views(args.task, outputs)})
+                np.savez(f, object_id=np.array(oids, dtype="U20"), outputs=part)
+        table = pd.DataFrame({"object_id": oids.to_numpy(), **reduce_views(args.task, part)})
         with common.atomic_path(out / f"{split}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
     common.write_provenance(out, dict(vars(args), checkpoint=str(ckpts[-1][2])), started)
@@ -101,14 +105,18 @@ def main():
           f"[{time.time() - started:.1f}s]", flush=True)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model, px, vidx, device, batch, config):
     """(N, 8, D) task-unit outputs for the 8 views of each image in px (training.to_pixels)."""
     outputs = training.predict_views(model, px, vidx, device, batch).cpu()
-    if config["task"] == "sortingdate":
-        outputs = outputs * config["date_std"] + config["date_mean"]
-    if config["task"] == "onehot" and config.get("loss") == "ce":
-        outputs = outputs.softmax(-1)
+    start = 0
+    for t in (common.TASKS if config["task"] == "multi" else (config["task"],)):
+        cols = slice(start, start + common.TASK_DIMS[t])
+        if t == "sortingdate":
+            outputs[..., cols] = outputs[..., cols] * config["date_std"] + config["date_mean"]
+        if t == "onehot" and config.get("loss") == "ce":
+            outputs[..., cols] = outputs[..., cols].softmax(-1)
+        start = cols.stop
     return outputs
 
 

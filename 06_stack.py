@@ -58,6 +58,8 @@ p = common.profile_parser(__doc__.split("\n")[0], "06")
 p.add_argument("--folds", required=True, help="stage 01's directory")
 p.add_argument("--features", required=True, help="stage 05's directory")
 p.add_argument("--out", required=True, help="this stage's directory")
+p.add_argument("--nets", nargs="+", default=list(common.TASKS), choices=common.NETS,
+               help="the networks 05 described: the four tasks' (the recipe) or multi")
 p.add_argument("--mode", default="seed", choices=["seed", "oof"],
                help="which stack the submission uses (seed: better CV on the real data, README)")
 p.add_argument("--hvr", required=True, help="stage 02's directory (its stats.csv)")
@@ -68,11 +70,13 @@ p.add_argument("--meta", default="on", choices=["off", "on", "native", "stored"]
 p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="post-processing knobs: CV grid or 0.5/0.94")
 
 
-def features(feat_dir, fold, split, extra=None):
-    """The 104-column table of one fold's 4 networks on one split, indexed by object_id, plus
-    the `extra` per-object columns (02's per-photo statistics) when given."""
-    parts = [pd.read_parquet(Path(feat_dir) / common.run_name(t, fold) / f"{split}.parquet").set_index("object_id")
-             for t in common.TASKS]
+def features(source, fold, split, extra=None):
+    """The 104-column table of one fold's networks on one split, indexed by object_id, plus
+    the `extra` per-object columns (02's per-photo statistics) when given. source: (05's
+    directory, the networks: the four tasks' own, or the one `multi` with the same columns)."""
+    feat_dir, nets = source
+    parts = [pd.read_parquet(Path(feat_dir) / common.run_name(n, fold) / f"{split}.parquet").set_index("object_id")
+             for n in nets]
     table = pd.concat(parts, axis=1)
     return table if extra is None else table.join(extra, how="left")
 
@@ -131,25 +135,25 @@ def tune_post(stack, target_tta, onehot_tta, y):
     return float(r), float(t), score
 
 
-def stack_seed(feat_dir, folds, extra):
+def stack_seed(source, folds, extra):
     """The recipe: per fold, the booster learns on the network's own training-side outputs."""
     pred, iters = {}, []
     for k in K:
-        X_tr = features(feat_dir, k, "train", extra).loc[folds[k]["train"]["object_id"]]
-        X_va = features(feat_dir, k, "heldout", extra).loc[folds[k]["test"]["object_id"]]
+        X_tr = features(source, k, "train", extra).loc[folds[k]["train"]["object_id"]]
+        X_va = features(source, k, "heldout", extra).loc[folds[k]["test"]["object_id"]]
         m = boost(X_tr, folds[k]["train"]["target"], X_va, folds[k]["test"]["target"])
         iters.append(m.best_iteration)
         pred[k] = pd.Series(m.predict(X_va, num_iteration=m.best_iteration), index=X_va.index)
-    X_all = features(feat_dir, "all", "train", extra).loc[folds["all"]["train"]["object_id"]]
+    X_all = features(source, "all", "train", extra).loc[folds["all"]["train"]["object_id"]]
     final = boost(X_all, folds["all"]["train"]["target"], rounds=max(1, round(np.mean(iters))))
-    test = final.predict(features(feat_dir, "all", "test", extra))
+    test = final.predict(features(source, "all", "test", extra))
     return pred, test, iters, final
 
 
-def stack_oof(feat_dir, folds, oof_fold, extra):
+def stack_oof(source, folds, oof_fold, extra):
     """Out-of-fold: the features of each train row come from the network that never saw it."""
-    X = pd.concat([features(feat_dir, k, "heldout", extra).loc[oof_fold.index[oof_fold == k]] for k in K])
-    X_test = sum(features(feat_dir, k, "test", extra) for k in K) / len(K)
+    X = pd.concat([features(source, k, "heldout", extra).loc[oof_fold.index[oof_fold == k]] for k in K])
+    X_test = sum(features(source, k, "test", extra) for k in K) / len(K)
     return cross_validate(X.loc[oof_fold.index], X_test, folds, oof_fold)
 
 
@@ -205,12 +209,13 @@ def main():
     train = folds["all"]["train"].set_index("object_id")
     y = train["target"]
 
+    source = (args.features, args.nets)
     meta = meta_table(args.hvr, args.meta)
     # Every stack, keyed by its cv.csv column: both modes, without and with the statistics.
     stacks = {}
     for suffix, extra in (("", None), ("_meta", meta)):
-        stacks["stack_seed" + suffix] = stack_seed(args.features, folds, extra)
-        stacks["stack_oof" + suffix] = stack_oof(args.features, folds, oof_fold, extra)
+        stacks["stack_seed" + suffix] = stack_seed(source, folds, extra)
+        stacks["stack_oof" + suffix] = stack_oof(source, folds, oof_fold, extra)
     chosen = f"stack_{args.mode}" + ("" if args.meta == "off" else "_meta")
     # The reference point: the same booster on the statistics alone (DATA.md's 0.81).
     meta_only = cross_validate(meta.loc[oof_fold.index], meta.loc[folds["all"]["test"]["object_id"]],
@@ -222,7 +227,7 @@ def main():
     singles = {}
     for k in K:
         rows = oof_fold.index[oof_fold == k]
-        X = features(args.features, k, "heldout").loc[rows]
+        X = features(source, k, "heldout").loc[rows]
         for name, values in single_models(X).items():
             singles.setdefault(name, []).append(pd.Series(values, index=rows))
         oof.loc[rows, "target_tta"] = X["target_0_mean"]
@@ -247,7 +252,7 @@ def main():
     oof["final_recipe_post"] = post_process(stack, tta, hot, *RECIPE_POST)
 
     # The test side: the `all` networks' TTA means and the chosen stack.
-    test_all = features(args.features, "all", "test")
+    test_all = features(source, "all", "test")
     test = pd.DataFrame(index=test_all.index)
     for name, (_pred, test_pred, *_rest) in stacks.items():
         test[name] = test_pred

@@ -81,14 +81,18 @@ def report(args, out, sub):
 
     cv = pd.read_csv(work / "06_stack" / "cv.csv", dtype={"fold": str})
     params = json.loads((work / "06_stack" / "params.json").read_text())
-    runs = []
-    for task in common.TASKS:
+    runs, per_epoch = [], {}
+    for net in common.NETS:
         for fold in common.FOLDS:
-            ev = work / "04_finetune" / common.run_name(task, fold) / "eval.csv"
+            ev = work / "04_finetune" / common.run_name(net, fold) / "eval.csv"
             if ev.exists():
-                last = pd.read_csv(ev).iloc[-1]
-                runs.append({"task": task, "fold": fold, "epoch": int(last["epoch"]), "split": last["split"],
-                             "loss": float(last["loss"]), "era_rmse": float(last["rmse"])})
+                df = pd.read_csv(ev)
+                last = df.iloc[-1]
+                runs.append({"network": net, "fold": fold, "epoch": int(last["epoch"]), "split": last["split"],
+                             "views": int(last.get("views", 8)), "loss": float(last["loss"]),
+                             "era_rmse": float(last["rmse"])})
+                per_epoch[common.run_name(net, fold)] = df.set_index("epoch")["rmse"]
+    epochs = pd.DataFrame(per_epoch).rename_axis("epoch").reset_index() if per_epoch else None
     profile = json.loads((work / "03_jigsaw" / "provenance.json").read_text())["config"].get("profile", "?") \
         if (work / "03_jigsaw" / "provenance.json").exists() else "?"
     text = ["# Run report\n",
@@ -104,6 +108,10 @@ def report(args, out, sub):
             "the submission's final prediction (nested-tuned post-processing); the recipe's 0.5/0.94.\n",
             markdown(cv), "## Fine-tune runs, last epoch\n",
             markdown(pd.DataFrame(runs)) if runs else "(none)\n",
+            "## Held-out era RMSE per epoch (fold all: its own train rows)\n",
+            "The views scored per epoch are in the table above; a `multi` network's column is its "
+            "`target` head (eval.csv has every head).\n",
+            markdown(epochs) if epochs is not None else "(none)\n",
             "## Stage wall times\n", markdown(stage_times(work), "{:.1f}"), "## Pictures\n"]
     text += [f"### {title}\n\n![{title}]({name})\n" for title, name in pictures]
     common.write_text(out / "report.md", "\n".join(text))

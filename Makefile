@@ -12,16 +12,18 @@ WORK ?= work#              every stage writes WORK/<stage>/
 GPUS ?=#                   comma-separated GPU ids (0,1,2,3); empty: CPU
 PROFILE ?= $(if $(GPUS),full,cpu)#  full (the recipe) | cpu (2 cores) | smoke (tests)
 FOLD ?= 0#                 make fold: 0 1 2 all
-TASK ?= target#            make fold: target onehot sortingdate word2vec
+TASK ?= target#            make fold: target onehot sortingdate word2vec multi
+NETS ?= $(if $(filter cpu,$(PROFILE)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu)
 PYTHON ?= python3#         the interpreter that builds .venv
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
 JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --loss ce --epochs 10
 FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --loss ce
 STACK_ARGS ?=#             extra 06_stack.py options, e.g. --meta off --post recipe
 ID ?=#                     make views: the object_id to show
-
 MAX_PIXELS ?= 25000000#    validation: the largest photo (width x height) 02's ImageMagick must decode
+
 # ---- derived --------------------------------------------------------------------------------
+TASKS := target onehot sortingdate word2vec
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/requirements.txt
@@ -35,9 +37,8 @@ DIR_FT := $(WORK)/04_finetune
 DIR_FEAT := $(WORK)/05_features
 DIR_STACK := $(WORK)/06_stack
 DIR_SUB := $(WORK)/07_submit
-TASKS := target onehot sortingdate word2vec
 FOLDS := 0 1 2 all
-RUNS := $(foreach t,$(TASKS),$(foreach f,$(FOLDS),$(t)_$(f)))
+RUNS := $(foreach t,$(NETS),$(foreach f,$(FOLDS),$(t)_$(f)))
 comma := ,
 GPU_LIST := $(subst $(comma), ,$(GPUS))
 NGPUS := $(words $(GPU_LIST))
@@ -81,7 +82,6 @@ endif
 endif
 RAW := $(if $(wildcard $(DATA)/train.csv),$(DATA),$(DIR_DEMO))
 RAW_STAMP := $(if $(wildcard $(DATA)/train.csv),$(DATA)/train.csv,$(DIR_DEMO)/DONE)
-ifeq ($(RAW),$(DIR_DEMO))
 # One make at a time on a WORK: a second one is refused at once. The lock is an flock on
 # WORK/.lock held by a helper that exits with this make (a kill -9 too: the kernel releases it);
 # sub-makes inherit it. A dry run (make -n) takes none.
@@ -97,6 +97,7 @@ export ATMA11_WORK_LOCK
 endif
 endif
 endif
+ifeq ($(RAW),$(DIR_DEMO))
 ifneq ($(filter all demo validate folds,$(or $(MAKECMDGOALS),help)),)
 $(info No train.csv in DATA=$(DATA): using generated demo data in $(DIR_DEMO) (PROFILE=$(PROFILE)).)
 endif
@@ -167,7 +168,7 @@ $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE
 
 $(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE)
 	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --hvr $(DIR_HVR) --out $(DIR_STACK) \
-	  $(STACK_ARGS)
+	  --nets $(NETS) $(STACK_ARGS)
 
 $(DIR_SUB)/DONE: $(DIR_STACK)/DONE
 	$(PY) 07_submit.py --data $(RAW) --work $(WORK) --out $(DIR_SUB)
@@ -178,7 +179,7 @@ folds: $(DIR_FOLDS)/DONE ## 3 grouped stratified folds + fold all, and the word2
 hvr: $(DIR_HVR)/DONE ## decode and resize every photo once into WORK/02_hvr (02; RESIZE=stretch|pad)
 jigsaw: $(DIR_JIG)/DONE ## 3x3 jigsaw pretraining (03); torchrun across GPUS when several
 fold: $(DIR_FT)/$(TASK)_$(FOLD)/DONE ## one fine-tune run and its evaluator: FOLD=0|1|2|all TASK=...
-finetune: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE ## all 16 fine-tune runs (04), one per GPU at a time
+finetune: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE ## every fine-tune run (04: NETS x 4 folds), one per GPU at a time
 	$(MAKE) --no-print-directory -j$(NJOBS) finetune-runs
 
 features: finetune ## 8-view outputs of every network on every object stacking needs (05)
@@ -188,8 +189,8 @@ submit: stack $(DIR_SUB)/DONE ## WORK/07_submit/submission.csv, validated, and r
 report: submit ## the report, WORK/07_submit/report.md (written with the submission)
 
 # Entry points of the fan-out sub-makes (make finetune / make features call them with -j).
-finetune-runs: $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE) ## (internal) the 16 fine-tune stamps; make finetune runs it with -j
-features-runs: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) ## (internal) the 16 feature stamps; make features runs it with -j
+finetune-runs: $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE) ## (internal) the fine-tune stamps; make finetune runs it with -j
+features-runs: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) ## (internal) the feature stamps; make features runs it with -j
 
 views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
 	$(PY) training.py views --store $(DIR_HVR) --id $(ID)

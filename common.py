@@ -553,8 +553,11 @@ def cmd_validate(args):
 def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
     """Run `cmd` with CUDA_VISIBLE_DEVICES set to one GPU of `gpus` that no other run holds.
 
-    The hold is an flock on lock_dir/gpu<id>.lock, released by the kernel when this process
-    ends, however it ends: no stale locks after a kill. With no GPUs the command runs as is.
+    The hold is an flock on lock_dir/gpu<id>.lock, released by the kernel when the last process
+    holding its descriptor ends, however it ends: no stale locks after a kill. The command
+    inherits the descriptor (its number in $GPU_SLOT_FD) and passes it on to its own helpers
+    (04's evaluator), so the GPU stays held while any process of the run lives.
+    With no GPUs the command runs as is.
     """
     if not gpus:       # GPUS empty: the CPU, even on a machine that has GPUs
         return subprocess.call(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
@@ -567,10 +570,10 @@ def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
             except BlockingIOError:
                 f.close()
                 continue
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), GPU_SLOT_FD=str(f.fileno()))
             print(f"[gpu {gpu}] {' '.join(cmd)}", flush=True)
             try:
-                return subprocess.call(cmd, env=env)
+                return subprocess.call(cmd, env=env, pass_fds=(f.fileno(),))
             finally:
                 f.close()
         time.sleep(poll)

@@ -113,18 +113,21 @@ def to_input(px, views, index, channels_last=False, perms=None):
     return out.mul_(scale).add_(shift)
 
 
-@torch.no_grad()
-def predict_views(model, px, vidx, device, batch):
-    """(N, 8, D) outputs of every view of every image; px (N, S*S) from to_pixels on `device`."""
+@torch.inference_mode()
+def predict_views(model, px, vidx, device, batch, views=range(8)):
+    """(N, V, D) outputs of the given views (default all 8) of every image; px (N, S*S) from
+    to_pixels on `device`. channels_last on every device: on this CPU it infers ResNets ~1.3x
+    faster (1075 against 822 images/s, ResNet18 at 48 px, batch 256)."""
     model.eval()
+    model.to(memory_format=torch.channels_last)
     cuda = device.type == "cuda"
+    views = torch.as_tensor(list(views), device=device)
     outs = []
-    for chunk in px.split(max(batch // 8, 1)):
+    for chunk in px.split(max(batch // len(views), 1)):
         n = len(chunk)
-        x = to_input(chunk.repeat_interleave(8, 0), torch.arange(8, device=device).repeat(n),
-                     vidx, channels_last=cuda)
+        x = to_input(chunk.repeat_interleave(len(views), 0), views.repeat(n), vidx, channels_last=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            outs.append(model(x).float().view(n, 8, -1))
+            outs.append(model(x).float().view(n, len(views), -1))
     return torch.cat(outs)
 
 
@@ -266,7 +269,9 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
     batch_loss(net, rows) -> (loss summed over the rows, stats dict of summed tensors)
     on_epoch_end(epoch, net) runs on rank 0 after the epoch's checkpoint is written.
 
-    Adam(lr, betas), lr halved after every epoch (the recipe). Checkpoints at every epoch end
+    The optimizer and the learning-rate schedule come from the config (make_optimizer, lr_at):
+    the recipe's Adam with lr halved after every epoch, or AdamW with a one-cycle or cosine
+    schedule. Checkpoints at every epoch end
     (kept: the evaluator and 05 read them) and every config['ckpt_every'] steps (only the newest
     kept). A rerun continues from the newest complete checkpoint and sees exactly the batches it
     would have seen: a global batch is split across ranks, and each rank's summed loss is
@@ -275,9 +280,9 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
     run_dir = Path(run_dir)
     device, world, rank = dist.device, dist.world, dist.rank
     model.to(device)
-    if config.get("channels_last") and device.type == "cuda":
+    if config.get("channels_last"):
         model.to(memory_format=torch.channels_last)
-    optim = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=tuple(config["betas"]))
+    optim = make_optimizer(model, config)
     start_epoch, start_step, gstep = 1, 0, 0
     ckpts = list_checkpoints(run_dir)
     if ckpts:
@@ -307,8 +312,6 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
     for epoch in range(start_epoch, config["epochs"] + 1):
         plan = epoch_plan(epoch, epoch_generator(config["seed"], epoch)).to(device)   # one copy per epoch
         batches = math.ceil(len(plan) / config["batch"])
-        for group in optim.param_groups:
-            group["lr"] = config["lr"] * 0.5 ** (epoch - 1)
         net.train()
         first = start_step if epoch == start_epoch else 0
         bar = progress(range(first, batches), dist, desc=f"{run_dir.name} e{epoch}", total=batches,
@@ -319,6 +322,9 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
             global_n = len(rows)
             rows = rows[rank::world]
             loss_sum, stats = batch_loss(net, rows)
+            lr = lr_at(config, epoch, step, batches)
+            for group in optim.param_groups:
+                group["lr"] = lr
             optim.zero_grad(set_to_none=True)
             (loss_sum * world / global_n).backward()
             optim.step()
@@ -340,7 +346,7 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
                 n = max(n_local, 1)
                 rate = seen / max(time.time() - t_log, 1e-9)
                 row = {"step": gstep, "epoch": epoch, "loss": figures.pop("loss") / n,
-                       **{k: v / n for k, v in figures.items()}, "images_per_s": rate * 1.0}
+                       **{k: v / n for k, v in figures.items()}, "images_per_s": rate * 1.0, "lr": lr}
                 if dist.main:
                     append_log(log_path, row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}", refresh=False)
@@ -355,6 +361,41 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
             if on_epoch_end:
                 on_epoch_end(epoch, model)
     return model
+
+
+def make_optimizer(model, config):
+    """The recipe's Adam (config betas, no weight decay), or AdamW with config weight_decay."""
+    params, betas = model.parameters(), tuple(config["betas"])
+    if config.get("optim", "adam") == "adam":
+        return torch.optim.Adam(params, lr=config["lr"], betas=betas)
+    return torch.optim.AdamW(params, lr=config["lr"], betas=betas, weight_decay=config["weight_decay"])
+
+
+SCHEDULES = ("halve", "onecycle", "cosine")
+
+
+def lr_at(config, epoch, step, batches):
+    """The learning rate of step `step` (0-based) of epoch `epoch` (1-based), `batches` steps per
+    epoch: a function of the position only, so a resumed run follows the same schedule.
+
+    halve:    the recipe: config lr halved after every `halve_views` views per image (the recipe
+              trains 8 views per epoch and halves per epoch: halve_views = 8 = views).
+    onecycle: from lr/25 up to lr over the first `warmup` of the run, then down to lr/25e4,
+              both on a cosine (torch's OneCycleLR shape, without its momentum cycling).
+    cosine:   from lr down to 0 on a cosine.
+    """
+    lr, kind = config["lr"], config.get("schedule", "halve")
+    if kind == "halve":
+        seen = (epoch - 1) * config["views"]               # views per image before this epoch
+        return lr * 0.5 ** (seen // config.get("halve_views", config["views"]))
+    t = ((epoch - 1) * batches + step) / (config["epochs"] * batches)     # progress, 0 .. 1
+    if kind == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * t))
+    warm, low = config.get("warmup", 0.25), lr / 25
+    if t < warm:
+        return low + (lr - low) * 0.5 * (1 - math.cos(math.pi * t / warm))
+    end = low / 1e4
+    return end + (lr - end) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
 
 
 def prune_mid_epoch(run_dir, keep):
@@ -484,7 +525,8 @@ def status(work):
     import pandas as pd
     work = Path(work)
     runs = [("jigsaw", "-", work / "03_jigsaw")]
-    runs += [(t, f, work / "04_finetune" / common.run_name(t, f)) for t in common.TASKS for f in common.FOLDS]
+    runs += [(t, f, work / "04_finetune" / common.run_name(t, f)) for t in common.NETS for f in common.FOLDS
+             if t in common.TASKS or (work / "04_finetune" / common.run_name(t, f)).exists()]
     rows = []
     for task, fold, d in runs:
         log = last_row(d / "loss.csv")
@@ -501,19 +543,22 @@ def status(work):
             "state": state,
         })
     print(pd.DataFrame(rows).to_string(index=False))
-    for task in common.TASKS:
-        line = fold_cv(work / "04_finetune", task)
-        if line:
-            print(line)
+    for net in common.NETS:
+        for head in (common.TASKS if net == "multi" else (net,)):
+            line = fold_cv(work / "04_finetune", net, head)
+            if line:
+                print(line)
 
 
-def fold_cv(runs_dir, task):
-    """The task's CV line: the held-out era RMSE of folds 0-2 pooled over their rows, at the last
-    epoch all three have evaluated; None until they have, and for a task without an era."""
+def fold_cv(runs_dir, net, head=None):
+    """The CV line of a network's head (default: the network's task): the held-out era RMSE of
+    folds 0-2 pooled over their rows, at the last epoch all three have evaluated; None until
+    they have, and for a head without an era."""
     import pandas as pd
+    head = head or net
     evals = []
     for fold in common.FOLDS[:3]:
-        path = Path(runs_dir) / common.run_name(task, fold) / "eval.csv"
+        path = Path(runs_dir) / common.run_name(net, fold) / "eval.csv"
         try:
             evals.append(pd.read_csv(path).query("split == 'heldout'").set_index("epoch"))
         except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError):
@@ -522,12 +567,17 @@ def fold_cv(runs_dir, task):
     if not common_epochs:
         return None
     epoch = max(common_epochs)
+    col = f"rmse_{head}" if f"rmse_{head}" in evals[0] else "rmse"
+    if col == "rmse" and head != net:
+        return None
     rows = [e.loc[epoch] for e in evals]
-    pooled = np.sqrt(sum(r["n"] * r["rmse"] ** 2 for r in rows) / sum(r["n"] for r in rows))
+    pooled = np.sqrt(sum(r["n"] * r[col] ** 2 for r in rows) / sum(r["n"] for r in rows))
     if not np.isfinite(pooled):     # word2vec: no era to score
         return None
-    return (f"CV {task} (epoch {epoch}, folds 0-2 pooled): held-out RMSE {pooled:.4f} "
-            f"(per fold {' / '.join(f'{r.rmse:.4f}' for r in rows)})")
+    name = head if head == net else f"{net}/{head}"
+    views = int(rows[0].get("views", 8))
+    return (f"CV {name} (epoch {epoch}, {views} view{'s' if views > 1 else ''}, folds 0-2 pooled): "
+            f"held-out RMSE {pooled:.4f} (per fold {' / '.join(f'{r[col]:.4f}' for r in rows)})")
 
 
 def cv_plot(runs_dir, out_dir=None):
@@ -540,7 +590,7 @@ def cv_plot(runs_dir, out_dir=None):
     runs_dir = Path(runs_dir)
     out_dir = Path(out_dir or runs_dir)
     written = []
-    for task in common.TASKS:
+    for task in common.NETS:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         drawn = 0
         for fold in common.FOLDS[:-1]:

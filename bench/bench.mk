@@ -9,9 +9,15 @@ BENCH_REAL ?=#               1: figure 4 also on the real data, PROFILE=cpu (~45
 # OpenMP threads that spin while waiting turn a shared machine's contention into 30x slowdowns;
 # the bench's processes wait passively unless OMP_WAIT_POLICY says otherwise.
 BENCH_RUN := OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY)
+STUDY_ARGS ?=#               make study: e.g. --only base epochs_24
 BENCH_DATA := $(if $(wildcard $(DATA)/train.csv),--data $(DATA))
 
-.PHONY: bench bench-input
+.PHONY: bench bench-input study
+
+STUDY_DIR := $(WORK)/study
+study: $(DIR_HVR)/DONE $(DIR_FOLDS)/DONE ## the CPU budget study on fold 0 (PROFILE=cpu, real data): WORK/study/study.csv, study.png
+	$(PY) bench/study.py --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --ids $(DIR_VALID)/photos.csv \
+	  --photos $(RAW)/photos --out $(STUDY_DIR) --python $(PY) $(STUDY_ARGS)
 
 bench-input: | $(VENV_STAMP) $(SYSDEPS_STAMP) ## figures 1-2: input path, jigsaw batches vs the recipe's (bench/)
 	@mkdir -p $(BENCH_DIR) && echo "# make bench-input, $$(date '+%F %T'), $$(nproc) cores, load $$(cut -d' ' -f1 /proc/loadavg)" | tee $(BENCH_LOG)

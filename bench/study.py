@@ -1,0 +1,184 @@
+"""The CPU budget study: what buys the most held-out accuracy per CPU minute (make study).
+
+Trains fold 0's networks of the real data under a set of configurations, each through the real
+04_finetune.py (and 03_jigsaw.py for the jigsaw rows), and writes OUT/study.csv and study.png:
+per configuration the minutes it cost and the held-out era RMSE it reached after its last epoch
+(8-view TTA mean, eval.csv's last row), for each of the target, onehot and sortingdate heads.
+
+    python bench/study.py --folds work/01_sgkfold --hvr work/02_hvr --ids work/00_validate/photos.csv \
+        --photos DATA/photos --out work/study --python .venv/bin/python
+
+The axes, each against one base (one network with four heads, ResNet18, 48 px, AdamW with a
+one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, random init):
+  epochs      6 / 12 / 24
+  schedule    the recipe's Adam halved per 8-view-equivalent epoch (every 8 one-view epochs),
+              the same halved per one-view epoch, cosine, one-cycle
+  size        48 / 64 / 96 px at about equal minutes (12 / 7 / 3 epochs)
+  arch        ResNet34 for 12 epochs against ResNet18 for 24 (about equal minutes)
+  heads       four single-task networks of 6 epochs each against one four-head network of 24
+  jigsaw      0 / 2 / 4 jigsaw epochs (about 0 / 3 / 6 minutes) at about equal minutes of the
+              whole pipeline, where one jigsaw serves all 4.5 network-equivalents of 04:
+              jigsaw minutes + 4.5 x fine-tune minutes ~ 4.5 x the base's.
+Resumable: a finished configuration (its runs' DONE) is not trained again; its minutes come
+from the runs' provenance.json. Timings need a quiet machine: every run uses all the cores.
+"""
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402  (the repository's shared module; bench/ is optional tooling)
+
+# -----------------------------------------------------------------------------
+BASE = dict(net="multi", size=48, arch="resnet18", epochs=12, optim="adamw", lr=2e-3,
+            betas=(0.9, 0.999), weight_decay=0.01, schedule="onecycle", init="scratch", jigsaw=0)
+RECIPE_ADAM = dict(optim="adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=0.0, schedule="halve")
+PIPELINE_NETS = 4.5      # 04's work per fold-0 network: folds 0-2, and `all` on 1.5x the rows
+CONFIGS = [              # (name, axis, changes to BASE)
+    ("base", "base", {}),
+    ("epochs_6", "epochs", dict(epochs=6)),
+    ("epochs_24", "epochs", dict(epochs=24)),
+    ("halve_per_8views", "schedule", dict(RECIPE_ADAM, halve_views=8)),
+    ("halve_per_view", "schedule", dict(RECIPE_ADAM, halve_views=1)),
+    ("cosine", "schedule", dict(schedule="cosine")),
+    ("size_64", "size", dict(size=64, epochs=7)),
+    ("size_96", "size", dict(size=96, epochs=3)),
+    ("resnet34", "arch", dict(arch="resnet34")),
+    ("four_networks", "heads", dict(net="tasks", epochs=6)),
+    ("jigsaw_2", "jigsaw", dict(init="jigsaw", jigsaw=2, epochs=8)),
+    ("jigsaw_4", "jigsaw", dict(init="jigsaw", jigsaw=4, epochs=4)),
+]
+JIGSAW_EPOCHS = 4        # one jigsaw run; its epoch-2 checkpoint is the 2-epoch jigsaw (the
+                         # recipe's per-epoch halving does not depend on the run's length)
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--folds", required=True, help="stage 01's directory")
+p.add_argument("--hvr", required=True, help="stage 02's 48 px store (PROFILE=cpu)")
+p.add_argument("--ids", required=True, help="00_validate/photos.csv (for the 64 and 96 px stores)")
+p.add_argument("--photos", required=True, help="DATA/photos")
+p.add_argument("--out", required=True, help="the study's directory")
+p.add_argument("--python", default=sys.executable)
+p.add_argument("--only", nargs="*", default=None, help="configuration names to run (default: all)")
+
+
+def sh(cmd):
+    print("+", " ".join(map(str, cmd)), flush=True)
+    subprocess.run(list(map(str, cmd)), check=True, cwd=ROOT)
+
+
+def store(args, size):
+    """The image store at `size` px: 02's own at 48, else one the study builds with 02."""
+    if size == 48:
+        return Path(args.hvr)
+    out = Path(args.out) / f"02_hvr_{size}"
+    if not common.is_done(out):
+        sh([ROOT / "02_hvr_augment.sh", "--photos", args.photos, "--ids", args.ids, "--out", out,
+            "--size", size, "--mode", "stretch", "--python", args.python])
+    return out
+
+
+def jigsaw(args, epochs):
+    """A finished jigsaw directory whose last checkpoint is epoch `epochs`, and its minutes."""
+    full = Path(args.out) / "jigsaw"
+    if not common.is_done(full):
+        sh([args.python, "03_jigsaw.py", "--hvr", args.hvr, "--out", full, "--profile", "cpu",
+            "--arch", "resnet18", "--epochs", JIGSAW_EPOCHS])
+    minutes = wall_minutes(full) * epochs / JIGSAW_EPOCHS
+    if epochs == JIGSAW_EPOCHS:
+        return full, minutes
+    part = Path(args.out) / f"jigsaw_e{epochs}"
+    if not common.is_done(part):
+        part.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(full / common.ckpt_name(epochs), part / common.ckpt_name(epochs))
+        common.mark_done(part)
+    return part, minutes
+
+
+def wall_minutes(run_dir):
+    return json.loads((Path(run_dir) / "provenance.json").read_text())["wall_seconds"] / 60
+
+
+def finetune(args, name, cfg, task, hvr, jig):
+    runs = Path(args.out) / "runs" / name
+    run_dir = runs / common.run_name(task, "0")
+    if not common.is_done(run_dir):
+        sh([args.python, "04_finetune.py", "--task", task, "--fold", "0", "--folds", args.folds,
+            "--hvr", hvr, "--jigsaw", jig or Path(args.out) / "no_jigsaw", "--out", runs, "--profile", "cpu",
+            "--arch", cfg["arch"], "--epochs", cfg["epochs"], "--batch", 64, "--views", 1,
+            "--init", cfg["init"], "--optim", cfg["optim"], "--lr", cfg["lr"],
+            "--betas", *cfg["betas"], "--weight-decay", cfg["weight_decay"],
+            "--schedule", cfg["schedule"], "--halve-views", cfg.get("halve_views", 8), "--eval-views", 1])
+    last = pd.read_csv(run_dir / "eval.csv").iloc[-1]
+    return wall_minutes(run_dir), last
+
+
+def run_config(args, name, axis, changes):
+    cfg = dict(BASE, **changes)
+    hvr = store(args, cfg["size"])
+    jig, jig_minutes = jigsaw(args, cfg["jigsaw"]) if cfg["jigsaw"] else (None, 0.0)
+    row = dict(name=name, axis=axis, **{k: v for k, v in cfg.items() if k != "betas"})
+    rmse, minutes = {}, 0.0
+    for task in (common.TASKS if cfg["net"] == "tasks" else ("multi",)):
+        m, last = finetune(args, name, cfg, task, hvr, jig)
+        minutes += m
+        for head in ("target", "onehot", "sortingdate"):
+            col = f"rmse_{head}"
+            if col in last and pd.notna(last[col]):
+                rmse[head] = float(last[col])
+    row.update(fine_tune_minutes=round(minutes, 2), jigsaw_minutes=round(jig_minutes, 2),
+               pipeline_minutes=round(jig_minutes + PIPELINE_NETS * minutes, 1),
+               **{f"rmse_{h}": round(v, 4) for h, v in rmse.items()})
+    row["rmse_best"] = min(rmse.values())
+    return row
+
+
+def plot(df, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for axis, part in df.groupby("axis"):
+        ax.scatter(part["pipeline_minutes"], part["rmse_target"], label=axis, s=40)
+        for _, r in part.iterrows():
+            ax.annotate(r["name"], (r["pipeline_minutes"], r["rmse_target"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="04's minutes for the whole pipeline (4.5 x fold 0's) + jigsaw minutes",
+           ylabel="fold 0 held-out era RMSE, target head (8-view TTA)",
+           title="What a CPU minute buys (make study)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with common.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main():
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((Path(args.hvr) / "meta.json").read_text())
+    if meta["size"] != 48:
+        common.fail(f"{args.hvr}: a {meta['size']} px store; the study's base is 48 px (PROFILE=cpu)")
+    started = time.time()
+    rows = []
+    for name, axis, changes in CONFIGS:
+        if args.only and name not in args.only:
+            continue
+        rows.append(run_config(args, name, axis, changes))
+        df = pd.DataFrame(rows)
+        common.write_csv(out / "study.csv", df)
+        print(df.drop(columns=["optim", "betas"], errors="ignore").to_string(index=False), flush=True)
+    plot(df, out / "study.png")
+    common.write_provenance(out, vars(args), started)
+    print(f"wrote {out / 'study.csv'} and {out / 'study.png'} [{(time.time() - started) / 60:.1f} min]")
+
+
+if __name__ == "__main__":
+    main()

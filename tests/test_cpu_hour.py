@@ -1,0 +1,145 @@
+"""What the CPU profile's hour rests on: the learning-rate schedules, one network with four heads
+through the whole pipeline (make all NETS=multi), evaluation inside the trainer on a CPU, and an
+evaluator that never outlives its trainer nor lets its GPU go while it lives."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, load_script
+
+import common
+import training
+
+PY = str(REPO / ".venv" / "bin" / "python")
+
+
+def schedule(kind, epochs=10, batches=7, **extra):
+    config = dict(lr=1.0, epochs=epochs, views=1, schedule=kind, **extra)
+    return [training.lr_at(config, e, s, batches) for e in range(1, epochs + 1) for s in range(batches)]
+
+
+def test_the_recipe_halves_per_8_view_epoch_and_the_others_anneal():
+    # the recipe: 8 views per epoch, halved after each (as before the schedules existed)
+    recipe = dict(lr=1e-3, epochs=5, views=8, schedule="halve", halve_views=8)
+    assert [training.lr_at(recipe, e, 3, 10) for e in range(1, 6)] == [1e-3 * 0.5 ** k for k in range(5)]
+    # one view per epoch: halved every 8 epochs (per 8-view equivalent), or every epoch
+    per8 = schedule("halve", epochs=17, batches=1, halve_views=8)
+    assert per8[:8] == [1.0] * 8 and per8[8:16] == [0.5] * 8 and per8[16] == 0.25
+    assert schedule("halve", epochs=3, batches=1, halve_views=1) == [1.0, 0.5, 0.25]
+    cyc = schedule("onecycle")
+    peak = int(np.argmax(cyc))
+    assert cyc[0] == pytest.approx(1 / 25) and max(cyc) == pytest.approx(1.0, abs=1e-3)
+    assert peak == pytest.approx(0.25 * len(cyc), abs=1)
+    assert all(a <= b for a, b in zip(cyc[:peak], cyc[1:peak + 1]))            # up, then down
+    assert all(a >= b for a, b in zip(cyc[peak:], cyc[peak + 1:])) and cyc[-1] < 0.01
+    cos = schedule("cosine")
+    assert cos[0] == 1.0 and cos[-1] < 0.01 and all(a >= b for a, b in zip(cos, cos[1:]))
+
+
+def test_multi_has_the_four_tasks_heads_and_columns():
+    finetune = load_script("04_finetune.py")
+    features = load_script("05_features.py")
+    heads = finetune.heads("multi")
+    assert [t for t, _ in heads] == list(common.TASKS)
+    assert heads[-1][1].stop == common.TASK_DIMS["multi"] == 26
+    out = np.random.default_rng(0).normal(size=(5, 8, 26)).astype(np.float32)
+    multi = features.reduce_views("multi", out)
+    single, start = {}, 0
+    for t in common.TASKS:
+        d = common.TASK_DIMS[t]
+        single.update(features.reduce_views(t, out[:, :, start:start + d]))
+        start += d
+    assert list(multi) == list(single) and len(multi) == 104
+    assert all(np.array_equal(multi[c], single[c]) for c in multi)
+
+
+@pytest.fixture(scope="module")
+def multi_run(make, demo_data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("multi") / "work"
+    p = make("all", work=work, data=demo_data, PROFILE="smoke", NETS="multi", timeout=900)
+    return work, p
+
+
+def test_one_network_with_four_heads_runs_the_whole_pipeline(multi_run, make, demo_data):
+    work, p = multi_run
+    assert p.stdout.count("04_finetune.py --task multi") == 4 and "--task target" not in p.stdout
+    assert "--role evaluate" not in p.stdout            # on a CPU the trainer evaluates at epoch ends
+    for fold in common.FOLDS:
+        ev = pd.read_csv(work / "04_finetune" / f"multi_{fold}" / "eval.csv")
+        assert list(ev["epoch"]) == [1, 2] and ev["views"].iloc[-1] == 8
+        for head in ("target", "onehot", "sortingdate"):
+            assert ev[f"rmse_{head}"].between(0, 3).all()
+        assert (ev["rmse"] == ev["rmse_target"]).all()
+    feats = pd.read_parquet(work / "05_features" / "multi_0" / "heldout.parquet")
+    assert feats.shape[1] == 1 + 104
+    cv = pd.read_csv(work / "06_stack" / "cv.csv")
+    assert cv[["target_model", "onehot_model", "sortingdate_model", "stack_seed", "final"]].stack().between(0, 3).all()
+    sub = pd.read_csv(work / "07_submit" / "submission.csv")
+    assert len(sub) == len(pd.read_csv(demo_data / "test.csv")) and sub["target"].between(0, 3).all()
+    report = (work / "07_submit" / "report.md").read_text()
+    assert "## Held-out era RMSE per epoch" in report and "multi_0" in report
+    status = make("status", work=work, data=demo_data).stdout
+    assert [l.split()[1] for l in status.splitlines() if l.startswith("CV ")] == \
+        ["multi/target", "multi/onehot", "multi/sortingdate"]
+
+
+def test_evaluator_exits_when_its_trainer_dies(multi_run, tmp_path):
+    """A GPU evaluator whose trainer was killed (-9) stops at its next look for a checkpoint
+    instead of polling forever (and holding its GPU) as an orphan."""
+    work, _ = multi_run
+    cmd = [PY, "04_finetune.py", "--task", "multi", "--fold", "0", "--folds", work / "01_sgkfold",
+           "--hvr", work / "02_hvr", "--jigsaw", work / "03_jigsaw", "--out", tmp_path / "runs",
+           "--profile", "smoke", "--role", "evaluate"]
+    # the "trainer": a shell that starts the evaluator and waits, as 04 --role run does
+    trainer = subprocess.Popen(["sh", "-c", " ".join(f"'{c}'" for c in map(str, cmd)) + " & echo $!; wait"],
+                               cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    evaluator = int(trainer.stdout.readline())
+    time.sleep(3)
+    assert os.path.exists(f"/proc/{evaluator}")
+    os.kill(trainer.pid, signal.SIGKILL)
+    trainer.wait()
+    deadline = time.time() + 30
+    while os.path.exists(f"/proc/{evaluator}") and time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            os.waitpid(evaluator, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    alive = os.path.exists(f"/proc/{evaluator}") and "Z" not in open(f"/proc/{evaluator}/stat").read().split()[2]
+    if alive:
+        os.kill(evaluator, signal.SIGKILL)
+    assert not alive, "the evaluator outlived its trainer"
+
+
+def test_gpu_slot_stays_held_while_a_process_of_the_run_lives(tmp_path):
+    """on-gpu hands its lock down: a run whose helper (a background process) outlives the run's
+    main process keeps the GPU until the helper ends too."""
+    locks = tmp_path / "locks"
+    log = tmp_path / "log"
+    first = [PY, str(REPO / "common.py"), "on-gpu", "--gpus", "a", "--locks", str(locks), "--",
+             "sh", "-c", f"(sleep 3; echo helper-end $(date +%s.%N) >> {log}) & exit 0"]
+    second = [PY, str(REPO / "common.py"), "on-gpu", "--gpus", "a", "--locks", str(locks), "--",
+              "sh", "-c", f"echo second-start $(date +%s.%N) >> {log}"]
+    assert subprocess.call(first, stdout=subprocess.DEVNULL) == 0      # returns at once
+    assert subprocess.call(second, stdout=subprocess.DEVNULL, timeout=60) == 0
+    events = dict(line.split() for line in log.read_text().splitlines())
+    assert float(events["second-start"]) >= float(events["helper-end"])
+
+
+def test_study_configurations_are_complete_and_distinct():
+    """make study covers every axis the CPU profile is chosen on, each against one base."""
+    sys.path.insert(0, str(REPO / "bench"))
+    study = load_script("bench/study.py")
+    names = [n for n, _, _ in study.CONFIGS]
+    assert len(set(names)) == len(names)
+    assert {a for _, a, _ in study.CONFIGS} == {"base", "epochs", "schedule", "size", "arch", "heads", "jigsaw"}
+    configs = [tuple(sorted(dict(study.BASE, **c).items())) for _, _, c in study.CONFIGS]
+    assert len(set(configs)) == len(configs)
+    assert math.isclose(study.PIPELINE_NETS, 3 + 1.5)
