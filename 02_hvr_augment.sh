@@ -2,7 +2,7 @@
 # Stage 02: decode and resize every photo (train and test) exactly once, with ImageMagick, in
 # parallel over the cores, into one memory-mappable store. The 8 views (identity, h, v, hv, r,
 # hr, vr, hvr) are not written: they are exact pixel permutations made on the training device
-# (training.py: view_index / apply_views), so the 8x costs no disk and no decode time.
+# (pixels.py: view_index / apply_views), so the 8x costs no disk and no decode time.
 #
 # Reads  DATA/photos/{id}.jpg and WORK/00_validate/photos.csv (the validated id list)
 # Writes WORK/02_hvr/: images.npy (N, S, S, 3) uint8, ids.txt (row order), meta.json,
@@ -40,6 +40,7 @@ while [ $# -gt 0 ]; do
     --jobs) jobs=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
     --batch) batch_dir=$2; shift 2; break ;;    # (internal) decode the photos that follow
+    -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;   # the header above
     *) echo "02_hvr_augment.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done

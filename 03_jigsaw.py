@@ -9,12 +9,14 @@ Reads WORK/02_hvr (every photo, train and test). Writes WORK/03_jigsaw/:
     torchrun --standalone --nproc_per_node=4 03_jigsaw.py ...        # DDP; rank 0 writes
 
 A puzzle: one of the 8 views, its top-left 3t x 3t square (t = S // 3) cut into 9 tiles and
-shuffled (training.shuffle_tiles); the network sees the shuffled image and predicts, for each of
+shuffled (pixels.shuffle_tiles); the network sees the shuffled image and predicts, for each of
 the 9 positions, which tile is there: a 9x9 one-hot, 81 outputs. Per epoch every image-view
 appears with `perms` permutations: the identity and perms-1 random others (the recipe: 8 views x
 (7 + 1)). Views and tiles are index operations on the training device; nothing is pre-rendered.
-A fixed set of `holdout` photos is kept out of training to measure puzzle accuracy honestly
-(chance: 1/9 per tile).
+A fixed set of `holdout` photos measures puzzle accuracy (chance: 1/9 per tile) on a random
+view and permutation each. They are kept out of training (an honest figure), except where the
+profile says `holdout_trains` (full: the recipe pretrained on every photo; the figure is then
+one on photos seen in training, though never in that view and permutation together).
 """
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import pixels
 import training
 
 # -----------------------------------------------------------------------------
@@ -30,7 +33,7 @@ LR = 1e-3              # the recipe's Adam
 BETAS = (0.5, 0.999)   # the recipe's Adam betas
 SEED = 0               # model init and the epoch RNGs derive from it
 LOG_EVERY = 10         # steps between loss.csv rows (the only host syncs)
-TILES = training.JIGSAW_GRID ** 2
+TILES = pixels.JIGSAW_GRID ** 2
 
 p = common.profile_parser(__doc__.split("\n")[0], "03")
 p.add_argument("--hvr", required=True, help="the image store (stage 02)")
@@ -66,7 +69,7 @@ def main():
     training.configure_threads()
     dist = training.Dist()
     out = common.start_stage(args.out) if dist.main else Path(args.out)
-    images, ids, meta = training.load_store(args.hvr)
+    images, ids, meta = pixels.load_store(args.hvr)
     device, cuda = dist.device, dist.device.type == "cuda"
     if args.epochs == 0:     # a profile that fine-tunes from random init (cpu: `make study`)
         if dist.main:
@@ -74,11 +77,12 @@ def main():
             common.write_provenance(out, vars(args), started)
             common.mark_done(out)
         return dist.close()
-    store = training.to_pixels(images, device)   # the whole store, resident, packed pixels
-    vidx = training.view_index(meta["size"]).to(device)
+    store = pixels.to_pixels(images, device)   # the whole store, resident, packed pixels
+    vidx = pixels.view_index(meta["size"]).to(device)
 
     held = torch.randperm(len(ids), generator=torch.Generator().manual_seed(args.seed))[: args.holdout]
-    train_rows = torch.tensor(sorted(set(range(len(ids))) - set(held.tolist())), dtype=torch.long)
+    kept_out = set() if args.holdout_trains else set(held.tolist())
+    train_rows = torch.tensor(sorted(set(range(len(ids))) - kept_out), dtype=torch.long)
     training.banner("03", args, dist, photos=len(ids), train=len(train_rows), holdout=len(held),
                     size=meta["size"], samples_per_epoch=len(train_rows) * args.views * args.perms)
 
@@ -91,12 +95,12 @@ def main():
         else:                   # `views` random views per image, the same for its permutations
             pick = torch.rand(len(train_rows), 8, generator=g).argsort(1)[:, : args.views]
             view = pick.repeat_interleave(args.perms, dim=1).reshape(-1)
-        perms = training.random_perms(len(img), g, identity_every=args.perms)
+        perms = pixels.random_perms(len(img), g, identity_every=args.perms)
         plan = torch.cat([img[:, None], view[:, None], perms], dim=1)
         return plan[torch.randperm(len(plan), generator=g)]
 
     def forward(net, rows):
-        x = training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=True, perms=rows[:, 2:])
+        x = pixels.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=True, perms=rows[:, 2:])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             return net(x)
 
@@ -106,7 +110,7 @@ def main():
 
     g = torch.Generator().manual_seed(args.seed + 1)
     holdout_plan = torch.cat([held[:, None], torch.randint(0, 8, (len(held), 1), generator=g),
-                              training.random_perms(len(held), g)], dim=1)
+                              pixels.random_perms(len(held), g)], dim=1)
 
     @torch.no_grad()
     def on_epoch_end(epoch, model):

@@ -14,11 +14,13 @@ the material/technique embedding from 01; objects without names are masked out o
 MSE for all four, as the recipe; `--loss ce` makes onehot a cross-entropy classifier.
 `--task multi`: one backbone with all four heads (26 outputs), the sum of the four losses.
 
-Evaluation scores each epoch's checkpoint on the fold's held-out side (the mean over
-`eval_views` views; over all 8 at the last epoch) and appends a row to eval.csv: the loss, and the RMSE on the era target of every head that
-has one (target; onehot's expected class; sortingdate's year mapped linearly to the era,
-1550 -> 0 ... 1850 -> 3, clipped); `rmse` is the run's first such head. Fold `all` has no
-held-out labels: it scores (up to 1024 of) its own train rows instead.
+Evaluation scores each epoch's checkpoint on the fold's held-out side and appends a row to
+eval.csv: the loss, and the RMSE on the era target of every head that has one (target;
+onehot's expected class; sortingdate's year mapped linearly to the era, 1550 -> 0 ... 1850 -> 3,
+clipped); `rmse` is the run's first such head. Each epoch: the mean over `eval_views` views of
+`eval_rows` rows (a fixed random subset; 0: all); the last epoch: all 8 views of every row, the
+run's figure comparable with the recipe's. Fold `all` has no held-out labels: it scores (up to
+1024 of) its own train rows instead.
 On a GPU the evaluator is a second process (`--role evaluate`, started by `--role run`), as the
 recipe: it waits for each complete epoch checkpoint, training never waits for it, its crash
 cannot stop training, and it exits when the trainer dies. On a CPU it runs in the trainer's
@@ -39,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 import common
+import pixels
+import reporting
 import training
 
 # -----------------------------------------------------------------------------
@@ -58,7 +62,9 @@ p.add_argument("--jigsaw", required=True, help="stage 03's directory")
 p.add_argument("--out", required=True, help="this stage's directory (the run goes in <task>_<fold>/)")
 p.add_argument("--role", default="run", choices=["run", "train", "evaluate"],
                help="run = train + evaluator process (what make calls)")
-p.add_argument("--init", default=None, choices=["jigsaw", "scratch"], help="start from 03's weights or random (profile)")
+p.add_argument("--init", default=None, choices=["jigsaw", "scratch", "xavier"],
+               help="start from 03's weights, or random: torchvision's init (scratch) or the seed's "
+                    "xavier_normal with gain 0.02 (profile)")
 p.add_argument("--arch", default=None, choices=training.ARCHS, help="network (profile); must match 03 with --init jigsaw")
 p.add_argument("--epochs", type=int, default=None, help="epochs (profile; the recipe: 5, later 10)")
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
@@ -75,6 +81,7 @@ p.add_argument("--schedule", default=None, choices=training.SCHEDULES, help="lr 
 p.add_argument("--halve-views", type=int, default=None,
                help="halve: views per image between halvings (profile; the recipe: 8, once per 8-view epoch)")
 p.add_argument("--eval-views", type=int, default=None, choices=(1, 8), help="views scored per epoch (profile)")
+p.add_argument("--eval-rows", type=int, default=None, help="rows scored per epoch, 0: all (profile)")
 p.add_argument("--seed", type=int, default=SEED)
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
 
@@ -148,6 +155,8 @@ def era_prediction(task, kind, mean_out, date_stats):
 
 def build(args, outputs, device):
     model = training.build_model(args.arch, outputs)
+    if args.init == "xavier":
+        training.xavier_init(model)
     if args.init == "jigsaw":
         ckpts = [c for c in training.list_checkpoints(args.jigsaw) if c[1] is None]
         if not common.is_done(args.jigsaw) or not ckpts:
@@ -164,15 +173,15 @@ def build(args, outputs, device):
 
 # -----------------------------------------------------------------------------
 def train(args, run_dir, dist, on_epoch_end=None):
-    images, ids, meta = training.load_store(args.hvr)
+    images, ids, meta = pixels.load_store(args.hvr)
     device, cuda = dist.device, dist.device.type == "cuda"
     train_df, _, _ = task_data(args)
     date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
-    pos = training.store_rows(ids, train_df["object_id"], args.hvr)
-    store = training.to_pixels(images[np.sort(pos.numpy())], device)  # only this fold's photos
+    pos = pixels.store_rows(ids, train_df["object_id"], args.hvr)
+    store = pixels.to_pixels(images[np.sort(pos.numpy())], device)  # only this fold's photos
     pos = torch.from_numpy(np.searchsorted(np.sort(pos.numpy()), pos.numpy())).to(device)
     y, w = (t.to(device) for t in targets(args.task, train_df, args.folds, date_stats))
-    vidx = training.view_index(meta["size"]).to(device)
+    vidx = pixels.view_index(meta["size"]).to(device)
     training.banner("04", args, dist, task=args.task, fold=args.fold, train=len(train_df),
                     size=meta["size"], arch=args.arch, init=args.init, epochs=args.epochs,
                     schedule=f"{args.optim}/{args.schedule}/lr={args.lr:g}")
@@ -188,7 +197,7 @@ def train(args, run_dir, dist, on_epoch_end=None):
         return plan[torch.randperm(len(plan), generator=g)]
 
     def batch_loss(net, rows):
-        x = training.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=True)
+        x = pixels.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             out = net(x).float()
         return (head_losses(args.task, args.loss, out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
@@ -207,13 +216,15 @@ class Evaluator:
     eval.csv: one row per epoch, the loss and each era head's RMSE."""
 
     def __init__(self, args, run_dir, device):
-        images, ids, meta = training.load_store(args.hvr)
+        images, ids, meta = pixels.load_store(args.hvr)
         train_df, self.held, self.split = task_data(args)
         self.date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
-        self.px = training.to_pixels(images[training.store_rows(ids, self.held["object_id"], args.hvr).numpy()], device)
+        self.px = pixels.to_pixels(images[pixels.store_rows(ids, self.held["object_id"], args.hvr).numpy()], device)
         self.y, self.w = targets(args.task, self.held, args.folds, self.date_stats)
         self.era = torch.tensor(self.held["target"].to_numpy(), dtype=torch.float32)
-        self.vidx = training.view_index(meta["size"]).to(device)
+        n = len(self.held)     # the rows of an epoch's score: a fixed random subset, or all
+        self.subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: args.eval_rows or n].sort().values
+        self.vidx = pixels.view_index(meta["size"]).to(device)
         self.args, self.device, self.path = args, device, run_dir / "eval.csv"
         self.eras = [t for t, _ in heads(args.task) if t != "word2vec"]
         self.columns = ["epoch", "split", "n", "views", "loss", "rmse", *(f"rmse_{t}" for t in self.eras), "seconds"]
@@ -224,24 +235,27 @@ class Evaluator:
     def score(self, epoch, model):
         started = time.time()
         args = self.args
-        # the last epoch always with all 8 views: the run's figure comparable with the recipe's
-        views = range(8 if epoch == args.epochs else args.eval_views)
-        mean_out = training.predict_views(model, self.px, self.vidx, self.device, args.batch * 4, views).mean(1).cpu()
-        losses = head_losses(args.task, args.loss, mean_out, self.y)
-        loss = ((losses * self.w).sum(0) / self.w.sum(0).clamp(min=1)).sum().item()
+        last = epoch == args.epochs      # all 8 views of every row: the run's figure
+        views = range(8 if last else args.eval_views)
+        rows = torch.arange(len(self.held)) if last else self.subset
+        mean_out = training.predict_views(model, self.px[rows.to(self.px.device)], self.vidx, self.device,
+                                          args.batch * 4, views).mean(1).cpu()
+        y, w, era = self.y[rows], self.w[rows], self.era[rows]
+        losses = head_losses(args.task, args.loss, mean_out, y)
+        loss = ((losses * w).sum(0) / w.sum(0).clamp(min=1)).sum().item()
         rmse = {}
         for t, cols in heads(args.task):
             pred = era_prediction(t, args.loss, mean_out[:, cols], self.date_stats)
             if pred is not None:
-                rmse[t] = ((pred - self.era) ** 2).mean().sqrt().item()
+                rmse[t] = ((pred - era) ** 2).mean().sqrt().item()
         first = rmse[self.eras[0]] if self.eras else None
-        values = [epoch, self.split, len(self.held), len(views), f"{loss:.6g}", "" if first is None else f"{first:.6g}",
+        values = [epoch, self.split, len(rows), len(views), f"{loss:.6g}", "" if first is None else f"{first:.6g}",
                   *(f"{rmse[t]:.6g}" for t in self.eras), f"{time.time() - started:.2f}"]
-        rows = self.done()
-        rows[epoch] = ",".join(map(str, values))
-        common.write_text(self.path, ",".join(self.columns) + "\n" + "".join(rows[e] + "\n" for e in sorted(rows)))
+        done = self.done()
+        done[epoch] = ",".join(map(str, values))
+        common.write_text(self.path, ",".join(self.columns) + "\n" + "".join(done[e] + "\n" for e in sorted(done)))
         shown = ", ".join(f"{t} era RMSE {v:.4f}" for t, v in rmse.items())
-        print(f"[04 eval] {self.path.parent.name} epoch {epoch}: {self.split} ({len(views)} view"
+        print(f"[04 eval] {self.path.parent.name} epoch {epoch}: {self.split} ({len(rows)} rows, {len(views)} view"
               f"{'s' if len(views) > 1 else ''}) loss {loss:.4f}" + (f", {shown}" if shown else ""), flush=True)
 
 
@@ -280,8 +294,10 @@ def read_eval(path):
 
 
 def evaluate_missing(args, run_dir, dist, ev):
-    """Score the epochs a kill left without an eval.csv row (between checkpoint and row)."""
-    missing = [e for e in range(1, args.epochs + 1) if e not in ev.done()]
+    """Score the epochs whose checkpoint is there but not their eval.csv row (a kill between
+    the two): before training resumes, since a profile may delete old epochs' checkpoints."""
+    have = {e for e, step, _ in training.list_checkpoints(run_dir) if step is None}
+    missing = [e for e in range(1, args.epochs + 1) if e not in ev.done() and e in have]
     if missing:
         model = training.build_model(args.arch, common.TASK_DIMS[args.task]).to(dist.device)
         for epoch in missing:
@@ -316,6 +332,7 @@ def run(args, run_dir, dist):
                                          pass_fds=slot)     # the GPU stays held while it lives
         else:
             inline = Evaluator(args, run_dir, dist.device)
+            evaluate_missing(args, run_dir, dist, inline)   # a kill between a checkpoint and its row
     try:
         config = train(args, run_dir, dist, on_epoch_end=inline.score if inline else None)
     except BaseException:
@@ -333,7 +350,7 @@ def run(args, run_dir, dist):
         common.write_text(run_dir / "FAILED", f"evaluator exited with {evaluator.returncode}\n")
         common.fail(f"{run_dir}: the evaluator failed (exit {evaluator.returncode}); "
                     f"training is complete: rerun to evaluate the missing epochs")
-    training.plot_curves(run_dir / "loss.png", run_dir / "loss.csv", ["loss"], f"{run_dir.name}: training loss")
+    reporting.plot_curves(run_dir / "loss.png", run_dir / "loss.csv", ["loss"], f"{run_dir.name}: training loss")
     common.write_provenance(run_dir, config, started)
     common.mark_done(run_dir)
 

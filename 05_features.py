@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 import common
+import pixels
 import training
 
 # -----------------------------------------------------------------------------
@@ -79,13 +80,13 @@ def main():
     model = training.build_model(config["arch"], config["outputs"]).to(dist.device)
     model.load_state_dict(state["model"])
 
-    images, ids, meta = training.load_store(args.hvr)
-    vidx = training.view_index(meta["size"]).to(dist.device)
+    images, ids, meta = pixels.load_store(args.hvr)
+    vidx = pixels.view_index(meta["size"]).to(dist.device)
     wanted = splits(args.folds, args.fold)
     training.banner("05", args, dist, run=run, epoch=ckpts[-1][0],
                     **{k: len(v) for k, v in wanted.items()})
     every = pd.concat(wanted.values(), ignore_index=True)
-    px = training.to_pixels(images[training.store_rows(ids, every, args.hvr).numpy()], "cpu")
+    px = pixels.to_pixels(images[pixels.store_rows(ids, every, args.hvr).numpy()], "cpu")
     chunks = []
     for part in training.progress(px.split(4096), dist, desc=run):
         chunks.append(predict(model, part.to(dist.device), vidx, dist.device, args.batch, config))
@@ -107,7 +108,7 @@ def main():
 
 @torch.inference_mode()
 def predict(model, px, vidx, device, batch, config):
-    """(N, 8, D) task-unit outputs for the 8 views of each image in px (training.to_pixels)."""
+    """(N, 8, D) task-unit outputs for the 8 views of each image in px (pixels.to_pixels)."""
     outputs = training.predict_views(model, px, vidx, device, batch).cpu()
     start = 0
     for t in (common.TASKS if config["task"] == "multi" else (config["task"],)):

@@ -3,17 +3,17 @@
 Reads WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet, WORK/02_hvr/stats.csv.
 Writes WORK/06_stack/:
   cv.csv              per fold and overall: the constant mean, the same booster on the per-photo
-                      statistics alone (meta_only), each single network, the stack in both modes
-                      with and without the statistics, and the final prediction after
-                      post-processing (tuned, and the recipe's knobs)
-  oof.csv, test.csv   out-of-fold and test predictions (stack per mode, final)
-  params.json         mode, best iterations, post-processing ratio and threshold (and their CV)
+                      statistics alone (meta_only), each single network, the four stacks (two
+                      modes, with and without the statistics), the recipe's own submission
+                      (`recipe`) and the submitted prediction (`final`)
+  oof.csv, test.csv   out-of-fold and test predictions (every stack, recipe, final)
+  params.json         what was submitted: the stack, post-processing ratio and threshold, CVs
   importance.png, confusion.png, provenance.json, DONE
 
     python 06_stack.py --folds work/01_sgkfold --features work/05_features \
-        --hvr work/02_hvr --out work/06_stack
+        --hvr work/02_hvr --out work/06_stack [--nets multi] [--submit recipe]
 
-Two modes, both always computed and reported; --mode picks the one the submission uses.
+Two modes, both always computed and scored.
   seed: as the recipe: fold k's booster trains on fold k's *training-side* network outputs
         (the rows that network was fitted on), stops early on its held-out side; the `all`
         booster (fold `all` network's train outputs, the mean best iteration) predicts test.
@@ -22,16 +22,19 @@ Two modes, both always computed and reported; --mode picks the one the submissio
         mean best iteration) predicts test from the 3 fold networks' test features averaged.
 Out-of-fold predictions use each row's out-of-fold fold (01's oof_fold.csv).
 
-Past the recipe, --meta on: the stack's table gains the per-photo statistics of stage 02
-(photo_stats.py: size, aspect, colour, edges), which the square networks never see. Both
-tables are always stacked and scored; --meta picks the one the submission uses. The
+Past the recipe, the `_meta` stacks' table gains the per-photo statistics of stage 02
+(photo_stats.py: size, aspect, colour, edges), which the square networks never see. The
 ablations --meta native / stored keep the size and only the colour and edge statistics of the
 photo as decoded / of the stored S x S pixels.
 
 Post-processing (the recipe): final = ratio * stack + (1 - ratio) * the target network's TTA
 mean; where the onehot network's TTA-mean score for a class exceeds the threshold, that class;
-clip to [0, 3]. --post tuned picks ratio and threshold on a grid by CV, nested: the score of
-fold k comes from the values chosen on the other folds' rows. --post recipe: 0.5 and 0.94.
+clip to [0, 3]. The recipe's knobs: 0.5 and 0.94.
+
+What is submitted: --submit recipe: the recipe's own stack (seed mode, its 104 columns, 0.5 /
+0.94; the `recipe` column). --submit best (default): the stack with the lowest CV and the
+post-processing knobs tuned on a grid, both chosen nested: fold k's score comes from the stack
+and knobs chosen on the other folds' rows (--mode, --meta off, --post recipe narrow the choice).
 """
 import time
 from pathlib import Path
@@ -60,14 +63,16 @@ p.add_argument("--features", required=True, help="stage 05's directory")
 p.add_argument("--out", required=True, help="this stage's directory")
 p.add_argument("--nets", nargs="+", default=list(common.TASKS), choices=common.NETS,
                help="the networks 05 described: the four tasks' (the recipe) or multi")
-p.add_argument("--mode", default="seed", choices=["seed", "oof"],
-               help="which stack the submission uses (seed: better CV on the real data, README)")
+p.add_argument("--submit", default="best", choices=["best", "recipe"],
+               help="best: the stack with the lowest CV (of --mode and --meta, when given), tuned "
+                    "post-processing; recipe: the recipe's own (seed mode, its 104 columns, 0.5 / 0.94)")
+p.add_argument("--mode", default=None, choices=["seed", "oof"], help="--submit best: only this mode's stacks")
 p.add_argument("--hvr", required=True, help="stage 02's directory (its stats.csv)")
 p.add_argument("--meta", default="on", choices=["off", "on", "native", "stored"],
-               help="the submission's stack: with 02's per-photo statistics (on: better CV on the real "
-                    "data, README; native / stored: only those of the photo as decoded / of the stored "
-                    "pixels) or the recipe's 104 columns alone (off); both stacks are always scored")
-p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="post-processing knobs: CV grid or 0.5/0.94")
+               help="the _meta stacks' per-photo statistics: both halves (on), only those of the photo as "
+                    "decoded (native) or of the stored pixels (stored); off: --submit best takes only "
+                    "the recipe's 104 columns")
+p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="--submit best: post-processing knobs, CV grid or 0.5/0.94")
 
 
 def features(source, fold, split, extra=None):
@@ -103,11 +108,14 @@ def rmse(a, b):
 
 def single_models(X):
     """The era each single network implies from its TTA mean (for cv.csv)."""
-    onehot = X[[f"onehot_{c}_mean" for c in range(4)]].clip(lower=0).to_numpy()
-    prob = onehot / np.clip(onehot.sum(1, keepdims=True), 1e-6, None)
     return {"target": X["target_0_mean"].to_numpy(),
-            "onehot": prob @ np.arange(4),
-            "sortingdate": np.clip((X["sortingdate_0_mean"].to_numpy() - 1550) / 100, 0, 3)}
+            "onehot": common.era_of_scores(onehot_scores(X, "onehot_{}_mean")),
+            "sortingdate": common.era_of_year(X["sortingdate_0_mean"].to_numpy())}
+
+
+def onehot_scores(table, column):
+    """(N, 4) array of the onehot head's columns, named column.format(class)."""
+    return table[[column.format(c) for c in range(common.N_CLASSES)]].to_numpy()
 
 
 def boost(X_tr, y_tr, X_va=None, y_va=None, rounds=None):
@@ -185,12 +193,13 @@ def plots(out, model, y, final):
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     cm = pd.crosstab(pd.Series(y, name="true era"), pd.Series(np.rint(final).astype(int), name="predicted (rounded)"))
-    cm = cm.reindex(index=range(4), columns=range(4), fill_value=0)
+    classes = range(common.N_CLASSES)
+    cm = cm.reindex(index=classes, columns=classes, fill_value=0)
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(cm.to_numpy(), cmap="Blues")
     for (i, j), v in np.ndenumerate(cm.to_numpy()):
         ax.text(j, i, str(v), ha="center", va="center")
-    ax.set(xticks=range(4), yticks=range(4), xlabel="predicted (rounded)", ylabel="true era",
+    ax.set(xticks=classes, yticks=classes, xlabel="predicted (rounded)", ylabel="true era",
            title="out-of-fold confusion")
     fig.tight_layout()
     with common.atomic_path(out / "confusion.png") as tmp:
@@ -216,7 +225,6 @@ def main():
     for suffix, extra in (("", None), ("_meta", meta)):
         stacks["stack_seed" + suffix] = stack_seed(source, folds, extra)
         stacks["stack_oof" + suffix] = stack_oof(source, folds, oof_fold, extra)
-    chosen = f"stack_{args.mode}" + ("" if args.meta == "off" else "_meta")
     # The reference point: the same booster on the statistics alone (DATA.md's 0.81).
     meta_only = cross_validate(meta.loc[oof_fold.index], meta.loc[folds["all"]["test"]["object_id"]],
                                folds, oof_fold)
@@ -231,38 +239,55 @@ def main():
         for name, values in single_models(X).items():
             singles.setdefault(name, []).append(pd.Series(values, index=rows))
         oof.loc[rows, "target_tta"] = X["target_0_mean"]
-        for c in range(4):
+        for c in range(common.N_CLASSES):
             oof.loc[rows, f"onehot_{c}"] = X[f"onehot_{c}_mean"]
     for name, parts in singles.items():
         oof[name + "_model"] = pd.concat(parts)
     for name, (pred, *_rest) in {"meta_only": meta_only, **stacks}.items():
         oof[name] = pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
 
-    stack = oof[chosen].to_numpy()
-    tta, hot = oof["target_tta"].to_numpy(), oof[[f"onehot_{c}" for c in range(4)]].to_numpy()
-    if args.post == "recipe":
-        ratio, threshold = RECIPE_POST
-        oof["final"] = post_process(stack, tta, hot, ratio, threshold)
-    else:       # nested: fold k is scored with the knobs chosen on the other folds' rows
+    tta, hot = oof["target_tta"].to_numpy(), onehot_scores(oof, "onehot_{}")
+    target = y.to_numpy()
+    oof["recipe"] = post_process(oof["stack_seed"].to_numpy(), tta, hot, *RECIPE_POST)
+    if args.submit == "recipe":
+        chosen, post, (ratio, threshold) = "stack_seed", "recipe", RECIPE_POST
+        oof["final"] = oof["recipe"]
+    else:
+        candidates = [n for n in stacks if (args.mode is None or n.startswith(f"stack_{args.mode}"))
+                      and (args.meta != "off" or not n.endswith("_meta"))]
+        post = args.post
+
+        def pick(rows):
+            """The candidate stack with the lowest RMSE on these rows, and its knobs there."""
+            name = min(candidates, key=lambda n: rmse(oof[n].to_numpy()[rows], target[rows]))
+            stack = oof[name].to_numpy()[rows]
+            if post == "recipe":
+                return name, RECIPE_POST
+            r, t, _ = tune_post(stack, tta[rows], hot[rows], target[rows])
+            return name, (r, t)
+
+        # nested: fold k is scored with the stack and the knobs chosen on the other folds' rows
         for k in K:
             other, mine = (oof["fold"] != k).to_numpy(), (oof["fold"] == k).to_numpy()
-            r, t, _ = tune_post(stack[other], tta[other], hot[other], y.to_numpy()[other])
-            oof.loc[mine, "final"] = post_process(stack[mine], tta[mine], hot[mine], r, t)
-        ratio, threshold, _ = tune_post(stack, tta, hot, y.to_numpy())
-    oof["final_recipe_post"] = post_process(stack, tta, hot, *RECIPE_POST)
+            name, knobs = pick(other)
+            oof.loc[mine, "final"] = post_process(oof[name].to_numpy()[mine], tta[mine], hot[mine], *knobs)
+        chosen, (ratio, threshold) = pick(np.ones(len(oof), bool))
+    oof["final_recipe_post"] = post_process(oof[chosen].to_numpy(), tta, hot, *RECIPE_POST)
 
     # The test side: the `all` networks' TTA means and the chosen stack.
     test_all = features(source, "all", "test")
     test = pd.DataFrame(index=test_all.index)
     for name, (_pred, test_pred, *_rest) in stacks.items():
         test[name] = test_pred
-    test_hot = test_all[[f"onehot_{c}_mean" for c in range(4)]].to_numpy()
+    test_hot = onehot_scores(test_all, "onehot_{}_mean")
     test["final"] = post_process(test[chosen].to_numpy(), test_all["target_0_mean"].to_numpy(),
                                  test_hot, ratio, threshold)
+    test["recipe"] = post_process(test["stack_seed"].to_numpy(), test_all["target_0_mean"].to_numpy(),
+                                  test_hot, *RECIPE_POST)
 
     for k in K:     # the baseline: each fold's train-side mean era, as a constant
         oof.loc[oof["fold"] == k, "const_mean"] = y[oof["fold"] != k].mean()
-    columns = ["const_mean", "meta_only", *[f"{n}_model" for n in singles], *stacks, "final", "final_recipe_post"]
+    columns = ["const_mean", "meta_only", *[f"{n}_model" for n in singles], *stacks, "recipe", "final", "final_recipe_post"]
     rows = []
     for k in (*K, "overall"):
         part = oof if k == "overall" else oof[oof["fold"] == k]
@@ -272,7 +297,7 @@ def main():
     common.write_csv(out / "oof.csv", oof.reset_index(), float_format="%.6g")
     common.write_csv(out / "test.csv", test.reset_index(), float_format="%.6g")
     common.write_json(out / "params.json", {
-        "stack": chosen, "mode": args.mode, "meta": args.meta, "post": args.post, "ratio": ratio, "threshold": threshold,
+        "submit": args.submit, "stack": chosen, "meta": args.meta, "post": post, "ratio": ratio, "threshold": threshold,
         "best_iterations": {name: [int(i) for i in v[2]] for name, v in stacks.items()},
         "cv_overall": {c: float(cv.iloc[-1][c]) for c in columns},
     })
@@ -280,7 +305,8 @@ def main():
     common.write_provenance(out, vars(args), started)
     common.mark_done(out)
     print(cv.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"[06] submission: {chosen}, post-processing ratio {ratio} threshold {threshold} "
+    print(f"[06] submission ({args.submit}): {chosen}, post-processing ratio {ratio} threshold {threshold} "
+          f"(CV {cv.iloc[-1]['final']:.4f}; the recipe's stack {cv.iloc[-1]['recipe']:.4f}) "
           f"[{time.time() - started:.1f}s]", flush=True)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 import common
+import reporting
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--data", required=True, help="raw-data directory (test.csv, sample submission)")
@@ -59,6 +60,13 @@ def stage_times(work):
     return pd.DataFrame(rows, columns=["stage", "wall_s", "revision"])
 
 
+def stage_minutes(times):
+    """Minutes per stage: its runs' wall times summed (run one after another on a CPU)."""
+    per = times.assign(stage=times["stage"].str.split("/").str[0]).groupby("stage", sort=True)["wall_s"].sum() / 60
+    total = pd.DataFrame({"stage": ["total"], "minutes": [float(per.sum())]})
+    return pd.concat([per.rename("minutes").reset_index(), total], ignore_index=True)
+
+
 def markdown(df, floatfmt="{:.4f}"):
     cells = [[floatfmt.format(v) if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
     head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
@@ -66,13 +74,12 @@ def markdown(df, floatfmt="{:.4f}"):
 
 
 def report(args, out, sub):
-    import training     # torch: only for the CV plots helper
     work = Path(args.work)
     pictures = []
     if (work / "03_jigsaw" / "loss.png").exists():
         shutil.copyfile(work / "03_jigsaw" / "loss.png", out / "jigsaw_loss.png")
         pictures.append(("Jigsaw pretraining: loss and tile accuracy (train, held-out photos)", "jigsaw_loss.png"))
-    for path in training.cv_plot(work / "04_finetune", out):
+    for path in reporting.cv_plot(work / "04_finetune", out):
         pictures.append((f"Fine-tune: held-out per epoch, {path.stem[3:]}", path.name))
     for name, title in (("importance.png", "Stacking: feature importance"), ("confusion.png", "Out-of-fold confusion")):
         if (work / "06_stack" / name).exists():
@@ -88,9 +95,13 @@ def report(args, out, sub):
             if ev.exists():
                 df = pd.read_csv(ev)
                 last = df.iloc[-1]
+                prov = ev.parent / "provenance.json"
+                wall = json.loads(prov.read_text())["wall_seconds"] if prov.exists() else float("nan")
                 runs.append({"network": net, "fold": fold, "epoch": int(last["epoch"]), "split": last["split"],
                              "views": int(last.get("views", 8)), "loss": float(last["loss"]),
-                             "era_rmse": float(last["rmse"])})
+                             "era_rmse": float(last["rmse"]), "minutes": wall / 60,
+                             # evaluation's share of the run (inside the trainer on a CPU)
+                             "eval_share": float(df["seconds"].sum()) / wall if "seconds" in df else float("nan")})
                 per_epoch[common.run_name(net, fold)] = df.set_index("epoch")["rmse"]
     epochs = pd.DataFrame(per_epoch).rename_axis("epoch").reset_index() if per_epoch else None
     profile = json.loads((work / "03_jigsaw" / "provenance.json").read_text())["config"].get("profile", "?") \
@@ -99,20 +110,25 @@ def report(args, out, sub):
             f"- data: `{args.data}`; profile: `{profile}`; revision: `{common.git_revision()}`",
             f"- submission: `submission.csv`, {len(sub)} rows, mean {sub['target'].mean():.3f}, "
             f"min {sub['target'].min():.3f}, max {sub['target'].max():.3f}",
-            f"- stack `{params['stack']}` (mode `{params['mode']}`, per-photo statistics `{params['meta']}`), "
-            f"post-processing `{params['post']}`: ratio {params['ratio']}, threshold {params['threshold']}; "
-            f"best iterations {params['best_iterations']}\n",
+            f"- submitted (`SUBMIT={params['submit']}`): stack `{params['stack']}`, post-processing "
+            f"`{params['post']}` (ratio {params['ratio']}, threshold {params['threshold']}): "
+            f"CV **{params['cv_overall']['final']:.4f}**",
+            f"- the recipe's own submission (seed stack of its 104 columns, 0.5 / 0.94): CV "
+            f"**{params['cv_overall']['recipe']:.4f}**; the per-photo statistics alone: "
+            f"{params['cv_overall']['meta_only']:.4f}; best iterations {params['best_iterations']}\n",
             "## Cross-validation (RMSE on the era, out-of-fold)\n",
             "Columns: constant train mean; LightGBM on 02's per-photo statistics alone; each network's TTA "
             "mean; the LightGBM stack in both modes, without and with the statistics (_meta); "
-            "the submission's final prediction (nested-tuned post-processing); the recipe's 0.5/0.94.\n",
+            "the recipe's own submission (`recipe`); the submitted prediction (`final`, its stack and "
+            "post-processing chosen nested); the submitted stack with the recipe's 0.5/0.94.\n",
             markdown(cv), "## Fine-tune runs, last epoch\n",
             markdown(pd.DataFrame(runs)) if runs else "(none)\n",
             "## Held-out era RMSE per epoch (fold all: its own train rows)\n",
             "The views scored per epoch are in the table above; a `multi` network's column is its "
             "`target` head (eval.csv has every head).\n",
             markdown(epochs) if epochs is not None else "(none)\n",
-            "## Stage wall times\n", markdown(stage_times(work), "{:.1f}"), "## Pictures\n"]
+            "## Minutes per stage\n", markdown(stage_minutes(stage_times(work)), "{:.1f}"),
+            "## Wall time of every unit\n", markdown(stage_times(work), "{:.1f}"), "## Pictures\n"]
     text += [f"### {title}\n\n![{title}]({name})\n" for title, name in pictures]
     common.write_text(out / "report.md", "\n".join(text))
 

@@ -10,7 +10,7 @@ MAKEFLAGS += --no-builtin-rules --warn-undefined-variables
 DATA ?= data/raw#          raw competition files (train.csv, test.csv, ..., photos/)
 WORK ?= work#              every stage writes WORK/<stage>/
 GPUS ?=#                   comma-separated GPU ids (0,1,2,3); empty: CPU
-PROFILE ?= $(if $(GPUS),full,cpu)#  full (the recipe) | cpu (2 cores) | smoke (tests)
+PROFILE ?= $(if $(GPUS),full,$(if $(wildcard $(DATA)/train.csv),cpu,smoke))#  full (the recipe, GPUs) | cpu (the CPU hour) | smoke (seconds: tests, demo data)
 FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec multi
 NETS ?= $(if $(filter cpu,$(PROFILE)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu)
@@ -18,7 +18,8 @@ PYTHON ?= python3#         the interpreter that builds .venv
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
 JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --loss ce --epochs 10
 FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --loss ce
-STACK_ARGS ?=#             extra 06_stack.py options, e.g. --meta off --post recipe
+SUBMIT ?= best#            06: best (the lowest-CV stack, tuned post-processing) | recipe (the recipe's own)
+STACK_ARGS ?=#             extra 06_stack.py options, e.g. --mode seed --meta native
 ID ?=#                     make views: the object_id to show
 MAX_PIXELS ?= 25000000#    validation: the largest photo (width x height) 02's ImageMagick must decode
 
@@ -42,7 +43,11 @@ RUNS := $(foreach t,$(NETS),$(foreach f,$(FOLDS),$(t)_$(f)))
 comma := ,
 GPU_LIST := $(subst $(comma), ,$(GPUS))
 NGPUS := $(words $(GPU_LIST))
-NJOBS := $(if $(GPUS),$(NGPUS),1)
+# One make level: Make's own -j fans the runs out, one per GPU at a time (each holds a free GPU:
+# common.py on-gpu), one after another on the CPU; a -j on the command line wins.
+ifneq ($(GPUS),)
+MAKEFLAGS += -j$(NGPUS)
+endif
 # One process, or torchrun across every listed GPU (DDP) for the single pretext job.
 LAUNCH := $(if $(filter-out 0 1,$(NGPUS)),CUDA_VISIBLE_DEVICES=$(GPUS) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPUS),CUDA_VISIBLE_DEVICES=$(GPUS) $(PY))
 # The fine-tunes: Make runs NGPUS at a time (-j); each holds one free GPU (common.py on-gpu).
@@ -75,7 +80,7 @@ endif
 # default DATA: a DATA given by hand without train.csv is a mistake, not a wish for demo data.
 ifeq ($(wildcard $(DATA)/train.csv),)
 ifeq ($(filter default file,$(origin DATA)),)
-ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views,$(MAKECMDGOALS)),)
+ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views study,$(MAKECMDGOALS)),)
 $(error DATA=$(DATA) holds no train.csv$(if $(wildcard $(DATA)/*),$(comma) only: $(notdir $(wildcard $(DATA)/*)),$(if $(wildcard $(DATA)), (empty), (no such directory))); demo data is only for the default DATA (unset it, or run make demo))
 endif
 endif
@@ -85,7 +90,7 @@ RAW_STAMP := $(if $(wildcard $(DATA)/train.csv),$(DATA)/train.csv,$(DIR_DEMO)/DO
 # One make at a time on a WORK: a second one is refused at once. The lock is an flock on
 # WORK/.lock held by a helper that exits with this make (a kill -9 too: the kernel releases it);
 # sub-makes inherit it. A dry run (make -n) takes none.
-ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views finetune-runs features-runs,$(MAKECMDGOALS)),)
+ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views study,$(MAKECMDGOALS)),)
 ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
 ifndef ATMA11_WORK_LOCK
 ATMA11_WORK_LOCK := $(shell mkdir -p $(WORK) && exec 9>>$(WORK)/.lock && flock -w 1 9 && \
@@ -104,7 +109,7 @@ endif
 endif
 
 .PHONY: help all setup test clean demo validate folds hvr views jigsaw finetune fold features stack \
-	submit report status cv-plot finetune-runs features-runs FORCE
+	submit report status cv-plot FORCE
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -166,9 +171,14 @@ $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE
 	$(ON_GPU) $(PY) 05_features.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --runs $(DIR_FT) --out $(DIR_FEAT) --profile $(PROFILE)
 
-$(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE)
+# 06's options are a prerequisite too: another SUBMIT or STACK_ARGS restacks (seconds), nothing more.
+STACK_OPTIONS := $(strip --nets $(NETS) --submit $(SUBMIT) $(STACK_ARGS))
+$(DIR_STACK)/options.txt: FORCE
+	@mkdir -p $(@D); [ "$$(cat $@ 2>/dev/null)" = '$(STACK_OPTIONS)' ] || echo '$(STACK_OPTIONS)' > $@
+
+$(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) $(DIR_STACK)/options.txt
 	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --hvr $(DIR_HVR) --out $(DIR_STACK) \
-	  --nets $(NETS) $(STACK_ARGS)
+	  $(STACK_OPTIONS)
 
 $(DIR_SUB)/DONE: $(DIR_STACK)/DONE
 	$(PY) 07_submit.py --data $(RAW) --work $(WORK) --out $(DIR_SUB)
@@ -179,25 +189,18 @@ folds: $(DIR_FOLDS)/DONE ## 3 grouped stratified folds + fold all, and the word2
 hvr: $(DIR_HVR)/DONE ## decode and resize every photo once into WORK/02_hvr (02; RESIZE=stretch|pad)
 jigsaw: $(DIR_JIG)/DONE ## 3x3 jigsaw pretraining (03); torchrun across GPUS when several
 fold: $(DIR_FT)/$(TASK)_$(FOLD)/DONE ## one fine-tune run and its evaluator: FOLD=0|1|2|all TASK=...
-finetune: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE ## every fine-tune run (04: NETS x 4 folds), one per GPU at a time
-	$(MAKE) --no-print-directory -j$(NJOBS) finetune-runs
-
-features: finetune ## 8-view outputs of every network on every object stacking needs (05)
-	$(MAKE) --no-print-directory -j$(NJOBS) features-runs
-stack: features $(DIR_STACK)/DONE ## LightGBM stacking, both modes, tuned post-processing (06)
-submit: stack $(DIR_SUB)/DONE ## WORK/07_submit/submission.csv, validated, and report.md (07)
+finetune: $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE) ## every fine-tune run (04: NETS x 4 folds), one per GPU at a time
+features: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) ## 8-view outputs of every network on every object stacking needs (05)
+stack: $(DIR_STACK)/DONE ## LightGBM stacking: four stacks scored, the best (or SUBMIT=recipe) submitted (06)
+submit: $(DIR_SUB)/DONE ## WORK/07_submit/submission.csv, validated, and report.md (07)
 report: submit ## the report, WORK/07_submit/report.md (written with the submission)
 
-# Entry points of the fan-out sub-makes (make finetune / make features call them with -j).
-finetune-runs: $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE) ## (internal) the fine-tune stamps; make finetune runs it with -j
-features-runs: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) ## (internal) the feature stamps; make features runs it with -j
-
 views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
-	$(PY) training.py views --store $(DIR_HVR) --id $(ID)
+	$(PY) pixels.py views --store $(DIR_HVR) --id $(ID)
 status: | $(VENV_STAMP) ## every 03/04 run (epoch, loss, held-out RMSE, images/s, state), CV per task
-	@$(PY) training.py status --work $(WORK)
+	@$(PY) reporting.py status --work $(WORK)
 cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_finetune/cv_<task>.png
-	$(PY) training.py cv-plot --runs $(DIR_FT)
+	$(PY) reporting.py cv-plot --runs $(DIR_FT)
 
 # ---- checks and housekeeping ----------------------------------------------------------------
 test: setup ## run the test suite (sets itself up; uses ../shared/atmacup11 when present)

@@ -1,13 +1,8 @@
-"""What the torch stages (03 jigsaw, 04 fine-tune, 05 features) share: the image store, the 8
-views and the jigsaw tiles as tensor index operations, the networks, the device and DDP setup,
-safe checkpoints, and one resumable, deterministic training loop.
-
-    python training.py views --store WORK/02_hvr --id OBJECT_ID   # WORK/02_hvr/views_<id>.png
-    python training.py status --work WORK                         # table of the 03/04 runs
-    python training.py cv-plot --runs WORK/04_finetune            # cv_<task>.png
+"""What the torch stages (03 jigsaw, 04 fine-tune, 05 features) share besides the images
+(pixels.py): the networks, the device and DDP setup, safe checkpoints, one resumable,
+deterministic training loop with its optimizers and learning-rate schedules, and inference over
+the 8 views.
 """
-import argparse
-import json
 import math
 import os
 import re
@@ -15,103 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
 
 import common
-
-# -----------------------------------------------------------------------------
-# The 8 views, in the recipe's order; each is a composition of h (ImageMagick -flop: mirror
-# left-right), v (-flip: mirror top-bottom) and r (-rotate 90: clockwise), applied h, v, r.
-VIEWS = ("id", "h", "v", "hv", "r", "hr", "vr", "hvr")
-MEAN = (0.485, 0.456, 0.406)     # ImageNet normalisation, as the recipe
-STD = (0.229, 0.224, 0.225)
-JIGSAW_GRID = 3
-
-
-# -----------------------------------------------------------------------------
-# The image store written by 02: images.npy (N, S, S, 3) uint8, ids.txt, meta.json.
-def load_store(store_dir, mmap=True):
-    store_dir = Path(store_dir)
-    if not common.is_done(store_dir):
-        common.fail(f"{store_dir}: no complete image store (run `make hvr`)")
-    images = np.load(store_dir / "images.npy", mmap_mode="r" if mmap else None)
-    ids = (store_dir / "ids.txt").read_text().split()
-    meta = json.loads((store_dir / "meta.json").read_text())
-    return images, ids, meta
-
-
-def store_rows(ids, wanted, where):
-    """Positions in the store of the object ids `wanted`; a missing id is an error."""
-    pos = {oid: i for i, oid in enumerate(ids)}
-    missing = [w for w in wanted if w not in pos]
-    if missing:
-        common.fail(f"{where}: ids not in the image store: {common.show_ids(missing)}")
-    return torch.tensor([pos[w] for w in wanted], dtype=torch.long)
-
-
-def view_index(size):
-    """(8, S*S) long: for each view, the source pixel of every output pixel (row-major)."""
-    grid = torch.arange(size * size).view(size, size)
-    out = []
-    for name in VIEWS:
-        g = grid
-        if "h" in name:
-            g = g.flip(-1)
-        if "v" in name:
-            g = g.flip(-2)
-        if "r" in name:
-            g = torch.rot90(g, k=-1, dims=(-2, -1))    # k=-1: clockwise, as -rotate 90
-        out.append(g.reshape(-1))
-    return torch.stack(out)
-
-
-def apply_views(x, views, index):
-    """x (B, C, S, S), views (B,) in 0..7, index from view_index: one gather, any device."""
-    b, c, s, _ = x.shape
-    idx = index[views].unsqueeze(1).expand(b, c, s * s)
-    return x.reshape(b, c, s * s).gather(2, idx).view(b, c, s, s)
-
-
-def to_pixels(images, device):
-    """uint8 (N, S, S, 3) rows of the store -> (N, S*S) int32 on the device: each pixel's R, G, B
-    and a zero byte in one word, so a view or a tile moves whole pixels, one element each (3x
-    fewer than bytes: the gather's cost is per element). A third more memory than uint8 RGB."""
-    u8 = torch.from_numpy(np.ascontiguousarray(images))
-    n, s = u8.shape[0], u8.shape[1]
-    rgba = torch.zeros((n, s, s, 4), dtype=torch.uint8)
-    rgba[..., :3] = u8
-    return rgba.view(torch.int32).view(n, s * s).to(device)
-
-
-_NORMALISERS = {}
-
-
-def normaliser(device):
-    """(scale, shift) with x * scale + shift == (x / 255 - mean) / std; made once per device."""
-    if device not in _NORMALISERS:
-        mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-        _NORMALISERS[device] = ((1 / (255 * std)).to(device), (-mean / std).to(device))
-    return _NORMALISERS[device]
-
-
-def to_input(px, views, index, channels_last=False, perms=None):
-    """Packed pixels (B, S*S) from to_pixels, on the device -> normalised float views
-    (B, 3, S, S); with `perms` (B, 9), the jigsaw tiles shuffled too. The view is one gather of
-    whole pixels and the tiles move as whole rows, both before the bytes become floats; then
-    one converting copy and the in-place normalisation (on a CPU, measured faster than one fused
-    broadcast op). No host sync: on a GPU it runs ahead of the step."""
-    b, s = px.shape[0], math.isqrt(px.shape[1])
-    x = px.gather(1, index[views])
-    if perms is not None:
-        x = shuffle_tiles(x.view(b, 1, s, s), perms).view(b, s * s)
-    rgb = x.view(torch.uint8).view(b, s, s, 4)[..., :3].permute(0, 3, 1, 2)
-    scale, shift = normaliser(px.device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty((b, 3, s, s), device=px.device, memory_format=fmt).copy_(rgb)
-    return out.mul_(scale).add_(shift)
-
+import pixels
 
 @torch.inference_mode()
 def predict_views(model, px, vidx, device, batch, views=range(8)):
@@ -125,46 +28,10 @@ def predict_views(model, px, vidx, device, batch, views=range(8)):
     outs = []
     for chunk in px.split(max(batch // len(views), 1)):
         n = len(chunk)
-        x = to_input(chunk.repeat_interleave(len(views), 0), views.repeat(n), vidx, channels_last=True)
+        x = pixels.to_input(chunk.repeat_interleave(len(views), 0), views.repeat(n), vidx, channels_last=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             outs.append(model(x).float().view(n, len(views), -1))
     return torch.cat(outs)
-
-
-def shuffle_tiles(x, perms):
-    """Jigsaw: cut the top-left 3t x 3t square (t = S // 3) into 3x3 tiles and put tile
-    perms[b, i] at position i. When S is not a multiple of 3 the last S mod 3 rows and columns
-    stay where they are: they carry no tile, so they cannot leak the permutation.
-    Any dtype; each tile moves as one contiguous row (index_select), not pixel by pixel."""
-    b, c, s, _ = x.shape
-    g = JIGSAW_GRID
-    t = s // g
-    core = x[:, :, : g * t, : g * t].reshape(b, c, g, t, g, t).permute(0, 2, 4, 1, 3, 5)
-    rows = (perms + g * g * torch.arange(b, device=perms.device)[:, None]).reshape(-1)
-    tiles = core.reshape(b * g * g, c * t * t).index_select(0, rows)
-    tiles = tiles.view(b, g, g, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * t, g * t)
-    if g * t == s:
-        return tiles
-    out = x.clone()
-    out[:, :, : g * t, : g * t] = tiles
-    return out
-
-
-def random_perms(n, generator, identity_every=0):
-    """(n, 9) random permutations of the tiles, never the identity, except every
-    `identity_every`-th row, which is the identity (the recipe's 7 shuffled + 1 as is)."""
-    perms = torch.rand(n, JIGSAW_GRID ** 2, generator=generator).argsort(dim=1)
-    ident = torch.arange(JIGSAW_GRID ** 2)
-    while True:
-        same = (perms == ident).all(dim=1)
-        if identity_every:
-            same &= torch.arange(n) % identity_every != 0
-        if not same.any():
-            break
-        perms[same] = torch.rand(int(same.sum()), JIGSAW_GRID ** 2, generator=generator).argsort(dim=1)
-    if identity_every:
-        perms[torch.arange(n) % identity_every == 0] = ident
-    return perms
 
 
 # -----------------------------------------------------------------------------
@@ -172,10 +39,32 @@ def random_perms(n, generator, identity_every=0):
 ARCHS = ("resnet34", "resnet18", "efficientnet_b0")
 
 
+class Float32Linear(torch.nn.Linear):
+    """A head that computes in float32 under bf16 autocast: the outputs are the features 05
+    writes (the 8 views' mean, max, min, var; a year), and bf16 keeps 8 bits of them (a year to
+    within about 4). The same parameters and state_dict keys as the Linear it replaces."""
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.nn.functional.linear(x.float(), self.weight.float(), self.bias.float())
+
+
 def build_model(arch, outputs):
     if arch not in ARCHS:
         common.fail(f"--arch {arch}: choose one of {ARCHS}")
-    return getattr(torchvision.models, arch)(weights=None, num_classes=outputs)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=outputs)
+    head(model)[1].__class__ = Float32Linear      # in place: no new parameters, no RNG drawn
+    return model
+
+
+def xavier_init(model, gain=0.02):
+    """The seed's init: xavier_normal (gain 0.02) for every convolution and linear layer, zero
+    biases; BatchNorm as torchvision makes it (weight 1, bias 0)."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.xavier_normal_(m.weight, gain=gain)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
 
 
 def head(model):
@@ -203,6 +92,7 @@ class Dist:
         if torch.cuda.is_available():
             self.device = torch.device("cuda", local)
             torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True      # fixed input shapes: pick the fastest kernels once
         else:
             self.device = torch.device("cpu")
         if self.world > 1:
@@ -213,7 +103,14 @@ class Dist:
         if self.world == 1:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return torch.nn.parallel.DistributedDataParallel(sync_batchnorm(model, self.device), device_ids=ids)
+
+    def reduce_sum(self, values):
+        """values (a 1-d float tensor) summed over the ranks; as is in one process."""
+        if self.world > 1:
+            values = values.to(self.device if self.device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(values)
+        return values
 
     def describe(self):
         if self.device.type == "cuda":
@@ -223,6 +120,15 @@ class Dist:
     def close(self):
         if self.world > 1:
             torch.distributed.destroy_process_group()
+
+
+def sync_batchnorm(model, device):
+    """On GPUs, BatchNorm over the whole global batch (SyncBatchNorm, in place: the same
+    parameters and keys), so N GPUs train the function one GPU trains on the same batch. gloo
+    has no SyncBatchNorm: on CPU ranks each BatchNorm sees its rank's share of the batch."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 # -----------------------------------------------------------------------------
@@ -287,7 +193,9 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
     ckpts = list_checkpoints(run_dir)
     if ckpts:
         epoch, step, path = ckpts[-1]
-        state = load_checkpoint(path, device)
+        # on the host: the weights are copied onto the model's device by load_state_dict, and
+        # Adam's `step` counters must stay on the host (on a GPU each would cost a sync per step)
+        state = load_checkpoint(path, "cpu")
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -342,8 +250,11 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
                 acc[k] = acc.get(k, 0) + v.detach().float()
             last = step + 1 == batches
             if (step + 1) % config["log_every"] == 0 or last:
-                figures = {k: v.item() for k, v in acc.items()}     # the only host sync: log interval
-                n = max(n_local, 1)
+                # the only host sync: log interval; summed over the ranks, so the log is the global batch's
+                keys = list(acc)
+                totals = dist.reduce_sum(torch.stack([acc[k] for k in keys] + [torch.tensor(float(n_local), device=device)]))
+                figures = dict(zip(keys, totals[:-1].tolist()))
+                n = max(totals[-1].item(), 1)
                 rate = seen / max(time.time() - t_log, 1e-9)
                 row = {"step": gstep, "epoch": epoch, "loss": figures.pop("loss") / n,
                        **{k: v / n for k, v in figures.items()}, "images_per_s": rate * 1.0, "lr": lr}
@@ -357,7 +268,7 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
         if dist.main:
             save_checkpoint(run_dir / common.ckpt_name(epoch), state_dict(epoch, None))
             prune_mid_epoch(run_dir, keep=None)
-            slim_old_epochs(run_dir)
+            slim_old_epochs(run_dir, keep_models=config.get("keep_epochs", "all") == "all")
             if on_epoch_end:
                 on_epoch_end(epoch, model)
     return model
@@ -404,12 +315,19 @@ def prune_mid_epoch(run_dir, keep):
             path.unlink(missing_ok=True)
 
 
-def slim_old_epochs(run_dir):
+def slim_old_epochs(run_dir, keep_models=True):
     """Only the newest checkpoint is ever resumed from: older epoch-end checkpoints keep the
-    model (the evaluator, 05 and the CV plots read it) and lose the optimizer (2/3 of the bytes)."""
+    model (a GPU evaluator and the recipe's later resumes read them) and lose the optimizer (2/3
+    of the bytes), or, with keep_models False (the profile's keep_epochs: last), go altogether:
+    60 epochs of 4 networks would otherwise keep 11 GB that nothing reads."""
     for epoch, step, path in list_checkpoints(run_dir)[:-1]:
+        if step is not None:
+            continue
+        if not keep_models:
+            path.unlink(missing_ok=True)
+            continue
         state = load_checkpoint(path)
-        if step is None and "optim" in state:
+        if "optim" in state:
             del state["optim"]
             save_checkpoint(path, state)
 
@@ -448,193 +366,3 @@ def banner(stage, args, dist, **sizes):
     if dist.main:
         extra = " ".join(f"{k}={v}" for k, v in sizes.items())
         print(f"[{stage}] profile={args.profile} device={dist.describe()} {extra}", flush=True)
-
-
-def plot_curves(path, csv_path, columns, title, x="step"):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    df = pd.read_csv(csv_path)
-    fig, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 3.5))
-    for ax, col in zip(np.atleast_1d(axes), columns):
-        for label, part in (df.groupby("split") if "split" in df else [("", df)]):
-            ax.plot(part[x], part[col], marker="." if len(part) < 50 else None, label=label or None)
-        ax.set_xlabel(x)
-        ax.set_ylabel(col)
-        if "split" in df:
-            ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    with common.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-
-
-# -----------------------------------------------------------------------------
-def views_png(store_dir, object_id):
-    """The 8 views of one photo side by side, S x S each, no border: an exact picture."""
-    from PIL import Image
-    images, ids, meta = load_store(store_dir)
-    row = store_rows(ids, [object_id], store_dir)
-    u8 = torch.from_numpy(np.ascontiguousarray(images[row.numpy()])).permute(0, 3, 1, 2)
-    s = meta["size"]
-    idx = view_index(s)
-    views = apply_views(u8.expand(8, -1, -1, -1).contiguous(), torch.arange(8), idx)
-    strip = views.permute(2, 0, 3, 1).reshape(s, 8 * s, 3).numpy()
-    out = Path(store_dir) / f"views_{object_id}.png"
-    with common.atomic_path(out) as tmp:
-        Image.fromarray(strip).save(tmp, format="PNG")
-    print(f"wrote {out} ({8 * s} x {s}: {', '.join(VIEWS)})")
-
-
-def run_state(run_dir):
-    """waiting / running / done / failed: <reason>, from the stamps and the run's lock."""
-    import fcntl
-    if (run_dir / "DONE").exists():
-        return "done"
-    lock = run_dir / ".running"
-    if lock.exists():
-        with open(lock) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return "running"
-    if (run_dir / "FAILED").exists():
-        return "failed: " + (run_dir / "FAILED").read_text().strip()
-    log = run_dir / "log.txt"
-    if log.exists() and log.stat().st_size:
-        last = [l for l in log.read_text(errors="replace").splitlines() if l.strip()][-1:]
-        return "stopped: " + (last[0][-90:] if last else "")
-    return "waiting"
-
-
-def last_row(path):
-    import pandas as pd
-    if not path.exists():
-        return {}
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return {}
-    return df.iloc[-1].to_dict() if len(df) else {}
-
-
-def status(work):
-    """One table of the 03 run and every 04 run; safe to read while they write."""
-    import pandas as pd
-    work = Path(work)
-    runs = [("jigsaw", "-", work / "03_jigsaw")]
-    runs += [(t, f, work / "04_finetune" / common.run_name(t, f)) for t in common.NETS for f in common.FOLDS
-             if t in common.TASKS or (work / "04_finetune" / common.run_name(t, f)).exists()]
-    rows = []
-    for task, fold, d in runs:
-        log = last_row(d / "loss.csv")
-        ev = last_row(d / "eval.csv") if task != "jigsaw" else last_row(d / "holdout.csv")
-        state = run_state(d) if d.exists() else "waiting"
-        rmse = ev.get("rmse", ev.get("tile_acc", ""))
-        rows.append({
-            "task": task, "fold": fold,
-            "epoch/step": f"{int(log['epoch'])}/{int(log['step'])}" if log else "",
-            "loss": f"{log['loss']:.4f}" if log else "",
-            "eval": "" if rmse == "" or pd.isna(rmse) else
-                    (f"rmse {rmse:.4f} (e{int(ev['epoch'])})" if task != "jigsaw" else f"tile acc {rmse:.3f} (e{int(ev['epoch'])})"),
-            "img/s": f"{log['images_per_s']:.0f}" if log else "",
-            "state": state,
-        })
-    print(pd.DataFrame(rows).to_string(index=False))
-    for net in common.NETS:
-        for head in (common.TASKS if net == "multi" else (net,)):
-            line = fold_cv(work / "04_finetune", net, head)
-            if line:
-                print(line)
-
-
-def fold_cv(runs_dir, net, head=None):
-    """The CV line of a network's head (default: the network's task): the held-out era RMSE of
-    folds 0-2 pooled over their rows, at the last epoch all three have evaluated; None until
-    they have, and for a head without an era."""
-    import pandas as pd
-    head = head or net
-    evals = []
-    for fold in common.FOLDS[:3]:
-        path = Path(runs_dir) / common.run_name(net, fold) / "eval.csv"
-        try:
-            evals.append(pd.read_csv(path).query("split == 'heldout'").set_index("epoch"))
-        except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError):
-            return None
-    common_epochs = set.intersection(*(set(e.index) for e in evals))
-    if not common_epochs:
-        return None
-    epoch = max(common_epochs)
-    col = f"rmse_{head}" if f"rmse_{head}" in evals[0] else "rmse"
-    if col == "rmse" and head != net:
-        return None
-    rows = [e.loc[epoch] for e in evals]
-    pooled = np.sqrt(sum(r["n"] * r[col] ** 2 for r in rows) / sum(r["n"] for r in rows))
-    if not np.isfinite(pooled):     # word2vec: no era to score
-        return None
-    name = head if head == net else f"{net}/{head}"
-    views = int(rows[0].get("views", 8))
-    return (f"CV {name} (epoch {epoch}, {views} view{'s' if views > 1 else ''}, folds 0-2 pooled): "
-            f"held-out RMSE {pooled:.4f} (per fold {' / '.join(f'{r[col]:.4f}' for r in rows)})")
-
-
-def cv_plot(runs_dir, out_dir=None):
-    """Per task: held-out era RMSE per epoch, one line per fold (the recipe's favourite).
-    Writes cv_<task>.png into out_dir (default: runs_dir); returns their paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    runs_dir = Path(runs_dir)
-    out_dir = Path(out_dir or runs_dir)
-    written = []
-    for task in common.NETS:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        drawn = 0
-        for fold in common.FOLDS[:-1]:
-            path = runs_dir / common.run_name(task, fold) / "eval.csv"
-            if path.exists():
-                ev = pd.read_csv(path)
-                col = "rmse" if ev["rmse"].notna().any() else "loss"
-                ax.plot(ev["epoch"], ev[col], "o-", label=f"fold {fold}")
-                ax.set_ylabel(f"held-out {'era RMSE' if col == 'rmse' else 'loss'}")
-                drawn += 1
-        if not drawn:
-            plt.close(fig)
-            continue
-        ax.set(xlabel="epoch", title=f"{task}: held-out per epoch")
-        ax.legend()
-        fig.tight_layout()
-        with common.atomic_path(out_dir / f"cv_{task}.png") as tmp:
-            fig.savefig(tmp, format="png", dpi=90)
-        plt.close(fig)
-        written.append(out_dir / f"cv_{task}.png")
-    return written
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("views", help="write STORE/views_<id>.png")
-    v.add_argument("--store", required=True)
-    v.add_argument("--id", required=True)
-    s = sub.add_parser("status", help="table of every 03/04 run under WORK")
-    s.add_argument("--work", required=True)
-    c = sub.add_parser("cv-plot", help="WORK/04_finetune/cv_<task>.png")
-    c.add_argument("--runs", required=True)
-    args = p.parse_args()
-    if args.command == "status":
-        return status(args.work)
-    if args.command == "cv-plot":
-        for path in cv_plot(args.runs):
-            print(f"wrote {path}")
-        return
-    if not common.ID_RE.match(args.id):
-        common.fail(f"--id {args.id!r}: not an object_id (20 lowercase hex characters)")
-    views_png(args.store, args.id)
-
-
-if __name__ == "__main__":
-    main()

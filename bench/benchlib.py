@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))             # `import common, training` as the stage scripts do
+sys.path.insert(0, str(ROOT))             # `import common, pixels` as the stage scripts do
 
 import common      # noqa: E402  (after the path)
 
@@ -116,8 +116,8 @@ def build_store(photos_dir, ids, size, out, python=sys.executable):
 def write_recipe_views(photos_dir, ids, out, jobs=None):
     """The recipe's 8x augmentation on disk: out/<view>/<id>.jpg for the 8 views, each a JPEG
     that ImageMagick re-encoded after -flop / -flip / -rotate 90 (identity: the original file).
-    Returns the 8 directories in training.VIEWS order."""
-    import training
+    Returns the 8 directories in pixels.VIEWS order."""
+    import pixels       # torch: only where needed
     out = Path(out)
     srcs = [str(Path(photos_dir) / f"{i}.jpg") for i in ids]
     dirs = []
@@ -143,7 +143,7 @@ def write_recipe_views(photos_dir, ids, out, jobs=None):
         return d
 
     with ThreadPoolExecutor(jobs or os.cpu_count()) as pool:
-        dirs = list(pool.map(one, training.VIEWS))
+        dirs = list(pool.map(one, pixels.VIEWS))
     return dirs
 
 
@@ -219,8 +219,8 @@ def recipe_inputs(args, tmp):
 
 
 def resident_store(raw, ids, size, tmp, device):
-    """Ours at size S: (the store of `ids` as training.to_pixels on `device`, ids in its row
-    order, training.view_index on `device`), from the real stage 02."""
-    import training
+    """Ours at size S: (the store of `ids` as pixels.to_pixels on `device`, ids in its row
+    order, pixels.view_index on `device`), from the real stage 02."""
+    import pixels
     images, ids, _ = build_store(raw / "photos", ids, size, Path(tmp) / f"store{size}")
-    return training.to_pixels(images, device), ids, training.view_index(size).to(device)
+    return pixels.to_pixels(images, device), ids, pixels.view_index(size).to(device)

@@ -2,7 +2,7 @@
 
 Ours (what 03/04 do every step): stage 02's store sits on the training device as packed pixels; a
 batch is a gather of random rows, a random view each (one of the 8 symmetries) and the ImageNet
-normalisation, all in training.to_input. The batch is ready for the network (channels_last on
+normalisation, all in pixels.to_input. The batch is ready for the network (channels_last on
 CUDA, as 03/04).
 
 The reference (the recipe): the 8 views pre-augmented on disk as JPEGs, one directory per view,
@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import benchlib
+import pixels
 
 # -----------------------------------------------------------------------------
 PHOTOS = 256      # photos sampled; the reference reads each of them in all 8 views
@@ -37,9 +38,8 @@ class RecipeDataset:
 
     def __init__(self, items, size):
         from torchvision import transforms as T
-        import training
         self.items = items
-        self.tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(training.MEAN, training.STD)])
+        self.tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(pixels.MEAN, pixels.STD)])
 
     def __len__(self):
         return len(self.items)
@@ -52,14 +52,13 @@ class RecipeDataset:
 
 def ours_rate(store, vidx, batch, device, generator, batches=benchlib.OURS_BATCHES):
     import torch
-    import training
     cuda = device.type == "cuda"
     n = store.shape[0]
 
     def one():
         rows = torch.randint(0, n, (batch,), generator=generator).to(device, non_blocking=True)
         views = torch.randint(0, 8, (batch,), generator=generator).to(device, non_blocking=True)
-        return training.to_input(store[rows], views, vidx, channels_last=cuda)
+        return pixels.to_input(store[rows], views, vidx, channels_last=cuda)
 
     one()                                                   # warm-up
     return benchlib.timed_rate(one, batch, device, batches)

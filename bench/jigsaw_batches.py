@@ -1,10 +1,10 @@
 """Figure 2, jigsaw batches: puzzles/s of ours against the recipe's ImageMagick pre-rendering, and
 the disk each needs for the real data.
 
-Ours (what 03 does): the epoch's plan (image, view, permutation; training.random_perms with the
+Ours (what 03 does): the epoch's plan (image, view, permutation; pixels.random_perms with the
 identity every 8th row, the recipe's 7 shuffled + 1) is drawn once on the host, as 03's
 epoch_plan does, and its time counts; each batch is then made on the training device from the
-store by training.to_input: view and tile shuffle move whole packed pixels, then one normalising pass.
+store by pixels.to_input: view and tile shuffle move whole packed pixels, then one normalising pass.
 
 The reference (the recipe): every puzzle pre-rendered to disk as a JPEG by one ImageMagick
 `convert` per puzzle, from the view's pre-augmented JPEG: resize to S x S, cut the 3t x 3t square
@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import benchlib
+import pixels
 
 # -----------------------------------------------------------------------------
 PHOTOS = 64         # photos sampled (ours gathers from their store; the reference renders from them)
@@ -63,7 +64,6 @@ def ref_rate(dirs, ids, size, n, jobs, out, rng):
 
 def ours_rate(store, vidx, batch, device, batches=benchlib.OURS_BATCHES, seed=0):
     import torch
-    import training
     cuda = device.type == "cuda"
     g = torch.Generator().manual_seed(seed)
     n = batch * (batches + 1)
@@ -71,12 +71,12 @@ def ours_rate(store, vidx, batch, device, batches=benchlib.OURS_BATCHES, seed=0)
     def plan():                            # 03's epoch_plan, for these puzzles: on the host
         rows = torch.randint(0, store.shape[0], (n,), generator=g)
         views = torch.randint(0, 8, (n,), generator=g)
-        perms = training.random_perms(n, g, identity_every=benchlib.RECIPE_PERMS)
+        perms = pixels.random_perms(n, g, identity_every=benchlib.RECIPE_PERMS)
         return torch.cat([rows[:, None], views[:, None], perms], 1)
 
     def one(rows):
         rows = rows.to(device, non_blocking=True)
-        return training.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=cuda, perms=rows[:, 2:])
+        return pixels.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=cuda, perms=rows[:, 2:])
 
     one(plan()[:batch])                    # warm-up
     todo = []

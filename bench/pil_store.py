@@ -14,9 +14,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import benchlib
-
-common = benchlib.common
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository's `common`
+import common  # noqa: E402  (benchlib imports this module: importing benchlib here would be a cycle)
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--photos", required=True)

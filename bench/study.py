@@ -19,11 +19,15 @@ one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, rand
   jigsaw      0 / 2 / 4 jigsaw epochs (about 0 / 3 / 6 minutes) at about equal minutes of the
               whole pipeline, where one jigsaw serves all 4.5 network-equivalents of 04:
               jigsaw minutes + 4.5 x fine-tune minutes ~ 4.5 x the base's.
+  init        torchvision's random init against the seed's xavier_normal (gain 0.02).
 Resumable: a finished configuration (its runs' DONE) is not trained again; its minutes come
-from the runs' provenance.json. Timings need a quiet machine: every run uses all the cores.
+from the runs' provenance.json. Timings need a quiet machine: every run uses all the cores, and
+load_1min (the highest 1-minute load average as its runs ended, kept in each run's load.txt)
+shows when it did not have one: ~2 is the run's own two threads.
 """
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -54,6 +58,7 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("four_networks", "heads", dict(net="tasks", epochs=6)),
     ("jigsaw_2", "jigsaw", dict(init="jigsaw", jigsaw=2, epochs=8)),
     ("jigsaw_4", "jigsaw", dict(init="jigsaw", jigsaw=4, epochs=4)),
+    ("xavier_init", "init", dict(init="xavier")),
 ]
 JIGSAW_EPOCHS = 4        # one jigsaw run; its epoch-2 checkpoint is the 2-epoch jigsaw (the
                          # recipe's per-epoch halving does not depend on the run's length)
@@ -114,9 +119,13 @@ def finetune(args, name, cfg, task, hvr, jig):
             "--arch", cfg["arch"], "--epochs", cfg["epochs"], "--batch", 64, "--views", 1,
             "--init", cfg["init"], "--optim", cfg["optim"], "--lr", cfg["lr"],
             "--betas", *cfg["betas"], "--weight-decay", cfg["weight_decay"],
-            "--schedule", cfg["schedule"], "--halve-views", cfg.get("halve_views", 8), "--eval-views", 1])
+            "--schedule", cfg["schedule"], "--halve-views", cfg.get("halve_views", 8), "--eval-views", 1,
+            "--eval-rows", 0])
+        # the 1-minute load average as the run ended: ~2 on a quiet machine (its own 2 threads)
+        (run_dir / "load.txt").write_text(f"{os.getloadavg()[0]:.2f}\n")
     last = pd.read_csv(run_dir / "eval.csv").iloc[-1]
-    return wall_minutes(run_dir), last
+    load = float((run_dir / "load.txt").read_text()) if (run_dir / "load.txt").exists() else float("nan")
+    return wall_minutes(run_dir), last, load
 
 
 def run_config(args, name, axis, changes):
@@ -124,10 +133,11 @@ def run_config(args, name, axis, changes):
     hvr = store(args, cfg["size"])
     jig, jig_minutes = jigsaw(args, cfg["jigsaw"]) if cfg["jigsaw"] else (None, 0.0)
     row = dict(name=name, axis=axis, **{k: v for k, v in cfg.items() if k != "betas"})
-    rmse, minutes = {}, 0.0
+    rmse, minutes, loads = {}, 0.0, []
     for task in (common.TASKS if cfg["net"] == "tasks" else ("multi",)):
-        m, last = finetune(args, name, cfg, task, hvr, jig)
+        m, last, load = finetune(args, name, cfg, task, hvr, jig)
         minutes += m
+        loads.append(load)
         for head in ("target", "onehot", "sortingdate"):
             col = f"rmse_{head}"
             if col in last and pd.notna(last[col]):
@@ -136,6 +146,7 @@ def run_config(args, name, axis, changes):
                pipeline_minutes=round(jig_minutes + PIPELINE_NETS * minutes, 1),
                **{f"rmse_{h}": round(v, 4) for h, v in rmse.items()})
     row["rmse_best"] = min(rmse.values())
+    row["load_1min"] = max(loads)
     return row
 
 

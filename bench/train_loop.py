@@ -5,7 +5,7 @@ Ours is the real code path: training.fit (Adam with the recipe's betas, the plan
 batches, rows to the device, loss scaling, the per-step statistics, the loss.csv row every
 `log_every` steps: every step on CPU, 04's LOG_EVERY on CUDA) with the batch_loss that
 04_finetune.py uses for the `target` task, line for line: rows of the packed-pixel store gathered, a
-view each, normalised by training.to_input, bf16 autocast and channels_last on CUDA, 04's
+view each, normalised by pixels.to_input, bf16 autocast and channels_last on CUDA, 04's
 per_sample_loss (MSE) weighted and summed. It is timed from the call of batch_loss that starts
 the first timed step to the one that starts the step after the last (whole steps, fit's own work
 between them included; on CUDA with a device sync at both marks); `warm` steps before are left
@@ -39,6 +39,7 @@ import tempfile
 import time
 
 import benchlib
+import pixels
 
 # -----------------------------------------------------------------------------
 ARCH = "resnet34"     # the recipe's network
@@ -84,7 +85,7 @@ def ours(ft, arch, data, device, batch, warm, steps, log_every, run_dir, paired=
     cuda = device.type == "cuda"
 
     def batch_loss(net, rows):            # 04_finetune.py train().batch_loss, task target
-        x = training.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=cuda)
+        x = pixels.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=cuda)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             out = net(x).float()
         return (ft.per_sample_loss("target", "mse", out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
@@ -107,7 +108,7 @@ def ours(ft, arch, data, device, batch, warm, steps, log_every, run_dir, paired=
 
     torch.manual_seed(0)
     model = training.build_model(arch, 1)
-    config = dict(epochs=1, batch=batch, lr=ft.LR, betas=list(ft.BETAS), seed=0, log_every=log_every,
+    config = dict(benchlib.common.RECIPE_OPTIM, epochs=1, batch=batch, views=8, seed=0, log_every=log_every,
                   ckpt_every=10 ** 9, channels_last=cuda)
     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null), \
             contextlib.ExitStack() as stack:                    # tqdm's bar to /dev/null
@@ -136,7 +137,8 @@ def bare_stepper(ft, arch, x_all, y_all, device, batch):
     model = getattr(torchvision.models, arch)(weights=None, num_classes=1).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=ft.LR, betas=ft.BETAS)
+    recipe = benchlib.common.RECIPE_OPTIM
+    opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"], betas=recipe["betas"])
     model.train()
 
     def step(i):
@@ -179,15 +181,15 @@ def main():
         log_every = ft.LOG_EVERY if cuda else 1
         n = args.batch * (warm + steps + 1)          # ours runs one step more: its end mark
         g = torch.Generator().manual_seed(size)
-        store = training.to_pixels(torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g), device)
+        store = pixels.to_pixels(torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g), device)
         pos = torch.arange(n, device=device)
         plan = torch.stack([torch.arange(n), torch.randint(0, 8, (n,), generator=g)], 1)
         y = torch.rand(n, 1, generator=g).mul(3).to(device)
         w = torch.ones(n, device=device)
-        vidx = training.view_index(size).to(device)
+        vidx = pixels.view_index(size).to(device)
         data = (store, pos, plan, y, w, vidx)
         with torch.no_grad():               # the bare loop's inputs: made once, kept in memory
-            x_all = torch.cat([training.to_input(store[pos[r[:, 0]]], r[:, 1], vidx, channels_last=cuda)
+            x_all = torch.cat([pixels.to_input(store[pos[r[:, 0]]], r[:, 1], vidx, channels_last=cuda)
                                for r in plan.to(device).split(256)])
         timed_ours, timed_bare = [], []
         for _ in range(1 if not cuda else args.rounds):

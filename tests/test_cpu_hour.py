@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, load_script
+from conftest import REPO, load_script, smoke_copy
 
 import common
 import training
@@ -61,8 +61,10 @@ def test_multi_has_the_four_tasks_heads_and_columns():
 
 
 @pytest.fixture(scope="module")
-def multi_run(make, demo_data, tmp_path_factory):
-    work = tmp_path_factory.mktemp("multi") / "work"
+def multi_run(make, demo_data, smoke_run, tmp_path_factory):
+    """The smoke pipeline's stages 00-03 (a copy), then the rest with NETS=multi."""
+    work = smoke_copy(smoke_run, tmp_path_factory.mktemp("multi") / "work",
+                      keep=("00_validate", "01_sgkfold", "02_hvr", "03_jigsaw"))
     p = make("all", work=work, data=demo_data, PROFILE="smoke", NETS="multi", timeout=900)
     return work, p
 
@@ -139,7 +141,21 @@ def test_study_configurations_are_complete_and_distinct():
     study = load_script("bench/study.py")
     names = [n for n, _, _ in study.CONFIGS]
     assert len(set(names)) == len(names)
-    assert {a for _, a, _ in study.CONFIGS} == {"base", "epochs", "schedule", "size", "arch", "heads", "jigsaw"}
+    assert {a for _, a, _ in study.CONFIGS} == {"base", "epochs", "schedule", "size", "arch", "heads", "jigsaw", "init"}
     configs = [tuple(sorted(dict(study.BASE, **c).items())) for _, _, c in study.CONFIGS]
     assert len(set(configs)) == len(configs)
     assert math.isclose(study.PIPELINE_NETS, 3 + 1.5)
+
+
+def test_results_page_is_generated_from_a_finished_work(multi_run, tmp_path):
+    """docs/results.md's generator reads only the WORK's files (and /usr/bin/time's output)."""
+    work, _ = multi_run
+    timing = tmp_path / "time.txt"
+    timing.write_text("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:06\n\tMaximum resident set size (kbytes): 2097152\n")
+    out = tmp_path / "docs" / "results.md"
+    subprocess.run([PY, "bench/results_doc.py", "--work", work, "--time", timing, "--out", out,
+                    "--command", "make all PROFILE=smoke"], check=True, cwd=REPO, capture_output=True)
+    page = out.read_text()
+    cv = pd.read_csv(work / "06_stack" / "cv.csv")
+    assert f"{cv['final'].iloc[-1]:.4f}" in page and "Wall time 62.1 min, peak resident memory 2.00 GB" in page
+    assert "multi_0/target" in page and "| 04_finetune |" in page

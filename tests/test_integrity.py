@@ -6,12 +6,10 @@ names the file, row or id and the cause, print no traceback, write no DONE; once
 removed, the same command succeeds, and where it matters its outputs are byte-identical to a
 clean run's.
 """
-import io
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

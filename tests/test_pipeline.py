@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import REPO, build_store
 
 import common
+import pixels
 import training
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -42,7 +43,7 @@ def check_views(photos, ids, tmp_path, size, mode):
                        check=True, capture_output=True, cwd=REPO, timeout=60)
         strip = np.asarray(Image.open(store / f"views_{oid}.png"))
         assert strip.shape == (size, 8 * size, 3)
-        for k, op in enumerate(training.VIEWS):
+        for k, op in enumerate(pixels.VIEWS):
             expect = oracle(photos / f"{oid}.jpg", size, mode, op)
             assert np.array_equal(strip[:, k * size:(k + 1) * size], expect), (oid, op, mode)
 
@@ -91,8 +92,8 @@ def test_corrupt_pixel_data_fails_02_naming_the_photo(make, demo_copy, tmp_path)
 def test_jigsaw_tiles_are_a_permutation():
     x = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
     g = torch.Generator().manual_seed(0)
-    perms = training.random_perms(2, g)
-    out = training.shuffle_tiles(x, perms)
+    perms = pixels.random_perms(2, g)
+    out = pixels.shuffle_tiles(x, perms)
     t = 10 // 3
     for b in range(2):
         for pos in range(9):
@@ -103,8 +104,8 @@ def test_jigsaw_tiles_are_a_permutation():
         assert torch.equal(out[b, :, 9:, :], x[b, :, 9:, :])   # the leftover row stays put
         assert torch.equal(out[b, :, :, 9:], x[b, :, :, 9:])
     ident = torch.arange(9)
-    assert not (training.random_perms(5000, g) == ident).all(1).any()
-    sched = training.random_perms(16, g, identity_every=8)
+    assert not (pixels.random_perms(5000, g) == ident).all(1).any()
+    sched = pixels.random_perms(16, g, identity_every=8)
     assert (sched[::8] == ident).all() and not (sched[1:8] == ident).all(1).any()
 
 
@@ -115,31 +116,22 @@ def test_packed_pixel_path_equals_the_float_composition(size):
     batch, to float rounding, in both memory formats."""
     g = torch.Generator().manual_seed(size)
     u8 = torch.randint(0, 256, (16, size, size, 3), dtype=torch.uint8, generator=g)
-    views, perms = torch.arange(16) % 8, training.random_perms(16, g)
-    idx = training.view_index(size)
-    mean, std = torch.tensor(training.MEAN).view(1, 3, 1, 1), torch.tensor(training.STD).view(1, 3, 1, 1)
-    plain = training.apply_views((u8.permute(0, 3, 1, 2).float() / 255 - mean) / std, views, idx)
-    px = training.to_pixels(u8.numpy(), "cpu")
+    views, perms = torch.arange(16) % 8, pixels.random_perms(16, g)
+    idx = pixels.view_index(size)
+    mean, std = torch.tensor(pixels.MEAN).view(1, 3, 1, 1), torch.tensor(pixels.STD).view(1, 3, 1, 1)
+    plain = pixels.apply_views((u8.permute(0, 3, 1, 2).float() / 255 - mean) / std, views, idx)
+    px = pixels.to_pixels(u8.numpy(), "cpu")
     assert px.shape == (16, size * size) and px.dtype == torch.int32
     for channels_last in (False, True):
-        fast = training.to_input(px, views, idx, channels_last=channels_last)
+        fast = pixels.to_input(px, views, idx, channels_last=channels_last)
         torch.testing.assert_close(fast, plain, rtol=0, atol=2e-6)
-        jig = training.to_input(px, views, idx, channels_last=channels_last, perms=perms)
-        torch.testing.assert_close(jig, training.shuffle_tiles(plain, perms), rtol=0, atol=2e-6)
+        jig = pixels.to_input(px, views, idx, channels_last=channels_last, perms=perms)
+        torch.testing.assert_close(jig, pixels.shuffle_tiles(plain, perms), rtol=0, atol=2e-6)
         assert jig.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert not torch.equal(training.to_input(px, views, idx, perms=perms), plain)   # the tiles did move
+    assert not torch.equal(pixels.to_input(px, views, idx, perms=perms), plain)   # the tiles did move
 
 
 # -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smoke_run(make, demo_data, tmp_path_factory):
-    """The whole pipeline once, PROFILE=smoke, on the small demo set."""
-    work = tmp_path_factory.mktemp("smoke") / "work"
-    t0 = time.time()
-    p = make("all", work=work, data=demo_data, PROFILE="smoke", timeout=900)
-    return work, p, time.time() - t0
-
-
 def test_all_ends_with_a_valid_submission_and_report(smoke_run, demo_data):
     work, p, _ = smoke_run
     for stage in ("00_validate", "01_sgkfold", "02_hvr", "03_jigsaw", "06_stack", "07_submit"):
@@ -224,12 +216,18 @@ def test_gpu_slots_never_share_a_gpu_and_use_them_all(tmp_path):
 
 
 def test_make_fans_finetunes_out_one_per_gpu(make, demo_data, tmp_path):
+    """One make level: under -j4 every fine-tune and feature run starts exactly once (a recursive
+    make once started each up to 3 times); GPUS pins each to a free GPU."""
+    p = make("-n", "-j4", "all", work=tmp_path, data=demo_data, PROFILE="smoke", check=False)
+    for script in ("04_finetune.py", "05_features.py"):
+        starts = re.findall(script + r" --task (\w+) --fold (\w+)", p.stdout)
+        assert sorted(starts) == sorted((t, f) for t in common.TASKS for f in common.FOLDS), script
     p = make("-n", "finetune", work=tmp_path, data=demo_data, GPUS="0,1,2,3", PROFILE="smoke", check=False)
-    assert "-j4 finetune-runs" in p.stdout
-    p = make("-n", "finetune-runs", work=tmp_path, data=demo_data, GPUS="0,1,2,3", PROFILE="smoke", check=False)
     assert p.stdout.count("on-gpu --gpus '0,1,2,3'") == 16
-    p = make("-n", "finetune-runs", work=tmp_path, data=demo_data, PROFILE="smoke", check=False)
+    p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="smoke", check=False)
     assert p.stdout.count("CUDA_VISIBLE_DEVICES= .venv/bin/python 04_finetune.py") == 16    # GPUS empty: CPU
+    p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="cpu", check=False)
+    assert p.stdout.count("04_finetune.py --task multi") == 4 and "--task target" not in p.stdout
     p = make("-n", "jigsaw", work=tmp_path, data=demo_data, GPUS="0,1", PROFILE="smoke", check=False)
     assert "torchrun --standalone --nproc_per_node=2" in p.stdout
 

@@ -1,0 +1,152 @@
+"""The recipe, exactly where a CPU can show it: ten fine-tune epochs in `full`, the recipe's own
+submission on request (make all SUBMIT=recipe), float32 outputs under bf16 autocast, the logged
+loss of the whole DDP batch, the optimizer's state on the host after a resume, and SyncBatchNorm
+on GPUs."""
+import io
+import os
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import common
+import training
+from conftest import smoke_copy
+
+
+def test_full_profile_is_the_recipe():
+    full = common.PROFILES["full"]
+    assert full["04"]["epochs"] == 10 and full["03"]["epochs"] == 5       # the seed's final networks
+    for stage in ("03", "04"):
+        assert full[stage]["arch"] == "resnet34" and full[stage]["batch"] == 256 and full[stage]["views"] == 8
+        assert (full[stage]["optim"], full[stage]["lr"], tuple(full[stage]["betas"])) == ("adam", 1e-3, (0.5, 0.999))
+        assert full[stage]["schedule"] == "halve" and full[stage]["halve_views"] == 8
+    assert full["02"]["size"] == 224 and full["04"]["init"] == "jigsaw" and full["03"]["holdout_trains"]
+
+
+def test_outputs_are_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = training.build_model("resnet18", 1).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        feats = torch.flatten(model.avgpool(model.layer4(model.layer3(model.layer2(model.layer1(
+            model.maxpool(model.relu(model.bn1(model.conv1(x))))))))), 1)
+    assert out.dtype == torch.float32
+    exact = feats.float() @ model.fc.weight.T + model.fc.bias
+    torch.testing.assert_close(out, exact, rtol=1e-6, atol=1e-6)
+    # a year regressed in bf16 would be off by up to 4; in float32 it is not rounded at all
+    year = torch.tensor([1733.0])
+    assert year.bfloat16().float().item() != 1733.0
+    assert set(model.state_dict()) == set(torchvision_keys())
+
+
+def torchvision_keys():
+    import torchvision
+    return torchvision.models.resnet18(weights=None, num_classes=1).state_dict().keys()
+
+
+def test_syncbatchnorm_on_cuda_only():
+    model = training.build_model("resnet18", 4)
+    weight = model.bn1.weight
+    assert training.sync_batchnorm(model, torch.device("cpu")) is model and type(model.bn1) is torch.nn.BatchNorm2d
+    synced = training.sync_batchnorm(model, torch.device("cuda", 0))       # conversion needs no GPU
+    kinds = {type(m) for m in synced.modules()}
+    assert torch.nn.SyncBatchNorm in kinds and torch.nn.BatchNorm2d not in kinds
+    assert synced.bn1.weight is weight                                       # same parameters: the optimizer's
+    assert set(synced.state_dict()) == set(training.build_model("resnet18", 4).state_dict())
+
+
+# -----------------------------------------------------------------------------
+# The logged loss of the global batch: a "network" whose loss is the row's own number, so the
+# log of every interval is the mean of the plan's numbers in it, whatever the ranks.
+ROWS, BATCH, LOG_EVERY = 48, 8, 2
+
+
+def plan(epoch, g):
+    return torch.randperm(ROWS, generator=g)[:, None].float()
+
+
+def row_loss(net, rows):
+    return (net(torch.zeros(len(rows), 1)).sum() * 0 + rows[:, 0]).sum(), {}
+
+
+def fit_rank(rank, world, port, run_dir):
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+    torch.set_num_threads(1)
+    dist = training.Dist()
+    config = dict(common.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
+                  ckpt_every=10 ** 9)
+    training.fit(torch.nn.Linear(1, 1), run_dir=run_dir, dist=dist, config=config, epoch_plan=plan,
+                 batch_loss=row_loss)
+    dist.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_logged_loss_is_the_whole_batch_across_two_gloo_ranks(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    mp.spawn(fit_rank, args=(1, free_port(), one), nprocs=1, join=True)    # a process of its own too
+    mp.spawn(fit_rank, args=(2, free_port(), two), nprocs=2, join=True)
+    log1, log2 = pd.read_csv(one / "loss.csv"), pd.read_csv(two / "loss.csv")
+    expect = plan(1, training.epoch_generator(0, 1))[:, 0].view(-1, BATCH * LOG_EVERY).mean(1).numpy()
+    assert np.allclose(log1["loss"], expect) and np.allclose(log2["loss"], expect)
+    assert list(log2["step"]) == list(log1["step"])
+
+
+def test_resume_keeps_the_optimizer_state_on_the_host(tmp_path, monkeypatch):
+    """fit reads the checkpoint onto the host: load_state_dict puts the weights on the model's
+    device and leaves Adam's step counters where Adam wants them (the host), not on a GPU."""
+    config = dict(common.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
+                  ckpt_every=10 ** 9)
+    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=training.Dist(), config=config,
+                 epoch_plan=plan, batch_loss=row_loss)
+    seen = []
+    load = training.load_checkpoint
+    monkeypatch.setattr(training, "load_checkpoint", lambda path, device="cpu": seen.append(str(device)) or load(path, device))
+    optims = []
+    make = training.make_optimizer
+    monkeypatch.setattr(training, "make_optimizer", lambda m, c: optims.append(make(m, c)) or optims[-1])
+    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=training.Dist(), config=dict(config, epochs=2),
+                 epoch_plan=plan, batch_loss=row_loss)
+    assert seen[0] == "cpu"
+    steps = [s["step"] for s in optims[0].state.values()]
+    assert steps and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in steps)
+    assert all(t.item() == 2 * ROWS // BATCH for t in steps)        # resumed, then one more epoch
+
+
+# -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def recipe_run(make, demo_data, smoke_run, tmp_path_factory):
+    """The smoke pipeline's WORK (a copy), made again with SUBMIT=recipe, then the default again."""
+    work = smoke_copy(smoke_run, tmp_path_factory.mktemp("recipe") / "work")
+    first = make("all", work=work, data=demo_data, PROFILE="smoke", SUBMIT="recipe")
+    recipe = (work / "07_submit" / "submission.csv").read_bytes()
+    recipe_report = (work / "07_submit" / "report.md").read_text()
+    p = make("all", work=work, data=demo_data, PROFILE="smoke")
+    assert "04_finetune.py" not in first.stdout + p.stdout and "06_stack.py" in first.stdout
+    return work, recipe, recipe_report, p
+
+
+def test_submit_recipe_submits_the_recipes_stack(recipe_run, demo_data):
+    work, recipe, recipe_report, again = recipe_run
+    assert "04_finetune.py" not in again.stdout and "06_stack.py" in again.stdout   # only restacked
+    best = (work / "07_submit" / "submission.csv").read_bytes()
+    params = pd.read_json(work / "06_stack" / "params.json", typ="series")
+    assert params["submit"] == "best" and recipe != best
+    test = pd.read_csv(work / "06_stack" / "test.csv")
+    sub = pd.read_csv(io.BytesIO(recipe))
+    order = pd.read_csv(demo_data / "test.csv")["object_id"]
+    assert np.allclose(sub["target"], test.set_index("object_id").loc[order, "recipe"], atol=1e-5)
+    recipe_cv = params["cv_overall"]["recipe"]
+    for report, submitted in ((recipe_report, "SUBMIT=recipe"), ((work / "07_submit" / "report.md").read_text(), "SUBMIT=best")):
+        assert submitted in report and "the recipe's own submission" in report
+        assert f"{recipe_cv:.4f}" in report

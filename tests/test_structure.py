@@ -1,0 +1,68 @@
+"""The shape of the code: every script runs from any working directory, the shared modules import
+each other without cycles, and no module grows past about 400 lines without saying why."""
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PY = str(REPO / ".venv" / "bin" / "python")
+SCRIPTS = sorted(p.name for p in REPO.glob("0*_*.py")) + ["common.py", "pixels.py", "reporting.py"]
+LONG = 400          # lines; a longer module says why in its docstring ("Longer than ...")
+
+
+@pytest.mark.parametrize("script", SCRIPTS + ["02_hvr_augment.sh", "bench/study.py", "bench/results_doc.py",
+                                              "sync/sync.py"])
+def test_every_script_answers_help_from_another_directory(script, tmp_path):
+    cmd = [str(REPO / script), "--help"] if script.endswith(".sh") else [PY, str(REPO / script), "--help"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(p.stdout.splitlines()) >= 3
+
+
+def local_imports(path):
+    """The repository's own modules that `path` imports (at any depth of the file)."""
+    own = {p.stem for p in REPO.glob("*.py")}
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names & own
+
+
+def test_shared_modules_form_no_cycle_and_stages_import_no_stage():
+    modules = {p.stem: local_imports(p) for p in REPO.glob("*.py")}
+    for stage in (m for m in modules if m[:2].isdigit()):
+        assert not any(i[:2].isdigit() for i in modules[stage]), stage
+    seen, done = set(), set()
+
+    def visit(m, path):
+        assert m not in path, f"import cycle: {' -> '.join(path + [m])}"
+        if m in done:
+            return
+        for i in modules.get(m, ()):
+            visit(i, path + [m])
+        done.add(m)
+    for m in modules:
+        visit(m, [])
+    assert modules["common"] == set() and modules["reporting"] == {"common"}
+    assert modules["pixels"] == {"common"} and modules["training"] == {"common", "pixels"}
+
+
+def test_no_module_over_400_lines_without_a_reason():
+    files = list(REPO.glob("*.py")) + list(REPO.glob("bench/*.py")) + list(REPO.glob("sync/*.py"))
+    long = [f for f in files if len(f.read_text().splitlines()) > LONG
+            and "Longer than" not in (ast.get_docstring(ast.parse(f.read_text())) or "")]
+    assert not long, [str(f.relative_to(REPO)) for f in long]
+
+
+def test_reporting_and_submit_do_not_load_torch():
+    code = ("import sys, importlib.util; sys.path.insert(0, sys.argv[1]); import reporting; "
+            "spec = importlib.util.spec_from_file_location('s', sys.argv[1] + '/07_submit.py'); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); print('torch' in sys.modules)")
+    assert subprocess.run([PY, "-c", code, str(REPO)], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
