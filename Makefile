@@ -10,7 +10,7 @@ MAKEFLAGS += --no-builtin-rules --warn-undefined-variables
 DATA ?= data/raw#          raw competition files (train.csv, test.csv, ..., photos/)
 WORK ?= work#              every stage writes WORK/<stage>/
 GPUS ?=#                   comma-separated GPU ids (0,1,2,3); empty: CPU
-PROFILE ?= $(if $(GPUS),full,$(if $(wildcard $(DATA)/train.csv),cpu,smoke))#  full (the recipe, GPUs) | cpu (the CPU hour) | smoke (seconds: tests, demo data)
+PROFILE ?= $(if $(GPUS),full,$(if $(DEMO_DATA),smoke,cpu))#  full (the recipe, GPUs) | cpu (the CPU hour) | smoke (seconds: tests, the demo data)
 FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec multi
 NETS ?= $(if $(filter cpu,$(PROFILE)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu)
@@ -25,6 +25,8 @@ MAX_PIXELS ?= 25000000#    validation: the largest photo (width x height) 02's I
 
 # ---- derived --------------------------------------------------------------------------------
 TASKS := target onehot sortingdate word2vec
+# The default DATA without a train.csv: the generated demo data (an explicit DATA without one is an error).
+DEMO_DATA = $(and $(filter default file,$(origin DATA)),$(if $(wildcard $(DATA)/train.csv),,demo))
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/requirements.txt
@@ -46,7 +48,9 @@ NGPUS := $(words $(GPU_LIST))
 # One make level: Make's own -j fans the runs out, one per GPU at a time (each holds a free GPU:
 # common.py on-gpu), one after another on the CPU; a -j on the command line wins.
 ifneq ($(GPUS),)
+ifeq ($(filter docker-%,$(MAKECMDGOALS)),)      # docker-*: the make inside does it
 MAKEFLAGS += -j$(NGPUS)
+endif
 endif
 # One process, or torchrun across every listed GPU (DDP) for the single pretext job.
 LAUNCH := $(if $(filter-out 0 1,$(NGPUS)),CUDA_VISIBLE_DEVICES=$(GPUS) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPUS),CUDA_VISIBLE_DEVICES=$(GPUS) $(PY))
@@ -174,7 +178,8 @@ $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE
 # 06's options are a prerequisite too: another SUBMIT or STACK_ARGS restacks (seconds), nothing more.
 STACK_OPTIONS := $(strip --nets $(NETS) --submit $(SUBMIT) $(STACK_ARGS))
 $(DIR_STACK)/options.txt: FORCE
-	@mkdir -p $(@D); [ "$$(cat $@ 2>/dev/null)" = '$(STACK_OPTIONS)' ] || echo '$(STACK_OPTIONS)' > $@
+	@mkdir -p $(@D); [ "$$(cat $@ 2>/dev/null)" = '$(STACK_OPTIONS)' ] || \
+	  { echo '$(STACK_OPTIONS)' > $@.tmp && mv $@.tmp $@; }    # replaced, never written in place
 
 $(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) $(DIR_STACK)/options.txt
 	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --hvr $(DIR_HVR) --out $(DIR_STACK) \

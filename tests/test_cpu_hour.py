@@ -157,5 +157,5 @@ def test_results_page_is_generated_from_a_finished_work(multi_run, tmp_path):
                     "--command", "make all PROFILE=smoke"], check=True, cwd=REPO, capture_output=True)
     page = out.read_text()
     cv = pd.read_csv(work / "06_stack" / "cv.csv")
-    assert f"{cv['final'].iloc[-1]:.4f}" in page and "Wall time 62.1 min, peak resident memory 2.00 GB" in page
+    assert f"{cv['final'].iloc[-1]:.4f}" in page and "Wall time 62.1 min, peak resident memory 2.00 GiB" in page
     assert "multi_0/target" in page and "| 04_finetune |" in page

@@ -78,6 +78,7 @@ def fit_rank(rank, world, port, run_dir):
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
     torch.set_num_threads(1)
+    run_dir.mkdir(parents=True, exist_ok=True)
     dist = training.Dist()
     config = dict(common.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
                   ckpt_every=10 ** 9)
