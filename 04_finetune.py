@@ -262,7 +262,8 @@ class Evaluator:
 def evaluate(args, run_dir, dist):
     """The evaluator process (GPU): score each complete epoch checkpoint once, in order, then
     stop; stop too when the trainer that started it has died."""
-    parent = os.getppid()
+    # the trainer's pid, handed down: read at start-up, getppid() could already be init's
+    parent = int(os.environ.get("ATMA11_TRAINER_PID") or os.getppid())
     ev = Evaluator(args, run_dir, dist.device)
     model = training.build_model(args.arch, common.TASK_DIMS[args.task]).to(dist.device)
     unreadable = {}
@@ -326,7 +327,8 @@ def run(args, run_dir, dist):
         (run_dir / "FAILED").unlink(missing_ok=True)
         if dist.device.type == "cuda":
             argv = [a for a in sys.argv[1:] if a not in ("--role", "run")]
-            env = dict(os.environ, TORCH_THREADS="1", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
+            env = dict(os.environ, TORCH_THREADS="1", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0",
+                       ATMA11_TRAINER_PID=str(os.getpid()))
             slot = gpu_slot_fd()
             evaluator = subprocess.Popen([sys.executable, __file__, *argv, "--role", "evaluate"], env=env,
                                          pass_fds=slot)     # the GPU stays held while it lives

@@ -76,8 +76,8 @@ def test_one_network_with_four_heads_runs_the_whole_pipeline(multi_run, make, de
     for fold in common.FOLDS:
         ev = pd.read_csv(work / "04_finetune" / f"multi_{fold}" / "eval.csv")
         assert list(ev["epoch"]) == [1, 2] and ev["views"].iloc[-1] == 8
-        for head in ("target", "onehot", "sortingdate"):
-            assert ev[f"rmse_{head}"].between(0, 3).all()
+        for head in ("target", "onehot", "sortingdate"):       # a network of a few steps: finite
+            assert np.isfinite(ev[f"rmse_{head}"]).all() and ev[f"rmse_{head}"].iloc[-1] < 3
         assert (ev["rmse"] == ev["rmse_target"]).all()
     feats = pd.read_parquet(work / "05_features" / "multi_0" / "heldout.parquet")
     assert feats.shape[1] == 1 + 104
@@ -100,7 +100,8 @@ def test_evaluator_exits_when_its_trainer_dies(multi_run, tmp_path):
            "--hvr", work / "02_hvr", "--jigsaw", work / "03_jigsaw", "--out", tmp_path / "runs",
            "--profile", "smoke", "--role", "evaluate"]
     # the "trainer": a shell that starts the evaluator and waits, as 04 --role run does
-    trainer = subprocess.Popen(["sh", "-c", " ".join(f"'{c}'" for c in map(str, cmd)) + " & echo $!; wait"],
+    trainer = subprocess.Popen(["sh", "-c", "ATMA11_TRAINER_PID=$$ " + " ".join(f"'{c}'" for c in map(str, cmd))
+                                + " & echo $!; wait"],
                                cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
     evaluator = int(trainer.stdout.readline())
     time.sleep(3)
