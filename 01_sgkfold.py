@@ -165,14 +165,14 @@ def run(args):
         common.write_csv(common.fold_csv(out, k, "test"), train.iloc[te])
         summary[str(k)] = {
             "train": len(tr), "test": len(te), "moved_to_test": moved,
-            "train_classes": np.bincount(train["target"].iloc[tr], minlength=4).tolist(),
-            "test_classes": np.bincount(train["target"].iloc[te], minlength=4).tolist(),
+            "train_classes": np.bincount(train["target"].iloc[tr], minlength=common.N_CLASSES).tolist(),
+            "test_classes": np.bincount(train["target"].iloc[te], minlength=common.N_CLASSES).tolist(),
         }
     common.write_csv(out / "oof_fold.csv", pd.DataFrame({"object_id": train["object_id"], "fold": oof_fold}))
     common.write_csv(common.fold_csv(out, "all", "train"), train)
     common.write_csv(common.fold_csv(out, "all", "test"), test[["object_id"]])
     summary["all"] = {"train": len(train), "test": len(test),
-                      "train_classes": np.bincount(train["target"], minlength=4).tolist()}
+                      "train_classes": np.bincount(train["target"], minlength=common.N_CLASSES).tolist()}
 
     w2v = word2vec_table(train, materials, techniques, args.seed, args.w2v_epochs)
     common.write_csv(Path(out) / "word2vec.csv", w2v, float_format="%.7g")

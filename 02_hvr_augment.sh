@@ -9,7 +9,9 @@
 #        stats.csv (per-photo size, colour and edge statistics, photo_stats.py; same row order), DONE
 #
 #   02_hvr_augment.sh --photos DATA/photos --ids WORK/00_validate/photos.csv --out WORK/02_hvr \
-#                     --size 224 --mode stretch --python .venv/bin/python
+#                     --profile cpu --mode stretch --python .venv/bin/python
+#
+# --profile P: the store's size from common.PROFILES (full 224, cpu 48, smoke 24); --size S over it.
 #
 # --mode stretch: the recipe's plain resize to S x S (-resize SxS!).
 # --mode pad:     pad to a square by replicating the edge pixels, then resize (the 1st place).
@@ -29,13 +31,16 @@ batch_pixels=25000000  # and at most this many pixels per convert (unless one ph
                        # convert holds a batch's photos at once, within ImageMagick's policy
 jobs=$(nproc)       # one convert per core
 python=python3
+profile=            # --profile P: the size from common.PROFILES[P]["02"] (what make passes)
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)    # the repository: its Python modules
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --photos) photos=$2; shift 2 ;;
     --ids) ids=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    --size) size=$2; shift 2 ;;
+    --size) size=$2; size_given=1; shift 2 ;;
+    --profile) profile=$2; shift 2 ;;
     --mode) mode=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
@@ -44,6 +49,9 @@ while [ $# -gt 0 ]; do
     *) echo "02_hvr_augment.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+if [ -n "$profile" ] && [ -z "${size_given:-}" ]; then
+  size=$("$python" "$here/common.py" setting --profile "$profile" --stage 02 size) || exit 2
+fi
 case "$mode" in
   stretch) geometry=() ;;
   # The viewport grows the canvas to max(w,h) square, centred; -virtual-pixel edge fills it
@@ -162,61 +170,6 @@ if [ -n "$missing" ]; then
 fi
 
 # Pack into one array, written to a temporary name and renamed, with each photo's statistics
-# (photo_stats.py) from the same decode: the photo at its own size and its stored pixels; DONE last.
-"$python" - "$out" "$size" "$mode" "$started" "$jobs" <<'PY'
-import os, sys, time
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
-import numpy as np
-import pandas as pd
-sys.path.insert(0, os.getcwd())
-import common
-import photo_stats
-
-out, size, mode, started, jobs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
-rgb = out / ".rgb"
-ids = [line.split()[0] for line in (rgb / "ids").read_text().splitlines()]
-# Each photo's committed batch and its own width and height, as decoded.
-where, sizes = {}, {}
-for line in (rgb / "finished").read_text().splitlines():
-    oid, batch, w, h = line.split()
-    where[oid], sizes[oid] = Path(batch), (int(w), int(h))
-
-
-def pack(start, chunk, store):
-    """Rows start.. of the store, from their raw files, and their statistics: each file read once."""
-    arr = np.load(store, mmap_mode="r+")
-    rows = []
-    for i, oid in enumerate(chunk, start):
-        arr[i] = img = np.fromfile(where[oid] / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
-        w, h = sizes[oid]
-        native = np.fromfile(where[oid] / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
-        top, bottom, left, right = photo_stats.content_box(w, h, size, mode)
-        rows.append(photo_stats.row(native, img[top:bottom, left:right]))
-    arr.flush()
-    return rows
-
-
-# Chunks on every core (workers fork with `sizes`), each writing its rows of the one store file,
-# whose blocks are reserved first: a full disk is an error here, not a SIGBUS in a worker.
-with common.disk_full_is_an_error(out):
-    with common.atomic_path(out / "images.npy") as tmp:
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3)).flush()
-        with open(tmp, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-        starts = range(0, len(ids), 256)
-        with ProcessPoolExecutor(jobs) as pool:
-            parts = pool.map(pack, starts, [ids[k:k + 256] for k in starts], [tmp] * len(starts))
-            rows = [r for part in parts for r in part]
-    table = pd.DataFrame(np.stack(rows), columns=photo_stats.COLUMNS)
-    table.insert(0, "object_id", ids)
-    common.write_csv(out / "stats.csv", table, float_format="%.7g")
-    common.write_text(out / "ids.txt", "\n".join(ids) + "\n")
-    common.write_json(out / "meta.json", {"size": size, "mode": mode, "count": len(ids)})
-    common.write_provenance(out, {"size": size, "mode": mode, "photos": len(ids)}, started)
-mb = (out / "images.npy").stat().st_size / 2**20
-print(f"[02] store {out / 'images.npy'}: {len(ids)} x {size} x {size} x 3 uint8, {mb:.1f} MiB on disk, "
-      f"and stats.csv ({len(photo_stats.COLUMNS)} statistics per photo) [{time.time() - started:.1f}s]")
-PY
-rm -rf "$out/.rgb"
-"$python" -c 'import sys, common; common.mark_done(sys.argv[1])' "$out"
+# (photo_stats.py) from the same decode: the photo at its own size and its stored pixels;
+# .rgb removed, DONE last (store_pack.py).
+"$python" "$here/store_pack.py" --out "$out" --size "$size" --mode "$mode" --started "$started" --jobs "$jobs"

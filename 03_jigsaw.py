@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import common
 import pixels
+import reporting
 import training
 
 # -----------------------------------------------------------------------------
@@ -35,7 +36,7 @@ SEED = 0               # model init and the epoch RNGs derive from it
 LOG_EVERY = 10         # steps between loss.csv rows (the only host syncs)
 TILES = pixels.JIGSAW_GRID ** 2
 
-p = common.profile_parser(__doc__.split("\n")[0], "03")
+p = common.profile_parser(__doc__.split("\n")[0])
 p.add_argument("--hvr", required=True, help="the image store (stage 02)")
 p.add_argument("--out", required=True, help="this stage's directory")
 p.add_argument("--arch", default=None, choices=training.ARCHS, help="network (profile)")
@@ -120,7 +121,7 @@ def main():
             figures = puzzle_loss(forward(model, chunk.to(device)), chunk[:, 2:].to(device), args.loss)
             sums += torch.stack([f.sum().cpu() for f in figures])
         loss, tile, puzzle = (sums / max(len(held), 1)).tolist()
-        rows = read_holdout(out)
+        rows = common.read_epoch_rows(out / "holdout.csv")
         rows[epoch] = f"{epoch},{loss:.6g},{tile:.6g},{puzzle:.6g}"
         common.write_text(out / "holdout.csv", "epoch,loss,tile_acc,puzzle_acc\n" +
                           "".join(rows[e] + "\n" for e in sorted(rows)))
@@ -134,7 +135,7 @@ def main():
     model = training.fit(model, run_dir=out, dist=dist, config=config, epoch_plan=epoch_plan,
                          batch_loss=batch_loss, on_epoch_end=on_epoch_end)
     if dist.main:
-        missing = [e for e in range(1, args.epochs + 1) if e not in read_holdout(out)]
+        missing = [e for e in range(1, args.epochs + 1) if e not in common.read_epoch_rows(out / "holdout.csv")]
         for epoch in missing:      # killed between a checkpoint and its held-out row
             model.load_state_dict(training.load_checkpoint(out / common.ckpt_name(epoch))["model"])
             on_epoch_end(epoch, model)
@@ -144,16 +145,8 @@ def main():
     dist.close()
 
 
-def read_holdout(out):
-    path = Path(out) / "holdout.csv"
-    lines = path.read_text().splitlines()[1:] if path.exists() else []
-    return {int(l.split(",")[0]): l for l in lines}
-
-
 def plot(out):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = reporting.pyplot()
     import pandas as pd
     log, held = pd.read_csv(out / "loss.csv"), pd.read_csv(out / "holdout.csv")
     per_epoch = log.groupby("epoch")["step"].max()
@@ -168,9 +161,7 @@ def plot(out):
     for ax in axes:
         ax.legend()
     fig.tight_layout()
-    with common.atomic_path(out / "loss.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    reporting.save_figure(fig, out / "loss.png")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ EVAL_GIVE_UP = 120.0   # seconds a checkpoint may stay unreadable before the eva
 EVAL_TRAIN_ROWS = 1024 # fold `all`: train rows the evaluator scores (it has no held-out side)
 TRAINABLE_WHEN_FROZEN = ("layer3.", "layer4.", "fc.")   # the recipe's --freeze experiment
 
-p = common.profile_parser(__doc__.split("\n")[0], "04")
+p = common.profile_parser(__doc__.split("\n")[0])
 p.add_argument("--task", required=True, choices=common.NETS, help="one task, or multi: all four heads")
 p.add_argument("--fold", required=True, choices=common.FOLDS)
 p.add_argument("--folds", required=True, help="stage 01's directory")
@@ -70,6 +70,8 @@ p.add_argument("--epochs", type=int, default=None, help="epochs (profile; the re
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
 p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="1-8",
                help="views per image per epoch: 8 = all (recipe), fewer = random ones (profile)")
+p.add_argument("--shift", type=int, default=None,
+               help="translate each training view by up to this many pixels, the border mirrored (profile; the recipe: 0)")
 p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
 p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="ce: cross-entropy for onehot")
 p.add_argument("--freeze", action="store_true", help="train only layer3, layer4 and the head")
@@ -88,7 +90,7 @@ p.add_argument("--compile", action="store_true", help="torch.compile the network
 
 # -----------------------------------------------------------------------------
 def task_data(args):
-    """(train frame, eval frame, eval split name, targets builder) for the task and fold."""
+    """(train frame, evaluation frame, its split name: heldout, or train for fold all)."""
     train = pd.read_csv(common.fold_csv(args.folds, args.fold, "train"), dtype={"object_id": str})
     if args.fold == "all":
         held, split = train.iloc[:EVAL_TRAIN_ROWS], "train"
@@ -194,10 +196,14 @@ def train(args, run_dir, dist, on_epoch_end=None):
             row = torch.arange(n).repeat_interleave(args.views)
             view = torch.rand(n, 8, generator=g).argsort(1)[:, : args.views].reshape(-1)
         plan = torch.stack([row, view], 1)
-        return plan[torch.randperm(len(plan), generator=g)]
+        plan = plan[torch.randperm(len(plan), generator=g)]
+        if args.shift:            # drawn after the order: a run without shifts sees the same batches
+            plan = torch.cat([plan, torch.randint(-args.shift, args.shift + 1, (len(plan), 2), generator=g)], 1)
+        return plan
 
     def batch_loss(net, rows):
-        x = pixels.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=True)
+        x = pixels.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=True,
+                            offsets=rows[:, 2:] if args.shift else None)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             out = net(x).float()
         return (head_losses(args.task, args.loss, out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
@@ -230,7 +236,7 @@ class Evaluator:
         self.columns = ["epoch", "split", "n", "views", "loss", "rmse", *(f"rmse_{t}" for t in self.eras), "seconds"]
 
     def done(self):
-        return read_eval(self.path)
+        return common.read_epoch_rows(self.path)
 
     def score(self, epoch, model):
         started = time.time()
@@ -287,11 +293,6 @@ def evaluate(args, run_dir, dist):
             continue
         model.load_state_dict(state["model"])
         ev.score(todo[0], model)
-
-
-def read_eval(path):
-    lines = path.read_text().splitlines()[1:] if path.exists() else []
-    return {int(l.split(",")[0]): l for l in lines}
 
 
 def evaluate_missing(args, run_dir, dist, ev):

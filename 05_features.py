@@ -31,7 +31,7 @@ import training
 # -----------------------------------------------------------------------------
 STATS = ("mean", "max", "min", "var")   # the recipe's reductions over the 8 views
 
-p = common.profile_parser(__doc__.split("\n")[0], "05")
+p = common.profile_parser(__doc__.split("\n")[0])
 p.add_argument("--task", required=True, choices=common.NETS, help="one task, or multi: all four heads")
 p.add_argument("--fold", required=True, choices=common.FOLDS)
 p.add_argument("--folds", required=True, help="stage 01's directory")
@@ -106,9 +106,9 @@ def main():
           f"[{time.time() - started:.1f}s]", flush=True)
 
 
-@torch.inference_mode()
 def predict(model, px, vidx, device, batch, config):
-    """(N, 8, D) task-unit outputs for the 8 views of each image in px (pixels.to_pixels)."""
+    """(N, 8, D) task-unit outputs for the 8 views of each image in px (pixels.to_pixels;
+    training.predict_views runs under inference_mode)."""
     outputs = training.predict_views(model, px, vidx, device, batch).cpu()
     start = 0
     for t in (common.TASKS if config["task"] == "multi" else (config["task"],)):

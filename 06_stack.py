@@ -36,6 +36,7 @@ What is submitted: --submit recipe: the recipe's own stack (seed mode, its 104 c
 post-processing knobs tuned on a grid, both chosen nested: fold k's score comes from the stack
 and knobs chosen on the other folds' rows (--mode, --meta off, --post recipe narrow the choice).
 """
+import argparse
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ import pandas as pd
 
 import common
 import photo_stats
+import reporting
 
 # -----------------------------------------------------------------------------
 LGB_PARAMS = dict(objective="regression", metric="l2", boosting_type="gbdt", num_leaves=31,
@@ -57,7 +59,7 @@ RATIOS = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 THRESHOLDS = [0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, np.inf]   # inf: no override
 K = ("0", "1", "2")
 
-p = common.profile_parser(__doc__.split("\n")[0], "06")
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--folds", required=True, help="stage 01's directory")
 p.add_argument("--features", required=True, help="stage 05's directory")
 p.add_argument("--out", required=True, help="this stage's directory")
@@ -181,17 +183,13 @@ def cross_validate(X, X_test, folds, oof_fold):
 
 
 def plots(out, model, y, final):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = reporting.pyplot()
     gain = pd.Series(model.feature_importance("gain"), index=model.feature_name()).sort_values()[-25:]
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.barh(gain.index, gain.to_numpy())
     ax.set(title="LightGBM gain, top 25 features (the submission's booster)", xlabel="gain")
     fig.tight_layout()
-    with common.atomic_path(out / "importance.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    reporting.save_figure(fig, out / "importance.png")
     cm = pd.crosstab(pd.Series(y, name="true era"), pd.Series(np.rint(final).astype(int), name="predicted (rounded)"))
     classes = range(common.N_CLASSES)
     cm = cm.reindex(index=classes, columns=classes, fill_value=0)
@@ -202,9 +200,7 @@ def plots(out, model, y, final):
     ax.set(xticks=classes, yticks=classes, xlabel="predicted (rounded)", ylabel="true era",
            title="out-of-fold confusion")
     fig.tight_layout()
-    with common.atomic_path(out / "confusion.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    reporting.save_figure(fig, out / "confusion.png")
 
 
 def main():

@@ -1,12 +1,13 @@
 """Stage 07: the validated submission and the report a user opens first after a run.
 
-Reads DATA/test.csv (and the sample submission when present), WORK/06_stack, and for the report
-WORK/03_jigsaw, WORK/04_finetune and every stage's provenance.json. Writes WORK/07_submit/:
+Reads DATA/test.csv (and the sample submission when present), stage 06's directory, and for the
+report stages 03's and 04's and every stage's provenance.json. Writes WORK/07_submit/:
   submission.csv    one column `target`, one row per test.csv row, in test.csv order
   report.md         what ran, how long, how well; with the pictures below beside it
   jigsaw_loss.png, cv_<task>.png, importance.png, confusion.png, provenance.json, DONE
 
-    python 07_submit.py --data DATA --work work --out work/07_submit
+    python 07_submit.py --data DATA --stack work/06_stack --finetune work/04_finetune \
+        --jigsaw work/03_jigsaw --timed work/00_validate work/01_sgkfold ... --out work/07_submit
 
 The submission is checked before it is written (every test id present once, every value finite
 and within [0, 3], the sample submission's columns and length when there is one): a malformed
@@ -26,7 +27,11 @@ import reporting
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--data", required=True, help="raw-data directory (test.csv, sample submission)")
-p.add_argument("--work", required=True, help="WORK: the upstream stages' directories")
+p.add_argument("--stack", required=True, help="stage 06's directory: the submission, its CV")
+p.add_argument("--finetune", required=True, help="stage 04's directory: the runs' per-epoch RMSE")
+p.add_argument("--jigsaw", required=True, help="stage 03's directory: its loss plot, the profile")
+p.add_argument("--timed", nargs="*", default=[], help="stage directories whose provenance.json "
+               "(and their runs') the report's minutes come from")
 p.add_argument("--out", required=True, help="this stage's directory")
 
 
@@ -51,12 +56,15 @@ def submission(data, stack_dir):
     return sub
 
 
-def stage_times(work):
+def stage_times(stage_dirs):
+    """(stage or stage/run, wall seconds, revision) of every provenance.json in the directories
+    and their run directories."""
     rows = []
-    for prov in sorted(Path(work).glob("*/provenance.json")) + sorted(Path(work).glob("*/*/provenance.json")):
-        info = json.loads(prov.read_text())
-        rows.append((str(prov.parent.relative_to(work)), info.get("wall_seconds", float("nan")),
-                     info.get("git_revision", "")))
+    for stage in map(Path, stage_dirs):
+        for prov in sorted(stage.glob("provenance.json")) + sorted(stage.glob("*/provenance.json")):
+            info = json.loads(prov.read_text())
+            rows.append((str(prov.parent.relative_to(stage.parent)), info.get("wall_seconds", float("nan")),
+                         info.get("git_revision", "")))
     return pd.DataFrame(rows, columns=["stage", "wall_s", "revision"])
 
 
@@ -74,24 +82,24 @@ def markdown(df, floatfmt="{:.4f}"):
 
 
 def report(args, out, sub):
-    work = Path(args.work)
+    jigsaw, finetune, stack = Path(args.jigsaw), Path(args.finetune), Path(args.stack)
     pictures = []
-    if (work / "03_jigsaw" / "loss.png").exists():
-        shutil.copyfile(work / "03_jigsaw" / "loss.png", out / "jigsaw_loss.png")
+    if (jigsaw / "loss.png").exists():
+        shutil.copyfile(jigsaw / "loss.png", out / "jigsaw_loss.png")
         pictures.append(("Jigsaw pretraining: loss and tile accuracy (train, held-out photos)", "jigsaw_loss.png"))
-    for path in reporting.cv_plot(work / "04_finetune", out):
+    for path in reporting.cv_plot(finetune, out):
         pictures.append((f"Fine-tune: held-out per epoch, {path.stem[3:]}", path.name))
     for name, title in (("importance.png", "Stacking: feature importance"), ("confusion.png", "Out-of-fold confusion")):
-        if (work / "06_stack" / name).exists():
-            shutil.copyfile(work / "06_stack" / name, out / name)
+        if (stack / name).exists():
+            shutil.copyfile(stack / name, out / name)
             pictures.append((title, name))
 
-    cv = pd.read_csv(work / "06_stack" / "cv.csv", dtype={"fold": str})
-    params = json.loads((work / "06_stack" / "params.json").read_text())
+    cv = pd.read_csv(stack / "cv.csv", dtype={"fold": str})
+    params = json.loads((stack / "params.json").read_text())
     runs, per_epoch = [], {}
     for net in common.NETS:
         for fold in common.FOLDS:
-            ev = work / "04_finetune" / common.run_name(net, fold) / "eval.csv"
+            ev = finetune / common.run_name(net, fold) / "eval.csv"
             if ev.exists():
                 df = pd.read_csv(ev)
                 last = df.iloc[-1]
@@ -104,8 +112,8 @@ def report(args, out, sub):
                              "eval_share": float(df["seconds"].sum()) / wall if "seconds" in df else float("nan")})
                 per_epoch[common.run_name(net, fold)] = df.set_index("epoch")["rmse"]
     epochs = pd.DataFrame(per_epoch).rename_axis("epoch").reset_index() if per_epoch else None
-    profile = json.loads((work / "03_jigsaw" / "provenance.json").read_text())["config"].get("profile", "?") \
-        if (work / "03_jigsaw" / "provenance.json").exists() else "?"
+    profile = json.loads((jigsaw / "provenance.json").read_text())["config"].get("profile", "?") \
+        if (jigsaw / "provenance.json").exists() else "?"
     text = ["# Run report\n",
             f"- data: `{args.data}`; profile: `{profile}`; revision: `{common.git_revision()}`",
             f"- submission: `submission.csv`, {len(sub)} rows, mean {sub['target'].mean():.3f}, "
@@ -127,8 +135,8 @@ def report(args, out, sub):
             "The views scored per epoch are in the table above; a `multi` network's column is its "
             "`target` head (eval.csv has every head).\n",
             markdown(epochs) if epochs is not None else "(none)\n",
-            "## Minutes per stage\n", markdown(stage_minutes(stage_times(work)), "{:.1f}"),
-            "## Wall time of every unit\n", markdown(stage_times(work), "{:.1f}"), "## Pictures\n"]
+            "## Minutes per stage\n", markdown(stage_minutes(stage_times(args.timed)), "{:.1f}"),
+            "## Wall time of every unit\n", markdown(stage_times(args.timed), "{:.1f}"), "## Pictures\n"]
     text += [f"### {title}\n\n![{title}]({name})\n" for title, name in pictures]
     common.write_text(out / "report.md", "\n".join(text))
 
@@ -138,7 +146,7 @@ def main():
     started = time.time()
     out = common.start_stage(args.out)
     try:
-        sub = submission(args.data, Path(args.work) / "06_stack")
+        sub = submission(args.data, args.stack)
     except common.DataError as e:
         common.fail(str(e))
     common.write_csv(out / "submission.csv", sub, float_format="%.6f")

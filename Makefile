@@ -159,8 +159,7 @@ $(DIR_HVR)/DONE: $(DIR_VALID)/DONE
 	@test "$$(cat $(WORK)/profile.txt 2>/dev/null)" = $(PROFILE) || echo $(PROFILE) > $(WORK)/profile.txt || { \
 	  echo "error: could not write $(WORK)/profile.txt: the disk holding $(WORK) is full, or not writable (df -h $(WORK))" >&2; exit 1; }
 	./02_hvr_augment.sh --photos $(RAW)/photos --ids $(DIR_VALID)/photos.csv --out $(DIR_HVR) \
-	  --mode $(RESIZE) --python $(PY) \
-	  --size $$($(PY) -c 'import common; print(common.PROFILES["$(PROFILE)"]["02"]["size"])')
+	  --mode $(RESIZE) --python $(PY) --profile $(PROFILE)
 
 $(DIR_JIG)/DONE: $(DIR_HVR)/DONE
 	$(LAUNCH) 03_jigsaw.py --hvr $(DIR_HVR) --out $(DIR_JIG) --profile $(PROFILE) $(JIGSAW_ARGS)
@@ -186,7 +185,8 @@ $(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) $(DIR_STACK)/optio
 	  $(STACK_OPTIONS)
 
 $(DIR_SUB)/DONE: $(DIR_STACK)/DONE
-	$(PY) 07_submit.py --data $(RAW) --work $(WORK) --out $(DIR_SUB)
+	$(PY) 07_submit.py --data $(RAW) --stack $(DIR_STACK) --finetune $(DIR_FT) --jigsaw $(DIR_JIG) \
+	  --timed $(DIR_VALID) $(DIR_FOLDS) $(DIR_HVR) $(DIR_JIG) $(DIR_FT) $(DIR_FEAT) $(DIR_STACK) --out $(DIR_SUB)
 
 demo: $(DIR_DEMO)/DONE ## generate the demo raw data set (00_demo_data.py)
 validate: $(DIR_VALID)/DONE ## check the raw data once: files, columns, ids, targets, photo headers
@@ -203,7 +203,7 @@ report: submit ## the report, WORK/07_submit/report.md (written with the submiss
 views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
 	$(PY) pixels.py views --store $(DIR_HVR) --id $(ID)
 status: | $(VENV_STAMP) ## every 03/04 run (epoch, loss, held-out RMSE, images/s, state), CV per task
-	@$(PY) reporting.py status --work $(WORK)
+	@$(PY) reporting.py status --jigsaw $(DIR_JIG) --finetune $(DIR_FT)
 cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_finetune/cv_<task>.png
 	$(PY) reporting.py cv-plot --runs $(DIR_FT)
 

@@ -42,7 +42,7 @@ PROFILES = {
         "02": dict(size=224),                                   # the recipe's 224 x 224 input
         "03": dict(arch="resnet34", epochs=5, batch=256, views=8, perms=8, holdout=512,
                    holdout_trains=True, ckpt_every=200, **RECIPE_OPTIM),   # the recipe: every photo
-        "04": dict(arch="resnet34", epochs=10, batch=256, views=8, ckpt_every=200, init="jigsaw",
+        "04": dict(arch="resnet34", epochs=10, batch=256, views=8, shift=0, ckpt_every=200, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # 10: the seed's final networks
                    **RECIPE_OPTIM),
         "05": dict(batch=512),
@@ -55,6 +55,7 @@ PROFILES = {
         "04": dict(arch="resnet18",        # study: resnet34 0.824 in 3.8 min, resnet18 0.808 in 4.2
                    epochs=24,              # study: 6 / 12 / 24 epochs 0.842 / 0.831 / 0.808; 60: 0.834 (overfits)
                    batch=64, views=1,      # one random view per image per epoch (the 8 are TTA)
+                   shift=0,
                    ckpt_every=100, init="scratch", keep_epochs="last",
                    eval_views=1, eval_rows=384,    # per epoch: 1 view of 384 rows (<10% of the
                    **CPU_OPTIM),                   # time); last epoch: 8 views of every row
@@ -64,7 +65,7 @@ PROFILES = {
         "02": dict(size=24),
         "03": dict(arch="resnet18", epochs=2, batch=32, views=1, perms=2, holdout=16,
                    holdout_trains=False, ckpt_every=4, **dict(RECIPE_OPTIM, halve_views=1)),
-        "04": dict(arch="resnet18", epochs=2, batch=16, views=1, ckpt_every=1000, init="jigsaw",
+        "04": dict(arch="resnet18", epochs=2, batch=16, views=1, shift=0, ckpt_every=1000, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # ckpt_every 1000: epoch ends only
                    **dict(RECIPE_OPTIM, halve_views=1)),   # halved per (1-view) epoch: 8 steps at
                                                            # one rate diverge (held-out RMSE 3.1 vs 1.5)
@@ -239,9 +240,10 @@ def mark_done(stage_dir):
     write_text(Path(stage_dir) / "DONE", "")
 
 
-def git_revision():
+def git_revision(length=12):
+    """The repository's commit (`length` hex digits), "-dirty" when tracked files changed."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+        out = subprocess.run(["git", "rev-parse", f"--short={length}", "HEAD"], capture_output=True,
                              text=True, cwd=Path(__file__).parent, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, cwd=Path(__file__).parent,
@@ -251,6 +253,20 @@ def git_revision():
     except (OSError, subprocess.SubprocessError):
         pass
     return os.environ.get("ATMA11_GIT_REVISION", "unknown")    # the Docker image has no .git
+
+
+def read_epoch_rows(path):
+    """{epoch: its line} of a per-epoch CSV (eval.csv, holdout.csv; epoch first), header dropped;
+    {} when it does not exist yet."""
+    lines = Path(path).read_text().splitlines()[1:] if Path(path).exists() else []
+    return {int(line.split(",")[0]): line for line in lines}
+
+
+def utc_stamp(precise=False):
+    """20261128-153012 (UTC); precise adds microseconds, so two of them never collide."""
+    now = time.time()
+    micro = f".{int(now % 1 * 1e6):06d}" if precise else ""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + micro
 
 
 def write_provenance(stage_dir, config, started, name="provenance.json"):
@@ -272,7 +288,7 @@ def seed_everything(seed):
         sys.modules["torch"].manual_seed(seed)
 
 
-def profile_parser(description, stage):
+def profile_parser(description):
     """An argparse parser whose defaults come from the profile named by --profile.
 
     Unknown options are errors (argparse's own rule); the stage adds its options with
@@ -288,7 +304,8 @@ def parse(parser, stage, argv=None):
     """The stage's settings: the command line over the profile's table, printed once (rank 0)
     and kept by the stage in its provenance.json."""
     args = parser.parse_args(argv)
-    for key, value in PROFILES[args.profile].get(stage, {}).items():
+    profile = getattr(args, "profile", None)     # stages without a size preset take none
+    for key, value in (PROFILES[profile].get(stage, {}) if profile else {}).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if os.environ.get("RANK", "0") == "0":
@@ -608,6 +625,13 @@ def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
         time.sleep(poll)
 
 
+def cmd_setting(args):
+    table = PROFILES[args.profile].get(args.stage, {})
+    if args.key not in table:
+        fail(f"profile {args.profile} has no setting {args.key!r} for stage {args.stage}")
+    print(table[args.key])
+
+
 def cmd_on_gpu(args):
     gpus = [g for g in args.gpus.split(",") if g.strip()]
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -624,13 +648,18 @@ def main():
     f = sub.add_parser("fingerprint", help="write OUT/source.txt when the data's content changed")
     f.add_argument("--data", required=True)
     f.add_argument("--out", required=True)
+    s = sub.add_parser("setting", help="print one setting of a stage's profile (02_hvr_augment.sh's size)")
+    s.add_argument("--profile", required=True, choices=sorted(PROFILES))
+    s.add_argument("--stage", required=True)
+    s.add_argument("key")
     g = sub.add_parser("on-gpu", help="run a command on a free GPU of --gpus")
     g.add_argument("--gpus", default="")
     g.add_argument("--locks", required=True)
     g.add_argument("cmd", nargs=argparse.REMAINDER)
     args = p.parse_args()
     with disk_full_is_an_error(getattr(args, "out", None) or "WORK"):
-        {"validate": cmd_validate, "fingerprint": cmd_fingerprint, "on-gpu": cmd_on_gpu}[args.command](args)
+        {"validate": cmd_validate, "fingerprint": cmd_fingerprint, "on-gpu": cmd_on_gpu,
+         "setting": cmd_setting}[args.command](args)
 
 
 if __name__ == "__main__":

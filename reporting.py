@@ -1,7 +1,7 @@
 """Reading runs while they go and after: loss curves, the status table of the 03/04 runs, the
 CV line and the held-out-per-epoch plots. No torch: 07 and `make status` start fast.
 
-    python reporting.py status --work WORK                  # table of the 03/04 runs, CV per head
+    python reporting.py status --jigsaw WORK/03_jigsaw --finetune WORK/04_finetune   # the runs, CV per head
     python reporting.py cv-plot --runs WORK/04_finetune     # cv_<net>.png
 """
 import argparse
@@ -12,10 +12,23 @@ import numpy as np
 import common
 
 
-def plot_curves(path, csv_path, columns, title, x="step"):
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported when a picture is drawn)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path, dpi=90):
+    """Write `fig` to `path` as PNG, atomically, and free it."""
+    with common.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    pyplot().close(fig)
+
+
+def plot_curves(path, csv_path, columns, title, x="step"):
+    plt = pyplot()
     import pandas as pd
     df = pd.read_csv(csv_path)
     fig, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 3.5))
@@ -28,9 +41,7 @@ def plot_curves(path, csv_path, columns, title, x="step"):
             ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with common.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -66,13 +77,14 @@ def last_row(path):
     return df.iloc[-1].to_dict() if len(df) else {}
 
 
-def status(work):
-    """One table of the 03 run and every 04 run; safe to read while they write."""
+def status(jigsaw, finetune):
+    """One table of the 03 run and every 04 run (stage 03's and 04's directories); safe to read
+    while they write."""
     import pandas as pd
-    work = Path(work)
-    runs = [("jigsaw", "-", work / "03_jigsaw")]
-    runs += [(t, f, work / "04_finetune" / common.run_name(t, f)) for t in common.NETS for f in common.FOLDS
-             if t in common.TASKS or (work / "04_finetune" / common.run_name(t, f)).exists()]
+    finetune = Path(finetune)
+    runs = [("jigsaw", "-", Path(jigsaw))]
+    runs += [(t, f, finetune / common.run_name(t, f)) for t in common.NETS for f in common.FOLDS
+             if t in common.TASKS or (finetune / common.run_name(t, f)).exists()]
     rows = []
     for task, fold, d in runs:
         log = last_row(d / "loss.csv")
@@ -91,7 +103,7 @@ def status(work):
     print(pd.DataFrame(rows).to_string(index=False))
     for net in common.NETS:
         for head in (common.TASKS if net == "multi" else (net,)):
-            line = fold_cv(work / "04_finetune", net, head)
+            line = fold_cv(finetune, net, head)
             if line:
                 print(line)
 
@@ -129,9 +141,7 @@ def fold_cv(runs_dir, net, head=None):
 def cv_plot(runs_dir, out_dir=None):
     """Per task: held-out era RMSE per epoch, one line per fold (the recipe's favourite).
     Writes cv_<task>.png into out_dir (default: runs_dir); returns their paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import pandas as pd
     runs_dir = Path(runs_dir)
     out_dir = Path(out_dir or runs_dir)
@@ -153,9 +163,7 @@ def cv_plot(runs_dir, out_dir=None):
         ax.set(xlabel="epoch", title=f"{task}: held-out per epoch")
         ax.legend()
         fig.tight_layout()
-        with common.atomic_path(out_dir / f"cv_{task}.png") as tmp:
-            fig.savefig(tmp, format="png", dpi=90)
-        plt.close(fig)
+        save_figure(fig, out_dir / f"cv_{task}.png")
         written.append(out_dir / f"cv_{task}.png")
     return written
 
@@ -163,13 +171,14 @@ def cv_plot(runs_dir, out_dir=None):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("status", help="table of every 03/04 run under WORK")
-    s.add_argument("--work", required=True)
+    s = sub.add_parser("status", help="table of the 03 run and every 04 run")
+    s.add_argument("--jigsaw", required=True, help="stage 03's directory")
+    s.add_argument("--finetune", required=True, help="stage 04's directory")
     c = sub.add_parser("cv-plot", help="WORK/04_finetune/cv_<net>.png")
     c.add_argument("--runs", required=True)
     args = p.parse_args()
     if args.command == "status":
-        return status(args.work)
+        return status(args.jigsaw, args.finetune)
     for path in cv_plot(args.runs):
         print(f"wrote {path}")
 

@@ -20,6 +20,8 @@ one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, rand
               whole pipeline, where one jigsaw serves all 4.5 network-equivalents of 04:
               jigsaw minutes + 4.5 x fine-tune minutes ~ 4.5 x the base's.
   init        torchvision's random init against the seed's xavier_normal (gain 0.02).
+  augment     each training view shifted by up to 4 px (mirrored border), 24 and 40 epochs,
+              against 24 epochs without.
 Resumable: a finished configuration (its runs' DONE) is not trained again; its minutes come
 from the runs' provenance.json. Timings need a quiet machine: every run uses all the cores, and
 load_1min (the highest 1-minute load average as its runs ended, kept in each run's load.txt)
@@ -39,10 +41,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402  (the repository's shared module; bench/ is optional tooling)
+import reporting  # noqa: E402
 
 # -----------------------------------------------------------------------------
 BASE = dict(net="multi", size=48, arch="resnet18", epochs=12, optim="adamw", lr=2e-3,
-            betas=(0.9, 0.999), weight_decay=0.01, schedule="onecycle", init="scratch", jigsaw=0)
+            betas=(0.9, 0.999), weight_decay=0.01, schedule="onecycle", init="scratch", jigsaw=0,
+            shift=0)
 RECIPE_ADAM = dict(optim="adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=0.0, schedule="halve")
 PIPELINE_NETS = 4.5      # 04's work per fold-0 network: folds 0-2, and `all` on 1.5x the rows
 CONFIGS = [              # (name, axis, changes to BASE)
@@ -59,6 +63,8 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("jigsaw_2", "jigsaw", dict(init="jigsaw", jigsaw=2, epochs=8)),
     ("jigsaw_4", "jigsaw", dict(init="jigsaw", jigsaw=4, epochs=4)),
     ("xavier_init", "init", dict(init="xavier")),
+    ("shift_24", "augment", dict(epochs=24, shift=4)),
+    ("shift_40", "augment", dict(epochs=40, shift=4)),
 ]
 JIGSAW_EPOCHS = 4        # one jigsaw run; its epoch-2 checkpoint is the 2-epoch jigsaw (the
                          # recipe's per-epoch halving does not depend on the run's length)
@@ -118,7 +124,7 @@ def finetune(args, name, cfg, task, hvr, jig):
             "--hvr", hvr, "--jigsaw", jig or Path(args.out) / "no_jigsaw", "--out", runs, "--profile", "cpu",
             "--arch", cfg["arch"], "--epochs", cfg["epochs"], "--batch", 64, "--views", 1,
             "--init", cfg["init"], "--optim", cfg["optim"], "--lr", cfg["lr"],
-            "--betas", *cfg["betas"], "--weight-decay", cfg["weight_decay"],
+            "--betas", *cfg["betas"], "--shift", cfg["shift"], "--weight-decay", cfg["weight_decay"],
             "--schedule", cfg["schedule"], "--halve-views", cfg.get("halve_views", 8), "--eval-views", 1,
             "--eval-rows", 0])
         # the 1-minute load average as the run ended: ~2 on a quiet machine (its own 2 threads)
@@ -151,9 +157,7 @@ def run_config(args, name, axis, changes):
 
 
 def plot(df, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = reporting.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for axis, part in df.groupby("axis"):
         ax.scatter(part["pipeline_minutes"], part["rmse_target"], label=axis, s=40)
@@ -165,9 +169,7 @@ def plot(df, path):
            title="What a CPU minute buys (make study)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with common.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    reporting.save_figure(fig, path, dpi=100)
 
 
 def main():

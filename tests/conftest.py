@@ -10,7 +10,9 @@ with its own temporary WORK, so they exercise exactly what a user runs:
 """
 import importlib.util
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +44,28 @@ def run_make(*args, work, data, check=True, env=None, timeout=600, **variables):
         pytest.fail(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout}\n"
                     f"--- stderr\n{p.stderr}", pytrace=False)
     return p
+
+
+def kill_make(target, work, data, ready, *, max_delay=0.0, seed=0, timeout=300, **variables):
+    """Start `make target` (clean environment, as run_make), wait until ready() holds and then a
+    random 0..max_delay seconds more, kill -9 its whole process group (make, python, the
+    evaluator, convert); return whether it was still running when killed."""
+    env = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
+    cmd = ["make", "-C", str(REPO), "--no-print-directory", target, f"WORK={work}", f"DATA={data}",
+           *(f"{k}={v}" for k, v in variables.items())]
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(seed).uniform(0, max_delay))
+    alive = proc.poll() is None
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    return alive
 
 
 def load_script(filename):

@@ -8,7 +8,6 @@ clean run's.
 """
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 
 import common
-from conftest import REPO, load_script, run_make
+from conftest import REPO, kill_make, load_script, run_make
 
 SMOKE = dict(PROFILE="smoke")
 STORE = ("images.npy", "stats.csv", "ids.txt", "meta.json")
@@ -80,29 +79,13 @@ def test_corrupt_photo_never_enters_the_store(demo_copy, clean_hvr, tmp_path):
     same_store(work, clean_hvr)
 
 
-def kill_when(target, work, data, ready, timeout=120):
-    cmd = ["make", "-C", str(REPO), "--no-print-directory", target, f"WORK={work}", f"DATA={data}",
-           "PROFILE=smoke"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while not ready() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    alive = proc.poll() is None
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-    return alive
-
-
 def test_resume_never_trusts_a_decode_of_other_bytes(demo_copy, tmp_path):
     """Killed after photos were decoded; one of them is replaced by its mirror image (same size,
     other bytes) and another by a photo of another size: the rerun decodes both again."""
     work = tmp_path / "work"
     run_make("validate", work=work, data=demo_copy, **SMOKE)
     rgb = work / "02_hvr" / ".rgb"
-    alive = kill_when("hvr", work, demo_copy, lambda: rgb.is_dir() and any(rgb.glob("b.*/index")))
+    alive = kill_make("hvr", work, demo_copy, lambda: rgb.is_dir() and any(rgb.glob("b.*/index")), **SMOKE)
     assert alive and not (work / "02_hvr" / "DONE").exists(), "the kill must land before the pack ends"
     assert any(rgb.glob("b.*/index")), "nothing was decoded before the kill"
     a, b, c = ids(demo_copy)[:3]

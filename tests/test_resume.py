@@ -3,19 +3,15 @@ again, and compare with an uninterrupted run: bit-identical on this CPU. And a w
 half-way (a file-size limit standing in for a full disk) leaves a clear error, no stamp, and the
 earlier stages' outputs intact."""
 import json
-import os
-import random
 import shutil
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, run_make
+from conftest import REPO, kill_make, run_make
 
 import training
 
@@ -32,23 +28,9 @@ def copy_work(src, dst, stages):
 
 
 def kill_when(target, work, data, ready, seed, timeout=300, **variables):
-    """Start `make target`, wait until ready() holds, wait a random 0-0.2 s more, kill -9 the
-    whole process group (make, python, the evaluator); return whether it was still running."""
-    rng = random.Random(seed)
-    cmd = ["make", "-C", str(REPO), "--no-print-directory", target, f"WORK={work}", f"DATA={data}",
-           *(f"{k}={v}" for k, v in {**SMOKE, **variables}.items())]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while not ready() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0, 0.2))
-    alive = proc.poll() is None
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-    return alive
+    """kill -9 `make target` a random 0-0.2 s after ready() holds (conftest.kill_make)."""
+    return kill_make(target, work, data, ready, max_delay=0.2, seed=seed, timeout=timeout,
+                     **{**SMOKE, **variables})
 
 
 def same_state(a, b):

@@ -2,14 +2,14 @@
 each other without cycles, and no module grows past about 400 lines without saying why."""
 import ast
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO
 
 PY = str(REPO / ".venv" / "bin" / "python")
-SCRIPTS = sorted(p.name for p in REPO.glob("0*_*.py")) + ["common.py", "pixels.py", "reporting.py"]
+SCRIPTS = sorted(p.name for p in REPO.glob("0*_*.py")) + ["common.py", "pixels.py", "reporting.py", "store_pack.py"]
+ROOMS = ("", "bench/", "sync/")    # where the repository's Python modules live
 LONG = 400          # lines; a longer module says why in its docstring ("Longer than ...")
 
 
@@ -22,9 +22,14 @@ def test_every_script_answers_help_from_another_directory(script, tmp_path):
     assert len(p.stdout.splitlines()) >= 3
 
 
+def modules():
+    """{module name: its file} of the repository's Python modules, in every room."""
+    return {p.stem: p for room in ROOMS for p in REPO.glob(f"{room}*.py")}
+
+
 def local_imports(path):
     """The repository's own modules that `path` imports (at any depth of the file)."""
-    own = {p.stem for p in REPO.glob("*.py")}
+    own = set(modules())
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -35,26 +40,28 @@ def local_imports(path):
 
 
 def test_shared_modules_form_no_cycle_and_stages_import_no_stage():
-    modules = {p.stem: local_imports(p) for p in REPO.glob("*.py")}
-    for stage in (m for m in modules if m[:2].isdigit()):
-        assert not any(i[:2].isdigit() for i in modules[stage]), stage
-    seen, done = set(), set()
+    imports = {name: local_imports(path) for name, path in modules().items()}
+    for stage in (m for m in imports if m[:2].isdigit()):
+        assert not any(i[:2].isdigit() for i in imports[stage]), stage
+    done = set()
 
     def visit(m, path):
         assert m not in path, f"import cycle: {' -> '.join(path + [m])}"
         if m in done:
             return
-        for i in modules.get(m, ()):
+        for i in imports.get(m, ()):
             visit(i, path + [m])
         done.add(m)
-    for m in modules:
+    for m in imports:
         visit(m, [])
-    assert modules["common"] == set() and modules["reporting"] == {"common"}
-    assert modules["pixels"] == {"common"} and modules["training"] == {"common", "pixels"}
+    assert imports["common"] == set() and imports["reporting"] == {"common"}
+    assert imports["pixels"] == {"common"} and imports["training"] == {"common", "pixels"}
+    assert imports["store_pack"] == {"common", "photo_stats"}       # 02 loads no torch
+    assert imports["sync"] == {"common", "remote", "units"} and imports["units"] == {"remote"}
 
 
 def test_no_module_over_400_lines_without_a_reason():
-    files = list(REPO.glob("*.py")) + list(REPO.glob("bench/*.py")) + list(REPO.glob("sync/*.py"))
+    files = list(modules().values())
     long = [f for f in files if len(f.read_text().splitlines()) > LONG
             and "Longer than" not in (ast.get_docstring(ast.parse(f.read_text())) or "")]
     assert not long, [str(f.relative_to(REPO)) for f in long]

@@ -1,0 +1,93 @@
+"""Stage 02's last step: pack the decoded photos into the store, with their statistics.
+
+02_hvr_augment.sh decodes every photo with ImageMagick into committed batches under
+OUT/.rgb/b.*/ (the S x S pixels, and the photo at its own size under native/); this packs them
+into one memory-mappable array in OUT/.rgb/ids' order, takes each photo's statistics
+(photo_stats.py) from the same decode, removes OUT/.rgb and writes DONE last.
+
+    python store_pack.py --out work/02_hvr --size 48 --mode stretch --started 1764560000.0
+
+Reads  OUT/.rgb/ids ("id sha256 width height" per photo, the store's row order) and
+       OUT/.rgb/finished ("id batch-dir width height": where each decoded photo lies)
+Writes OUT/images.npy (N, S, S, 3) uint8, ids.txt, stats.csv, meta.json, provenance.json, DONE
+"""
+import argparse
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import common
+import photo_stats
+
+CHUNK = 256        # photos per worker task: each writes its rows of the one store file
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--out", required=True, help="stage 02's directory, holding .rgb/ from the decode")
+p.add_argument("--size", type=int, required=True, help="the store's S")
+p.add_argument("--mode", required=True, choices=["stretch", "pad"], help="the decode's resize")
+p.add_argument("--started", type=float, default=None, help="the stage's start (epoch seconds), for provenance")
+p.add_argument("--jobs", type=int, default=os.cpu_count(), help="worker processes")
+
+
+def read_plan(rgb):
+    """(ids in row order, {id: batch dir}, {id: (width, height)}) from the decode's lists."""
+    ids = [line.split()[0] for line in (rgb / "ids").read_text().splitlines()]
+    where, sizes = {}, {}
+    for line in (rgb / "finished").read_text().splitlines():
+        oid, batch, w, h = line.split()
+        where[oid], sizes[oid] = Path(batch), (int(w), int(h))
+    return ids, where, sizes
+
+
+def pack(start, chunk, *, store, where, sizes, size, mode):
+    """Rows start.. of the store, from their raw files, and their statistics: each file read once."""
+    arr = np.load(store, mmap_mode="r+")
+    rows = []
+    for i, oid in enumerate(chunk, start):
+        arr[i] = img = np.fromfile(where[oid] / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
+        w, h = sizes[oid]
+        native = np.fromfile(where[oid] / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
+        top, bottom, left, right = photo_stats.content_box(w, h, size, mode)
+        rows.append(photo_stats.row(native, img[top:bottom, left:right]))
+    arr.flush()
+    return rows
+
+
+def main():
+    args = p.parse_args()
+    out, size = Path(args.out), args.size
+    started = args.started or time.time()
+    ids, where, sizes = read_plan(out / ".rgb")
+    # Chunks on every core, each writing its rows of the one store file, whose blocks are
+    # reserved first: a full disk is an error here, not a SIGBUS in a worker.
+    with common.disk_full_is_an_error(out):
+        with common.atomic_path(out / "images.npy") as tmp:
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3)).flush()
+            with open(tmp, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            starts = range(0, len(ids), CHUNK)
+            chunks = [ids[k:k + CHUNK] for k in starts]
+            work = partial(pack, store=tmp, where=where, sizes=sizes, size=size, mode=args.mode)
+            with ProcessPoolExecutor(args.jobs) as pool:
+                rows = [r for part in pool.map(work, starts, chunks) for r in part]
+        table = pd.DataFrame(np.stack(rows), columns=photo_stats.COLUMNS)
+        table.insert(0, "object_id", ids)
+        common.write_csv(out / "stats.csv", table, float_format="%.7g")
+        common.write_text(out / "ids.txt", "\n".join(ids) + "\n")
+        common.write_json(out / "meta.json", {"size": size, "mode": args.mode, "count": len(ids)})
+        common.write_provenance(out, {"size": size, "mode": args.mode, "photos": len(ids)}, started)
+    mb = (out / "images.npy").stat().st_size / 2**20
+    print(f"[02] store {out / 'images.npy'}: {len(ids)} x {size} x {size} x 3 uint8, {mb:.1f} MiB on disk, "
+          f"and stats.csv ({len(photo_stats.COLUMNS)} statistics per photo) [{time.time() - started:.1f}s]")
+    shutil.rmtree(out / ".rgb")
+    common.mark_done(out)
+
+
+if __name__ == "__main__":
+    main()
