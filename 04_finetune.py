@@ -1,6 +1,7 @@
 """Stage 04: fine-tune a network on one task (or all four) of one fold, and evaluate every epoch.
 
-Reads WORK/01_sgkfold, WORK/02_hvr, WORK/03_jigsaw. Writes WORK/04_finetune/<task>_<fold>/:
+Reads WORK/01_sgkfold, WORK/02_hvr, WORK/03_jigsaw. Writes WORK/04_finetune/<task>_<fold>/
+(with --seed k > 0: <task>_<fold>_s<k>/, another network of the same task and fold):
   ckpt_e001.pt ...   checkpoints (the epoch-end ones are kept: the evaluator and 05 read them)
   loss.csv           step, epoch, loss, images/s           eval.csv   one row per epoch
   loss.png, provenance.json, log.txt (from make), FAILED (only when it failed), DONE
@@ -84,7 +85,8 @@ p.add_argument("--halve-views", type=int, default=None,
                help="halve: views per image between halvings (profile; the recipe: 8, once per 8-view epoch)")
 p.add_argument("--eval-views", type=int, default=None, choices=(1, 8), help="views scored per epoch (profile)")
 p.add_argument("--eval-rows", type=int, default=None, help="rows scored per epoch, 0: all (profile)")
-p.add_argument("--seed", type=int, default=SEED)
+p.add_argument("--seed", type=int, default=SEED,
+               help="init and batch order; a seed other than 0 trains into <task>_<fold>_s<seed>/")
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
 
 
@@ -362,7 +364,7 @@ def main():
     args = common.parse(p, "04")
     training.configure_threads()
     dist = training.Dist()
-    run_dir = Path(args.out) / common.run_name(args.task, args.fold)
+    run_dir = Path(args.out) / common.run_name(args.task, args.fold, args.seed)
     if args.role == "evaluate":
         run_dir.mkdir(parents=True, exist_ok=True)
         evaluate(args, run_dir, dist)

@@ -1,6 +1,8 @@
 """Stage 05: every view of every object the stacking needs, through one fine-tuned network.
 
-Reads WORK/01_sgkfold, WORK/02_hvr, WORK/04_finetune/<task>_<fold>/ (its last epoch checkpoint).
+Reads WORK/01_sgkfold, WORK/02_hvr, WORK/04_finetune/<task>_<fold>/ (its last epoch checkpoint;
+with --seeds N also <task>_<fold>_s1/ ... _s<N-1>/, whose outputs are averaged view by view:
+the fold's network is then the mean of N networks of different seeds).
 Writes WORK/05_features/<task>_<fold>/:
   <split>.npz       object_id (N,) and outputs (N, 8, D) float32: the 8 views' raw outputs
   <split>.parquet   object_id + D x {mean, max, min, var} over the 8 views (what 06 reads)
@@ -9,7 +11,7 @@ Splits: folds 0-2 -> train (the fold's train side), heldout (its test side), tes
 for out-of-fold stacking); fold all -> train, test.
 
     python 05_features.py --task onehot --fold 1 --folds work/01_sgkfold --hvr work/02_hvr \
-        --runs work/04_finetune --out work/05_features
+        --runs work/04_finetune --out work/05_features [--seeds 2]
 
 Outputs are in the task's own units: the era (target), the one-hot scores (onehot; softmax
 probabilities when it was trained with --loss ce), the year (sortingdate, de-standardised), the
@@ -39,6 +41,7 @@ p.add_argument("--hvr", required=True, help="stage 02's image store")
 p.add_argument("--runs", required=True, help="stage 04's directory")
 p.add_argument("--out", required=True, help="this stage's directory (the run goes in <task>_<fold>/)")
 p.add_argument("--batch", type=int, default=None, help="images per forward pass, 8 views each counted (profile)")
+p.add_argument("--seeds", type=int, default=1, help="networks of seeds 0..N-1 to average (make SEEDS)")
 
 
 def splits(folds_dir, fold):
@@ -71,26 +74,27 @@ def main():
     dist = training.Dist()
     run = common.run_name(args.task, args.fold)
     out = common.start_stage(Path(args.out) / run)
-    run_dir = Path(args.runs) / run
-    ckpts = [c for c in training.list_checkpoints(run_dir) if c[1] is None]
-    if not common.is_done(run_dir) or not ckpts:
-        common.fail(f"{run_dir}: the fine-tune run is not finished (make fold TASK={args.task} FOLD={args.fold})")
-    state = training.load_checkpoint(ckpts[-1][2], dist.device)
-    config = state["config"]
-    model = training.build_model(config["arch"], config["outputs"]).to(dist.device)
-    model.load_state_dict(state["model"])
+    checkpoints = [last_checkpoint(Path(args.runs) / common.run_name(args.task, args.fold, seed), args)
+                   for seed in range(args.seeds)]
 
     images, ids, meta = pixels.load_store(args.hvr)
     vidx = pixels.view_index(meta["size"]).to(dist.device)
     wanted = splits(args.folds, args.fold)
-    training.banner("05", args, dist, run=run, epoch=ckpts[-1][0],
+    training.banner("05", args, dist, run=run, checkpoints=" ".join(str(c) for c in checkpoints),
                     **{k: len(v) for k, v in wanted.items()})
     every = pd.concat(wanted.values(), ignore_index=True)
     px = pixels.to_pixels(images[pixels.store_rows(ids, every, args.hvr).numpy()], "cpu")
-    chunks = []
-    for part in training.progress(px.split(4096), dist, desc=run):
-        chunks.append(predict(model, part.to(dist.device), vidx, dist.device, args.batch, config))
-    outputs = torch.cat(chunks).numpy()
+    seeds = []
+    for ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
+        state = training.load_checkpoint(ckpt, dist.device)
+        config = state["config"]
+        model = training.build_model(config["arch"], config["outputs"]).to(dist.device)
+        model.load_state_dict(state["model"])
+        chunks = []
+        for part in training.progress(px.split(4096), dist, desc=ckpt.parent.name):
+            chunks.append(predict(model, part.to(dist.device), vidx, dist.device, args.batch, config))
+        seeds.append(torch.cat(chunks).numpy())
+    outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))
     start = 0
     for split, oids in wanted.items():
         part, start = outputs[start:start + len(oids)], start + len(oids)
@@ -100,15 +104,24 @@ def main():
         table = pd.DataFrame({"object_id": oids.to_numpy(), **reduce_views(args.task, part)})
         with common.atomic_path(out / f"{split}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
-    common.write_provenance(out, dict(vars(args), checkpoint=str(ckpts[-1][2])), started)
+    common.write_provenance(out, dict(vars(args), checkpoints=[str(c) for c in checkpoints]), started)
     common.mark_done(out)
     print(f"[05] {run}: {', '.join(f'{k} {len(v)}' for k, v in wanted.items())} objects x 8 views "
           f"[{time.time() - started:.1f}s]", flush=True)
 
 
+def last_checkpoint(run_dir, args):
+    """The epoch-end checkpoint of a finished fine-tune run, or a clear error."""
+    ckpts = [c for c in training.list_checkpoints(run_dir) if c[1] is None]
+    if not common.is_done(run_dir) or not ckpts:
+        common.fail(f"{run_dir}: the fine-tune run is not finished (make finetune, or make fold "
+                    f"TASK={args.task} FOLD={args.fold})")
+    return ckpts[-1][2]
+
+
+@torch.inference_mode()    # the unit conversions below write into predict_views' inference tensor
 def predict(model, px, vidx, device, batch, config):
-    """(N, 8, D) task-unit outputs for the 8 views of each image in px (pixels.to_pixels;
-    training.predict_views runs under inference_mode)."""
+    """(N, 8, D) task-unit outputs for the 8 views of each image in px (pixels.to_pixels)."""
     outputs = training.predict_views(model, px, vidx, device, batch).cpu()
     start = 0
     for t in (common.TASKS if config["task"] == "multi" else (config["task"],)):

@@ -27,6 +27,12 @@ Past the recipe, the `_meta` stacks' table gains the per-photo statistics of sta
 ablations --meta native / stored keep the size and only the colour and edge statistics of the
 photo as decoded / of the stored S x S pixels.
 
+Past the recipe too, `blend`: a non-negative linear blend (with an intercept) of the single
+networks' eras and `meta_only`, its weights fitted on the out-of-fold rows of the other folds
+(fold k's rows never weigh their own prediction); the test side uses weights fitted on every row.
+The boosters see the networks and the statistics as 104 + 51 raw columns on ~2k rows; the blend
+sees five predictions, each already cross-validated (docs/results.md has both CVs).
+
 Post-processing (the recipe): final = ratio * stack + (1 - ratio) * the target network's TTA
 mean; where the onehot network's TTA-mean score for a class exceeds the threshold, that class;
 clip to [0, 3]. The recipe's knobs: 0.5 and 0.94.
@@ -43,6 +49,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LinearRegression
 
 import common
 import photo_stats
@@ -160,6 +167,26 @@ def stack_seed(source, folds, extra):
     return pred, test, iters, final
 
 
+def blend(oof_inputs, test_inputs, y, oof_fold):
+    """Level 2 over level-1 predictions (columns of oof_inputs, the same columns of test_inputs):
+    a non-negative least-squares blend with an intercept; fold k's rows are predicted with the
+    weights fitted on the other folds' rows, the test side with those fitted on every row."""
+    pred = {}
+    for k in K:
+        mine = (oof_fold == k).to_numpy()
+        fit = LinearRegression(positive=True).fit(oof_inputs[~mine], y[~mine])
+        pred[k] = pd.Series(fit.predict(oof_inputs[mine]), index=oof_inputs.index[mine])
+    final = LinearRegression(positive=True).fit(oof_inputs, y)
+    return pred, final.predict(test_inputs[oof_inputs.columns]), final
+
+
+def importance(model, names=None):
+    """The picture's numbers: a booster's gain per feature, or a blend's weight per input."""
+    if isinstance(model, LinearRegression):
+        return pd.Series(model.coef_, index=names)
+    return pd.Series(model.feature_importance("gain"), index=model.feature_name())
+
+
 def stack_oof(source, folds, oof_fold, extra):
     """Out-of-fold: the features of each train row come from the network that never saw it."""
     X = pd.concat([features(source, k, "heldout", extra).loc[oof_fold.index[oof_fold == k]] for k in K])
@@ -182,12 +209,13 @@ def cross_validate(X, X_test, folds, oof_fold):
     return pred, final.predict(X_test), iters, final
 
 
-def plots(out, model, y, final):
+def plots(out, shown, y, final):
+    """importance.png: the submitted model's top 25 features (importance()); confusion.png."""
     plt = reporting.pyplot()
-    gain = pd.Series(model.feature_importance("gain"), index=model.feature_name()).sort_values()[-25:]
+    gain = shown.sort_values()[-25:]
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.barh(gain.index, gain.to_numpy())
-    ax.set(title="LightGBM gain, top 25 features (the submission's booster)", xlabel="gain")
+    ax.set(title="The submission's model: LightGBM gain or blend weight, top 25", xlabel="importance")
     fig.tight_layout()
     reporting.save_figure(fig, out / "importance.png")
     cm = pd.crosstab(pd.Series(y, name="true era"), pd.Series(np.rint(final).astype(int), name="predicted (rounded)"))
@@ -241,6 +269,12 @@ def main():
         oof[name + "_model"] = pd.concat(parts)
     for name, (pred, *_rest) in {"meta_only": meta_only, **stacks}.items():
         oof[name] = pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
+    # Level 2: the single networks' eras and the statistics' booster, blended linearly.
+    test_all = features(source, "all", "test")
+    test_inputs = pd.DataFrame({f"{n}_model": v for n, v in single_models(test_all).items()}, index=test_all.index)
+    test_inputs["meta_only"] = pd.Series(meta_only[1], index=folds["all"]["test"]["object_id"].to_numpy()).loc[test_all.index]
+    blend_pred, blend_test, blender = blend(oof[test_inputs.columns], test_inputs, y.to_numpy(), oof_fold)
+    oof["blend"] = pd.concat([blend_pred[k] for k in K])
 
     tta, hot = oof["target_tta"].to_numpy(), onehot_scores(oof, "onehot_{}")
     target = y.to_numpy()
@@ -251,6 +285,7 @@ def main():
     else:
         candidates = [n for n in stacks if (args.mode is None or n.startswith(f"stack_{args.mode}"))
                       and (args.meta != "off" or not n.endswith("_meta"))]
+        candidates += ["blend"] if args.mode is None and args.meta == "on" else []
         post = args.post
 
         def pick(rows):
@@ -271,10 +306,10 @@ def main():
     oof["final_recipe_post"] = post_process(oof[chosen].to_numpy(), tta, hot, *RECIPE_POST)
 
     # The test side: the `all` networks' TTA means and the chosen stack.
-    test_all = features(source, "all", "test")
     test = pd.DataFrame(index=test_all.index)
     for name, (_pred, test_pred, *_rest) in stacks.items():
         test[name] = test_pred
+    test["blend"] = blend_test
     test_hot = onehot_scores(test_all, "onehot_{}_mean")
     test["final"] = post_process(test[chosen].to_numpy(), test_all["target_0_mean"].to_numpy(),
                                  test_hot, ratio, threshold)
@@ -283,7 +318,8 @@ def main():
 
     for k in K:     # the baseline: each fold's train-side mean era, as a constant
         oof.loc[oof["fold"] == k, "const_mean"] = y[oof["fold"] != k].mean()
-    columns = ["const_mean", "meta_only", *[f"{n}_model" for n in singles], *stacks, "recipe", "final", "final_recipe_post"]
+    columns = ["const_mean", "meta_only", *[f"{n}_model" for n in singles], *stacks, "blend", "recipe", "final",
+               "final_recipe_post"]
     rows = []
     for k in (*K, "overall"):
         part = oof if k == "overall" else oof[oof["fold"] == k]
@@ -295,9 +331,12 @@ def main():
     common.write_json(out / "params.json", {
         "submit": args.submit, "stack": chosen, "meta": args.meta, "post": post, "ratio": ratio, "threshold": threshold,
         "best_iterations": {name: [int(i) for i in v[2]] for name, v in stacks.items()},
+        "blend_weights": {"intercept": float(blender.intercept_),
+                          **dict(zip(test_inputs.columns, map(float, blender.coef_)))},
         "cv_overall": {c: float(cv.iloc[-1][c]) for c in columns},
     })
-    plots(out, stacks[chosen][3], y.to_numpy(), oof["final"].to_numpy())
+    shown = importance(blender, test_inputs.columns) if chosen == "blend" else importance(stacks[chosen][3])
+    plots(out, shown, y.to_numpy(), oof["final"].to_numpy())
     common.write_provenance(out, vars(args), started)
     common.mark_done(out)
     print(cv.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

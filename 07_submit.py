@@ -98,19 +98,19 @@ def report(args, out, sub):
     params = json.loads((stack / "params.json").read_text())
     runs, per_epoch = [], {}
     for net in common.NETS:
-        for fold in common.FOLDS:
-            ev = finetune / common.run_name(net, fold) / "eval.csv"
+        for fold, seed, run_dir in ((f, seed, d) for f in common.FOLDS for seed, d in reporting.seed_runs(finetune, net, f)):
+            ev = run_dir / "eval.csv"
             if ev.exists():
                 df = pd.read_csv(ev)
                 last = df.iloc[-1]
                 prov = ev.parent / "provenance.json"
                 wall = json.loads(prov.read_text())["wall_seconds"] if prov.exists() else float("nan")
-                runs.append({"network": net, "fold": fold, "epoch": int(last["epoch"]), "split": last["split"],
+                runs.append({"network": net, "fold": fold, "seed": seed, "epoch": int(last["epoch"]), "split": last["split"],
                              "views": int(last.get("views", 8)), "loss": float(last["loss"]),
                              "era_rmse": float(last["rmse"]), "minutes": wall / 60,
                              # evaluation's share of the run (inside the trainer on a CPU)
                              "eval_share": float(df["seconds"].sum()) / wall if "seconds" in df else float("nan")})
-                per_epoch[common.run_name(net, fold)] = df.set_index("epoch")["rmse"]
+                per_epoch[run_dir.name] = df.set_index("epoch")["rmse"]
     epochs = pd.DataFrame(per_epoch).rename_axis("epoch").reset_index() if per_epoch else None
     profile = json.loads((jigsaw / "provenance.json").read_text())["config"].get("profile", "?") \
         if (jigsaw / "provenance.json").exists() else "?"

@@ -14,6 +14,7 @@ PROFILE ?= $(if $(GPUS),full,$(if $(DEMO_DATA),smoke,cpu))#  full (the recipe, G
 FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec multi
 NETS ?= $(if $(filter cpu,$(PROFILE)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu)
+SEEDS ?= $(if $(filter cpu,$(PROFILE)),2,1)#  networks per net and fold, of seeds 0..SEEDS-1, their outputs averaged by 05 (1: the recipe)
 PYTHON ?= python3#         the interpreter that builds .venv
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
 JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --loss ce --epochs 10
@@ -42,6 +43,10 @@ DIR_STACK := $(WORK)/06_stack
 DIR_SUB := $(WORK)/07_submit
 FOLDS := 0 1 2 all
 RUNS := $(foreach t,$(NETS),$(foreach f,$(FOLDS),$(t)_$(f)))
+# Seeds past 0 train into <net>_<fold>_s<seed>; 05 averages them into <net>_<fold>'s features.
+SEED_IDS := $(wordlist 2,$(SEEDS),0 1 2 3 4 5 6 7 8 9)
+seed_runs = $(foreach s,$(SEED_IDS),$(1)_s$(s))
+FT_RUNS := $(foreach r,$(RUNS),$(r) $(call seed_runs,$(r)))
 comma := ,
 GPU_LIST := $(subst $(comma), ,$(GPUS))
 NGPUS := $(words $(GPU_LIST))
@@ -58,6 +63,7 @@ LAUNCH := $(if $(filter-out 0 1,$(NGPUS)),CUDA_VISIBLE_DEVICES=$(GPUS) $(VENV)/b
 ON_GPU := $(if $(GPUS),$(PY) common.py on-gpu --gpus '$(GPUS)' --locks $(WORK)/.gpu_locks --,CUDA_VISIBLE_DEVICES=)
 task_of = $(word 1,$(subst _, ,$(1)))
 fold_of = $(word 2,$(subst _, ,$(1)))
+seed_of = $(patsubst s%,%,$(or $(word 3,$(subst _, ,$(1))),s0))
 PIPELINE_GOALS := all hvr jigsaw finetune fold features stack submit report
 # A WORK holds one profile: a store of another size under the same stamps would be wrong.
 ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
@@ -168,11 +174,14 @@ $(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE
 	mkdir -p $(@D)
 	$(ON_GPU) $(PY) 04_finetune.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --jigsaw $(DIR_JIG) --out $(DIR_FT) \
-	  --profile $(PROFILE) $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
+	  --profile $(PROFILE) $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) \
+	  $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
 
-$(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE
+.SECONDEXPANSION:   # 05 of a net and fold waits for every seed's run of it
+$(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_FT)/$$(r)/DONE)
 	$(ON_GPU) $(PY) 05_features.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
-	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --runs $(DIR_FT) --out $(DIR_FEAT) --profile $(PROFILE)
+	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --runs $(DIR_FT) --out $(DIR_FEAT) --profile $(PROFILE) \
+	  $(if $(SEED_IDS),--seeds $(SEEDS))
 
 # 06's options are a prerequisite too: another SUBMIT or STACK_ARGS restacks (seconds), nothing more.
 STACK_OPTIONS := $(strip --nets $(NETS) --submit $(SUBMIT) $(STACK_ARGS))
@@ -194,7 +203,7 @@ folds: $(DIR_FOLDS)/DONE ## 3 grouped stratified folds + fold all, and the word2
 hvr: $(DIR_HVR)/DONE ## decode and resize every photo once into WORK/02_hvr (02; RESIZE=stretch|pad)
 jigsaw: $(DIR_JIG)/DONE ## 3x3 jigsaw pretraining (03); torchrun across GPUS when several
 fold: $(DIR_FT)/$(TASK)_$(FOLD)/DONE ## one fine-tune run and its evaluator: FOLD=0|1|2|all TASK=...
-finetune: $(foreach r,$(RUNS),$(DIR_FT)/$(r)/DONE) ## every fine-tune run (04: NETS x 4 folds), one per GPU at a time
+finetune: $(foreach r,$(FT_RUNS),$(DIR_FT)/$(r)/DONE) ## every fine-tune run (04: NETS x 4 folds x SEEDS), one per GPU at a time
 features: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) ## 8-view outputs of every network on every object stacking needs (05)
 stack: $(DIR_STACK)/DONE ## LightGBM stacking: four stacks scored, the best (or SUBMIT=recipe) submitted (06)
 submit: $(DIR_SUB)/DONE ## WORK/07_submit/submission.csv, validated, and report.md (07)

@@ -56,7 +56,8 @@ PROFILES = {
                    epochs=24,              # study: 6 / 12 / 24 epochs 0.842 / 0.831 / 0.808; 60: 0.834 (overfits)
                    batch=64, views=1,      # one random view per image per epoch (the 8 are TTA)
                    shift=0,
-                   ckpt_every=100, init="scratch", keep_epochs="last",
+                   ckpt_every=100, init="scratch", keep_epochs="last",   # seeds: make SEEDS (Makefile;
+                                                                         # cpu 2, averaged by 05)
                    eval_views=1, eval_rows=384,    # per epoch: 1 view of 384 rows (<10% of the
                    **CPU_OPTIM),                   # time); last epoch: 8 views of every row
         "05": dict(batch=256),             # ResNet18 at 48 px infers fastest at 128-256 here
@@ -103,8 +104,10 @@ def fold_csv(folds_dir, fold, split):
     return Path(folds_dir) / f"fold_{fold}_{split}.csv"
 
 
-def run_name(task, fold):
-    return f"{task}_{fold}"
+def run_name(task, fold, seed=0):
+    """<task>_<fold>; a network of another seed of the same task and fold: <task>_<fold>_s<seed>
+    (make SEEDS=2: 05 averages the seeds' outputs into <task>_<fold>'s features)."""
+    return f"{task}_{fold}" + (f"_s{seed}" if seed else "")
 
 
 def ckpt_name(epoch, step=None):

@@ -77,14 +77,26 @@ def last_row(path):
     return df.iloc[-1].to_dict() if len(df) else {}
 
 
+def seed_runs(finetune, net, fold):
+    """[(seed, run directory)] of a net and fold: seed 0's (there or not), then every other
+    seed's that exists (<net>_<fold>_s<k>), in seed order."""
+    others = []
+    for d in Path(finetune).glob(common.run_name(net, fold) + "_s*"):
+        suffix = d.name.rsplit("_s", 1)[1]
+        if suffix.isdigit() and int(suffix) > 0:
+            others.append((int(suffix), d))
+    return [(0, Path(finetune) / common.run_name(net, fold))] + sorted(others)
+
+
 def status(jigsaw, finetune):
     """One table of the 03 run and every 04 run (stage 03's and 04's directories); safe to read
     while they write."""
     import pandas as pd
     finetune = Path(finetune)
     runs = [("jigsaw", "-", Path(jigsaw))]
-    runs += [(t, f, finetune / common.run_name(t, f)) for t in common.NETS for f in common.FOLDS
-             if t in common.TASKS or (finetune / common.run_name(t, f)).exists()]
+    runs += [(t, f if seed == 0 else f"{f} s{seed}", d) for t in common.NETS for f in common.FOLDS
+             for seed, d in seed_runs(finetune, t, f)
+             if t in common.TASKS or d.exists()]
     rows = []
     for task, fold, d in runs:
         log = last_row(d / "loss.csv")

@@ -31,6 +31,7 @@ MODELS = {
     "stack_oof": "the same columns, oof mode (`stack_oof`)",
     "stack_seed_meta": "seed stack with the per-photo statistics (`stack_seed_meta`)",
     "stack_oof_meta": "oof stack with the statistics (`stack_oof_meta`)",
+    "blend": "non-negative linear blend of the three heads and `meta_only`, nested (`blend`)",
     "recipe": "the recipe's own submission: `stack_seed` + 0.5 / 0.94 (`SUBMIT=recipe`)",
     "final": "**the submission** (`SUBMIT=best`: stack and post-processing chosen nested)",
 }
@@ -97,7 +98,9 @@ def main():
                           for c in MODELS if c in cv])
     lines += [markdown(table),
               f"Submitted: `{params['stack']}`, post-processing `{params['post']}` (ratio {params['ratio']}, "
-              f"threshold {params['threshold']}).\n"]
+              f"threshold {params['threshold']})."
+              + (f" Blend weights: {', '.join(f'{k} {v:.3f}' for k, v in params['blend_weights'].items())}."
+                 if "blend_weights" in params else "") + "\n"]
     if args.time:
         wall, rss = time_figures(args.time)
         lines.append(f"Wall time {wall:.1f} min, peak resident memory {rss:.2f} GiB (`/usr/bin/time -v`).\n")
@@ -111,6 +114,7 @@ def main():
         study = Path(args.study)
         df = pd.read_csv(study / "study.csv")
         keep = ["name", "axis", "net", "size", "arch", "epochs", "optim", "lr", "schedule", "halve_views", "init", "jigsaw",
+                "shift", "seeds",
                 "fine_tune_minutes", "pipeline_minutes", "rmse_target", "rmse_onehot", "rmse_sortingdate", "load_1min"]
         lines += ["## The budget study (`make study`)\n",
                   "Fold 0 of the same folds, each configuration trained through `04_finetune.py` "

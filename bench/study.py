@@ -22,6 +22,9 @@ one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, rand
   init        torchvision's random init against the seed's xavier_normal (gain 0.02).
   augment     each training view shifted by up to 4 px (mirrored border), 24 and 40 epochs,
               against 24 epochs without.
+  ensemble    two networks of 24 epochs (seeds 0 and 1; seed 0 is epochs_24's run), their
+              8-view outputs averaged, against one; and 64 px for 24 epochs (about the same
+              minutes as two at 48 px).
 Resumable: a finished configuration (its runs' DONE) is not trained again; its minutes come
 from the runs' provenance.json. Timings need a quiet machine: every run uses all the cores, and
 load_1min (the highest 1-minute load average as its runs ended, kept in each run's load.txt)
@@ -46,7 +49,7 @@ import reporting  # noqa: E402
 # -----------------------------------------------------------------------------
 BASE = dict(net="multi", size=48, arch="resnet18", epochs=12, optim="adamw", lr=2e-3,
             betas=(0.9, 0.999), weight_decay=0.01, schedule="onecycle", init="scratch", jigsaw=0,
-            shift=0)
+            shift=0, seeds=1)
 RECIPE_ADAM = dict(optim="adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=0.0, schedule="halve")
 PIPELINE_NETS = 4.5      # 04's work per fold-0 network: folds 0-2, and `all` on 1.5x the rows
 CONFIGS = [              # (name, axis, changes to BASE)
@@ -65,6 +68,8 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("xavier_init", "init", dict(init="xavier")),
     ("shift_24", "augment", dict(epochs=24, shift=4)),
     ("shift_40", "augment", dict(epochs=40, shift=4)),
+    ("size_64_24", "size", dict(size=64, epochs=24)),
+    ("seeds_2", "ensemble", dict(epochs=24, seeds=2, seed0="epochs_24")),
 ]
 JIGSAW_EPOCHS = 4        # one jigsaw run; its epoch-2 checkpoint is the 2-epoch jigsaw (the
                          # recipe's per-epoch halving does not depend on the run's length)
@@ -116,9 +121,9 @@ def wall_minutes(run_dir):
     return json.loads((Path(run_dir) / "provenance.json").read_text())["wall_seconds"] / 60
 
 
-def finetune(args, name, cfg, task, hvr, jig):
+def finetune(args, name, cfg, task, hvr, jig, seed=0):
     runs = Path(args.out) / "runs" / name
-    run_dir = runs / common.run_name(task, "0")
+    run_dir = runs / common.run_name(task, "0", seed)
     if not common.is_done(run_dir):
         sh([args.python, "04_finetune.py", "--task", task, "--fold", "0", "--folds", args.folds,
             "--hvr", hvr, "--jigsaw", jig or Path(args.out) / "no_jigsaw", "--out", runs, "--profile", "cpu",
@@ -126,28 +131,58 @@ def finetune(args, name, cfg, task, hvr, jig):
             "--init", cfg["init"], "--optim", cfg["optim"], "--lr", cfg["lr"],
             "--betas", *cfg["betas"], "--shift", cfg["shift"], "--weight-decay", cfg["weight_decay"],
             "--schedule", cfg["schedule"], "--halve-views", cfg.get("halve_views", 8), "--eval-views", 1,
-            "--eval-rows", 0])
+            "--eval-rows", 0, "--seed", seed])
         # the 1-minute load average as the run ended: ~2 on a quiet machine (its own 2 threads)
         (run_dir / "load.txt").write_text(f"{os.getloadavg()[0]:.2f}\n")
     last = pd.read_csv(run_dir / "eval.csv").iloc[-1]
     load = float((run_dir / "load.txt").read_text()) if (run_dir / "load.txt").exists() else float("nan")
-    return wall_minutes(run_dir), last, load
+    return wall_minutes(run_dir), last, load, run_dir
+
+
+def ensemble_rmse(args, run_dirs, hvr):
+    """{head: held-out era RMSE} of the runs' last checkpoints, their 8-view means averaged."""
+    import torch
+    import pixels
+    import training
+    held = pd.read_csv(common.fold_csv(args.folds, "0", "test"), dtype={"object_id": str})
+    images, ids, meta = pixels.load_store(hvr)
+    px = pixels.to_pixels(images[pixels.store_rows(ids, held["object_id"], hvr).numpy()], torch.device("cpu"))
+    vidx = pixels.view_index(meta["size"])
+    outs, config = [], None
+    for run_dir in run_dirs:
+        state = training.load_checkpoint(training.list_checkpoints(run_dir)[-1][2])
+        config = state["config"]
+        model = training.build_model(config["arch"], config["outputs"])
+        model.load_state_dict(state["model"])
+        outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 256).mean(1).numpy())
+    mean = sum(outs) / len(outs)
+    year = mean[:, 5] * config["date_std"] + config["date_mean"]
+    eras = {"target": mean[:, 0], "onehot": common.era_of_scores(mean[:, 1:5]),
+            "sortingdate": common.era_of_year(year)}
+    y = held["target"].to_numpy()
+    return {h: float(((e - y) ** 2).mean() ** 0.5) for h, e in eras.items()}
 
 
 def run_config(args, name, axis, changes):
     cfg = dict(BASE, **changes)
     hvr = store(args, cfg["size"])
     jig, jig_minutes = jigsaw(args, cfg["jigsaw"]) if cfg["jigsaw"] else (None, 0.0)
-    row = dict(name=name, axis=axis, **{k: v for k, v in cfg.items() if k != "betas"})
+    row = dict(name=name, axis=axis, **{k: v for k, v in cfg.items() if k not in ("betas", "seed0")})
     rmse, minutes, loads = {}, 0.0, []
     for task in (common.TASKS if cfg["net"] == "tasks" else ("multi",)):
-        m, last, load = finetune(args, name, cfg, task, hvr, jig)
-        minutes += m
-        loads.append(load)
+        run_dirs = []
+        for seed in range(cfg["seeds"]):
+            runs_name = cfg.get("seed0", name) if seed == 0 else f"{name}_seed{seed}"
+            m, last, load, run_dir = finetune(args, runs_name, cfg, task, hvr, jig, seed)
+            minutes += m
+            loads.append(load)
+            run_dirs.append(run_dir)
         for head in ("target", "onehot", "sortingdate"):
             col = f"rmse_{head}"
             if col in last and pd.notna(last[col]):
                 rmse[head] = float(last[col])
+        if cfg["seeds"] > 1:
+            rmse = ensemble_rmse(args, run_dirs, hvr)
     row.update(fine_tune_minutes=round(minutes, 2), jigsaw_minutes=round(jig_minutes, 2),
                pipeline_minutes=round(jig_minutes + PIPELINE_NETS * minutes, 1),
                **{f"rmse_{h}": round(v, 4) for h, v in rmse.items()})

@@ -62,19 +62,21 @@ def test_multi_has_the_four_tasks_heads_and_columns():
 
 @pytest.fixture(scope="module")
 def multi_run(make, demo_data, smoke_run, tmp_path_factory):
-    """The smoke pipeline's stages 00-03 (a copy), then the rest with NETS=multi."""
+    """The smoke pipeline's stages 00-03 (a copy), then the rest with NETS=multi SEEDS=2 (the
+    cpu profile's shape: two networks per fold, averaged)."""
     work = smoke_copy(smoke_run, tmp_path_factory.mktemp("multi") / "work",
                       keep=("00_validate", "01_sgkfold", "02_hvr", "03_jigsaw"))
-    p = make("all", work=work, data=demo_data, PROFILE="smoke", NETS="multi", timeout=900)
+    p = make("all", work=work, data=demo_data, PROFILE="smoke", NETS="multi", SEEDS=2, timeout=900)
     return work, p
 
 
 def test_one_network_with_four_heads_runs_the_whole_pipeline(multi_run, make, demo_data):
     work, p = multi_run
-    assert p.stdout.count("04_finetune.py --task multi") == 4 and "--task target" not in p.stdout
+    assert p.stdout.count("04_finetune.py --task multi") == 8 and "--task target" not in p.stdout
+    assert p.stdout.count("--seed 1") == 4 and p.stdout.count("--seeds 2") == 4
     assert "--role evaluate" not in p.stdout            # on a CPU the trainer evaluates at epoch ends
-    for fold in common.FOLDS:
-        ev = pd.read_csv(work / "04_finetune" / f"multi_{fold}" / "eval.csv")
+    for run in (f"multi_{fold}{seed}" for fold in common.FOLDS for seed in ("", "_s1")):
+        ev = pd.read_csv(work / "04_finetune" / run / "eval.csv")
         assert list(ev["epoch"]) == [1, 2] and ev["views"].iloc[-1] == 8
         for head in ("target", "onehot", "sortingdate"):       # a network of a few steps: finite
             assert np.isfinite(ev[f"rmse_{head}"]).all() and ev[f"rmse_{head}"].iloc[-1] < 3
@@ -90,6 +92,26 @@ def test_one_network_with_four_heads_runs_the_whole_pipeline(multi_run, make, de
     status = make("status", work=work, data=demo_data).stdout
     assert [l.split()[1] for l in status.splitlines() if l.startswith("CV ")] == \
         ["multi/target", "multi/onehot", "multi/sortingdate"]
+    assert any(l.split()[:3] == ["multi", "0", "s1"] and l.split()[-1] == "done" for l in status.splitlines())
+
+
+def test_a_folds_features_are_its_seeds_networks_averaged(multi_run):
+    import torch
+    import pixels
+    work, _ = multi_run
+    saved = np.load(work / "05_features" / "multi_1" / "heldout.npz")
+    images, ids, meta = pixels.load_store(work / "02_hvr")
+    rows = pixels.store_rows(ids, list(saved["object_id"][:20]), "store")
+    px = pixels.to_pixels(images[rows.numpy()], torch.device("cpu"))
+    vidx = pixels.view_index(meta["size"])
+    outs = []
+    for run in ("multi_1", "multi_1_s1"):
+        state = training.load_checkpoint(training.list_checkpoints(work / "04_finetune" / run)[-1][2])
+        model = training.build_model(state["config"]["arch"], state["config"]["outputs"])
+        model.load_state_dict(state["model"])
+        outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 64).numpy())
+    assert not np.allclose(outs[0][..., 0], outs[1][..., 0])       # two different networks
+    assert np.allclose(saved["outputs"][:20, :, 0], (outs[0][..., 0] + outs[1][..., 0]) / 2, atol=1e-5)
 
 
 def test_evaluator_exits_when_its_trainer_dies(multi_run, tmp_path):
@@ -160,3 +182,40 @@ def test_results_page_is_generated_from_a_finished_work(multi_run, tmp_path):
     cv = pd.read_csv(work / "06_stack" / "cv.csv")
     assert f"{cv['final'].iloc[-1]:.4f}" in page and "Wall time 62.1 min, peak resident memory 2.00 GiB" in page
     assert "multi_0/target" in page and "| 04_finetune |" in page
+
+
+def test_blend_weighs_each_fold_with_the_other_folds_rows_only():
+    stack = load_script("06_stack.py")
+    rng = np.random.default_rng(0)
+    n = 300
+    ids = pd.Index([f"o{i}" for i in range(n)])
+    fold = pd.Series(np.repeat(["0", "1", "2"], n // 3), index=ids)
+    x = pd.DataFrame({"good": rng.normal(size=n), "noise": rng.normal(size=n)}, index=ids)
+    y = 2 * x["good"].to_numpy() + 0.5
+    pred, test, final = stack.blend(x, x.iloc[:5], y, fold)
+    assert final.coef_ == pytest.approx([2, 0], abs=1e-9) and final.intercept_ == pytest.approx(0.5)
+    assert np.allclose(pd.concat(pred.values()).loc[ids], y) and np.allclose(test, y[:5])
+    # fold 0's labels changed: fold 0's own predictions do not move, the others' do
+    y2 = y.copy()
+    y2[:100] += rng.normal(size=100) * 5
+    pred2, _, _ = stack.blend(x, x.iloc[:5], y2, fold)
+    assert np.allclose(pred2["0"], pred["0"]) and not np.allclose(pred2["1"], pred["1"])
+    # weights are never negative: a reversed input gets 0, not -1
+    _, _, reversed_fit = stack.blend(-x, x.iloc[:5], y, fold)
+    assert (reversed_fit.coef_ >= 0).all()
+
+
+def test_shifted_views_are_the_view_then_a_mirrored_translation():
+    import torch
+    import pixels
+    s = 6
+    index = pixels.view_index(s)
+    px = torch.arange(3 * s * s, dtype=torch.int32).view(3, s * s)
+    views, offsets = torch.tensor([0, 3, 6]), torch.tensor([[0, 0], [2, -1], [-3, 3]])
+    got = px.gather(1, pixels.shifted_index(index, views, offsets)).view(3, s, s).numpy()
+    plain = px.gather(1, index[views]).view(3, s, s).numpy()
+    assert (got[0] == plain[0]).all()
+    for b in (1, 2):
+        dy, dx = offsets[b].tolist()
+        padded = np.pad(plain[b], 3, mode="reflect")
+        assert (got[b] == padded[3 + dy:3 + dy + s, 3 + dx:3 + dx + s]).all()
