@@ -33,6 +33,7 @@ from gensim.models import Word2Vec
 from sklearn.model_selection import StratifiedGroupKFold
 
 import common
+import rawdata
 
 # -----------------------------------------------------------------------------
 N_SPLITS = 3           # the recipe's 3-fold CV
@@ -137,10 +138,10 @@ def run(args):
     started = time.time()
     out = common.start_stage(args.out)
     try:
-        train = common.load_train(args.data)
-        test = common.load_test(args.data, train["object_id"])
-        materials = common.load_names(args.data, "materials.csv", train["object_id"])
-        techniques = common.load_names(args.data, "techniques.csv", train["object_id"])
+        train = rawdata.load_train(args.data)
+        test = rawdata.load_test(args.data, train["object_id"])
+        materials = rawdata.load_names(args.data, "materials.csv", train["object_id"])
+        techniques = rawdata.load_names(args.data, "techniques.csv", train["object_id"])
     except common.DataError as e:
         common.fail(str(e))
     if train["art_series_id"].nunique() < N_SPLITS:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 import common
+import rawdata
 import reporting
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -36,7 +37,7 @@ p.add_argument("--out", required=True, help="this stage's directory")
 
 
 def submission(data, stack_dir):
-    test = common.load_test(data)
+    test = rawdata.load_test(data)
     pred = pd.read_csv(Path(stack_dir) / "test.csv", dtype={"object_id": str}).set_index("object_id")["final"]
     missing = test.loc[~test["object_id"].isin(pred.index), "object_id"]
     if len(missing):
@@ -46,10 +47,10 @@ def submission(data, stack_dir):
     if len(bad):
         raise common.DataError(f"{stack_dir}/test.csv: predictions not finite or outside [0, 3] for {common.show_ids(bad)}")
     sub = pd.DataFrame({"target": values})
-    for name in common.SAMPLE_SUBMISSIONS:
+    for name in rawdata.SAMPLE_SUBMISSIONS:
         sample = Path(data) / name
         if sample.exists():
-            ref = common.read_raw_csv(sample)
+            ref = rawdata.read_raw_csv(sample)
             if list(ref.columns) != list(sub.columns) or len(ref) != len(sub):
                 raise common.DataError(f"{sample}: the submission has {list(sub.columns)} x {len(sub)}, "
                                        f"the sample {list(ref.columns)} x {len(ref)}")

@@ -13,7 +13,7 @@ GPUS ?=#                   comma-separated GPU ids (0,1,2,3); empty: CPU
 PROFILE ?= $(if $(GPUS),full,$(if $(DEMO_DATA),smoke,cpu))#  full (the recipe, GPUs) | cpu (the CPU hour) | smoke (seconds: tests, the demo data)
 FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec multi
-NETS ?= $(if $(filter cpu,$(PROFILE)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu)
+NETS ?= $(if $(or $(filter cpu,$(PROFILE)),$(DEMO_DATA)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu, and the demo)
 SEEDS ?= $(if $(filter cpu,$(PROFILE)),2,1)#  networks per net and fold, of seeds 0..SEEDS-1, their outputs averaged by 05 (1: the recipe)
 PYTHON ?= python3#         the interpreter that builds .venv
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
@@ -153,10 +153,10 @@ $(DIR_DEMO)/DONE: | $(VENV_STAMP)
 # source.txt changes only when the data's content does (checked on every run, in ~0.1 s); a WORK
 # built from other data is refused rather than silently rebuilt over hours of training.
 $(DIR_VALID)/source.txt: $(RAW_STAMP) FORCE | $(VENV_STAMP)
-	@$(PY) common.py fingerprint --data $(RAW) --out $(DIR_VALID)
+	@$(PY) rawdata.py fingerprint --data $(RAW) --out $(DIR_VALID)
 
 $(DIR_VALID)/DONE: $(DIR_VALID)/source.txt
-	$(PY) common.py validate --data $(RAW) --out $(DIR_VALID) --max-pixels $(MAX_PIXELS)
+	$(PY) rawdata.py validate --data $(RAW) --out $(DIR_VALID) --max-pixels $(MAX_PIXELS)
 
 $(DIR_FOLDS)/DONE: $(DIR_VALID)/DONE
 	$(PY) 01_sgkfold.py --data $(RAW) --out $(DIR_FOLDS)

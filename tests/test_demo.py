@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import common
+import rawdata
 from conftest import DEMO_SIZE, MAKE_ENV_DROP, REPO, generate_demo
 
 REAL_CLASS_COUNTS = np.array([475, 896, 1511, 1055])   # DATA.md, the full train.csv
@@ -39,7 +40,7 @@ def default_demo(tmp_path_factory):
 def test_files_and_columns(demo_data):
     files, dirs = top_level(demo_data)
     assert files == COMPETITION_FILES | STAGE_FILES and dirs == {"photos"}
-    for f, cols in common.RAW_FILES.items():
+    for f, cols in rawdata.RAW_FILES.items():
         assert list(pd.read_csv(demo_data / f, nrows=0).columns) == cols, f
     assert list(pd.read_csv(demo_data / "sample_submission.csv", nrows=0).columns) == ["target"]
 
@@ -66,7 +67,7 @@ def test_schema_equals_real_data(demo_data, real_data):
 
 
 def test_rows_are_consistent(demo_data):
-    train, test = common.load_train(demo_data), common.load_test(demo_data)
+    train, test = rawdata.load_train(demo_data), rawdata.load_test(demo_data)
     assert (len(train), len(test)) == (DEMO_SIZE["train"], DEMO_SIZE["test"])
     assert (common.era_of_date(train["sorting_date"]) == train["target"]).all()
     assert train["sorting_date"].between(1440, 1991).all()
@@ -80,7 +81,7 @@ def test_rows_are_consistent(demo_data):
 
 
 def test_names_only_for_train_objects(demo_data):
-    train, test = common.load_train(demo_data), common.load_test(demo_data)
+    train, test = rawdata.load_train(demo_data), rawdata.load_test(demo_data)
     for f in ("materials.csv", "techniques.csv"):
         names = pd.read_csv(demo_data / f, dtype=str)
         assert set(names["object_id"]) <= set(train["object_id"]), f
@@ -101,7 +102,7 @@ def test_photos_like_the_real_ones(demo_data):
 
 
 def test_series_share_one_era(demo_data):
-    train = common.load_train(demo_data)
+    train = rawdata.load_train(demo_data)
     assert (train.groupby("art_series_id")["target"].nunique() == 1).all()
     sizes = train["art_series_id"].value_counts()
     assert (sizes > 1).any() and (sizes == 1).mean() > 0.5, "mostly singletons, some series"
@@ -119,7 +120,7 @@ def test_deterministic_from_its_seed(demo_data, tmp_path):
 
 
 def test_default_size_is_shaped_like_the_real_task(default_demo):
-    train = common.load_train(default_demo)
+    train = rawdata.load_train(default_demo)
     shares = np.bincount(train["target"], minlength=4) / len(train)
     real = REAL_CLASS_COUNTS / REAL_CLASS_COUNTS.sum()
     assert np.abs(shares - real).max() < 0.05, f"class shares {shares.round(3)} vs real {real.round(3)}"

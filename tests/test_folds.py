@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import common
+import rawdata
 from conftest import load_script
 
 ALIGN = 64                      # 01_sgkfold.py's default --align (the Makefile does not change it)
@@ -21,9 +22,9 @@ def read(path):
 def check_fold_outputs(folds_dir, data_dir, align=ALIGN):
     """Every invariant of WORK/01_sgkfold against the raw data it was built from."""
     assert (folds_dir / "DONE").exists()
-    train = common.load_train(data_dir)
-    test = common.load_test(data_dir)
-    raw_train = common.read_raw_csv(data_dir / "train.csv")[common.RAW_FILES["train.csv"]]
+    train = rawdata.load_train(data_dir)
+    test = rawdata.load_test(data_dir)
+    raw_train = rawdata.read_raw_csv(data_dir / "train.csv")[rawdata.RAW_FILES["train.csv"]]
     ids = train["object_id"].to_numpy()
     row_of = {oid: i for i, oid in enumerate(ids)}
     y, groups = train["target"].to_numpy(), train["art_series_id"].to_numpy()
@@ -71,8 +72,8 @@ def check_fold_outputs(folds_dir, data_dir, align=ALIGN):
     w2v = pd.read_csv(folds_dir / "word2vec.csv", dtype={"object_id": str})
     assert list(w2v.columns) == ["object_id"] + W2V_COLS
     assert list(w2v["object_id"]) == list(ids)
-    named = set(common.load_names(data_dir, "materials.csv", ids)["object_id"]) | \
-        set(common.load_names(data_dir, "techniques.csv", ids)["object_id"])
+    named = set(rawdata.load_names(data_dir, "materials.csv", ids)["object_id"]) | \
+        set(rawdata.load_names(data_dir, "techniques.csv", ids)["object_id"])
     has_names = w2v["object_id"].isin(named).to_numpy()
     values = w2v[W2V_COLS].to_numpy()
     assert np.isfinite(values[has_names]).all(), "an object with names has NaN word2vec cells"
@@ -108,7 +109,7 @@ def test_make_folds_twice_is_byte_identical_across_hash_seeds(make, demo_data, d
 def test_second_make_folds_does_nothing(make, demo_data, demo_folds):
     before = {p: p.stat().st_mtime_ns for p in demo_folds.rglob("*") if p.is_file()}
     p = make("folds", work=demo_folds, data=demo_data)
-    assert "01_sgkfold.py" not in p.stdout and "common.py validate" not in p.stdout, p.stdout
+    assert "01_sgkfold.py" not in p.stdout and "rawdata.py validate" not in p.stdout, p.stdout
     after = {p: p.stat().st_mtime_ns for p in demo_folds.rglob("*") if p.is_file()}
     assert {p: t for p, t in after.items() if p in before} == before
 
@@ -116,7 +117,7 @@ def test_second_make_folds_does_nothing(make, demo_data, demo_folds):
 def test_word2vec_rows(make, demo_copy, tmp_path):
     """The mean of the object's word vectors: same words, same vector; the material "pencil" is
     another word than the technique "pencil"; no names: all-NaN, written as 20 empty cells."""
-    ids = list(common.load_train(demo_copy)["object_id"])
+    ids = list(rawdata.load_train(demo_copy)["object_id"])
     a, b, c, d, e, bare = ids[:6]
     new_materials = [("pencil", a), ("ink", d), ("paper", d), ("paper", e), ("ink", e)]
     new_techniques = [("pencil", b), ("pencil", c)]

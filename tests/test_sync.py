@@ -211,7 +211,7 @@ def test_round_trip_restores_a_run_that_make_continues(root, server, source):
     before = stamp_times(dest)
     p = make("folds", env=env, work=dest)
     assert "00_demo_data.py" in p.stdout
-    assert "common.py validate" not in p.stdout and "01_sgkfold.py" not in p.stdout, p.stdout
+    assert "rawdata.py validate" not in p.stdout and "01_sgkfold.py" not in p.stdout, p.stdout
     assert {k: v for k, v in stamp_times(dest).items() if k in before} == before
     assert archived(tree(dest)) == archived(tree(work))
     assert "bin/python" not in make("folds", env=env, work=dest).stdout    # and again: nothing
@@ -235,7 +235,7 @@ def test_restore_keeps_make_order_when_modtimes_are_lost(root, server, source):
     down = make("sync-down", "RUN=modtimes", env=env, work=dest)   # again: nothing to copy
     assert "moved forward" in down.stdout
     p = make("folds", env=env, work=dest)
-    assert "common.py validate" not in p.stdout and "01_sgkfold.py" not in p.stdout, p.stdout
+    assert "rawdata.py validate" not in p.stdout and "01_sgkfold.py" not in p.stdout, p.stdout
 
 
 def test_interrupted_upload_resumes_and_is_never_restored_half(root, server, source):
