@@ -146,6 +146,11 @@ def test_make_says_when_it_uses_demo_data(make, tmp_path):
            f"{tmp_path / 'work'}/00_demo_data" in p.stdout, p.stdout + p.stderr
     assert f"00_demo_data.py --out {tmp_path / 'work'}/00_demo_data" in p.stdout
     assert not (tmp_path / "work").exists()
+    # the demo's whole pipeline: the smoke profile in the cpu profile's shape (one four-head network per fold)
+    p = subprocess.run(["make", "-C", str(REPO), "--no-print-directory", "-n", "all", f"WORK={tmp_path / 'work'}"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.stdout.count("04_finetune.py --task multi") == 4 and "--task target" not in p.stdout, p.stdout
+    assert "--profile smoke" in p.stdout and "--seed 1" not in p.stdout
     (tmp_path / "empty").mkdir()
     p = make("-n", "validate", work=tmp_path / "work", data=tmp_path / "empty", check=False)
     assert p.returncode != 0 and "demo" not in p.stdout, p.stdout
