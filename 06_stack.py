@@ -75,12 +75,13 @@ p.add_argument("--nets", nargs="+", default=list(common.TASKS), choices=common.N
 p.add_argument("--submit", default="best", choices=["best", "recipe"],
                help="best: the stack with the lowest CV (of --mode and --meta, when given), tuned "
                     "post-processing; recipe: the recipe's own (seed mode, its 104 columns, 0.5 / 0.94)")
-p.add_argument("--mode", default=None, choices=["seed", "oof"], help="--submit best: only this mode's stacks")
+p.add_argument("--mode", default=None, choices=["seed", "oof"],
+               help="--submit best: only this mode's stacks (and not the blend)")
 p.add_argument("--hvr", required=True, help="stage 02's directory (its stats.csv)")
 p.add_argument("--meta", default="on", choices=["off", "on", "native", "stored"],
                help="the _meta stacks' per-photo statistics: both halves (on), only those of the photo as "
                     "decoded (native) or of the stored pixels (stored); off: --submit best takes only "
-                    "the recipe's 104 columns")
+                    "the recipe's 104 columns (no _meta stack, no blend)")
 p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="--submit best: post-processing knobs, CV grid or 0.5/0.94")
 
 
@@ -285,7 +286,7 @@ def main():
     else:
         candidates = [n for n in stacks if (args.mode is None or n.startswith(f"stack_{args.mode}"))
                       and (args.meta != "off" or not n.endswith("_meta"))]
-        candidates += ["blend"] if args.mode is None and args.meta == "on" else []
+        candidates += ["blend"] if args.mode is None and args.meta != "off" else []
         post = args.post
 
         def pick(rows):
