@@ -81,6 +81,43 @@ def per_epoch(work):
     return table
 
 
+def seed_table(work):
+    """Per fold and head: each seed's network alone (its eval.csv, last epoch) and the seeds'
+    average (05's heldout.parquet, the features 06 reads), on the same held-out rows; None
+    for a WORK of one seed per fold."""
+    import numpy as np
+    rows = []
+    for feat in sorted(Path(work).glob("05_features/*_[012]/heldout.parquet")):
+        run = feat.parent.name
+        seeds = [Path(work) / "04_finetune" / run] + sorted((Path(work) / "04_finetune").glob(run + "_s*"))
+        if len(seeds) < 2:
+            continue
+        fold = run.rsplit("_", 1)[1]
+        held = pd.read_csv(common.fold_csv(Path(work) / "01_sgkfold", fold, "test"),
+                           dtype={"object_id": str}).set_index("object_id")
+        f = pd.read_parquet(feat).set_index("object_id")
+        y = held["target"].loc[f.index].to_numpy()
+        eras = {"target": f["target_0_mean"].to_numpy(),
+                "onehot": common.era_of_scores(f[[f"onehot_{c}_mean" for c in range(common.N_CLASSES)]].to_numpy()),
+                "sortingdate": common.era_of_year(f["sortingdate_0_mean"].to_numpy())}
+        for head, era in eras.items():
+            alone = [float(pd.read_csv(d / "eval.csv").iloc[-1][f"rmse_{head}"]) for d in seeds]
+            rows.append({"fold": fold, "head": head, **{f"seed {k}": v for k, v in enumerate(alone)},
+                         "mean of the seeds alone": sum(alone) / len(alone),
+                         "seeds averaged (05)": float(np.sqrt(np.mean((era - y) ** 2)))})
+    return pd.DataFrame(rows) if rows else None
+
+
+def seed_lines(work):
+    seeds = seed_table(work)
+    if seeds is None:
+        return []
+    return ["## Seeds: each fold's networks alone and averaged\n",
+            "Held-out era RMSE (8-view TTA) of each seed's network after its last epoch, and of "
+            "their outputs averaged as 05 writes them (what 06 stacks), on the same rows (the "
+            "fold's whole held-out side).\n", markdown(seeds)]
+
+
 def main():
     args = p.parse_args()
     work, out = Path(args.work), Path(args.out)
@@ -106,6 +143,7 @@ def main():
         lines.append(f"Wall time {wall:.1f} min, peak resident memory {rss:.2f} GiB (`/usr/bin/time -v`).\n")
     lines += ["## Minutes per stage (from each unit's provenance.json)\n",
               markdown(stage_minutes(work), "{:.1f}"),
+              *seed_lines(work),
               "## Held-out era RMSE per epoch (folds 0-2: held-out side; fold all: its own train rows)\n",
               "Each epoch scores a fixed subset of the rows with the views the profile says "
               "(eval.csv's `n`, `views`); the last epoch all rows with all 8 views.\n",
