@@ -215,15 +215,22 @@ def main():
     if meta["size"] != 48:
         common.fail(f"{args.hvr}: a {meta['size']} px store; the study's base is 48 px (PROFILE=cpu)")
     started = time.time()
-    rows = []
-    for name, axis, changes in CONFIGS:
-        if args.only and name not in args.only:
-            continue
-        rows.append(run_config(args, name, axis, changes))
-        df = pd.DataFrame(rows)
+    # --only runs a few configurations; the others keep the rows an earlier pass wrote
+    before = pd.read_csv(out / "study.csv") if (out / "study.csv").exists() else pd.DataFrame({"name": []})
+    kept = {r["name"]: r for r in before.to_dict("records")}
+    rows = {name: kept[name] for name, _, _ in CONFIGS if args.only and name not in args.only and name in kept}
+
+    def table():
+        """Every row so far, in CONFIGS' order, written out (a kill loses no finished row)."""
+        df = pd.DataFrame([rows[n] for n, _, _ in CONFIGS if n in rows])
         common.write_csv(out / "study.csv", df)
-        print(df.drop(columns=["optim", "betas"], errors="ignore").to_string(index=False), flush=True)
-    plot(df, out / "study.png")
+        return df
+
+    for name, axis, changes in CONFIGS:
+        if not args.only or name in args.only:
+            rows[name] = run_config(args, name, axis, changes)
+            print(table().drop(columns=["optim", "betas"], errors="ignore").to_string(index=False), flush=True)
+    plot(table(), out / "study.png")
     common.write_provenance(out, vars(args), started)
     print(f"wrote {out / 'study.csv'} and {out / 'study.png'} [{(time.time() - started) / 60:.1f} min]")
 
