@@ -164,10 +164,31 @@ def test_study_configurations_are_complete_and_distinct():
     study = load_script("bench/study.py")
     names = [n for n, _, _ in study.CONFIGS]
     assert len(set(names)) == len(names)
-    assert {a for _, a, _ in study.CONFIGS} == {"base", "epochs", "schedule", "size", "arch", "heads", "jigsaw", "init"}
+    assert {a for _, a, _ in study.CONFIGS} == {"base", "epochs", "schedule", "size", "arch", "heads", "jigsaw", "init",
+                                                "augment", "ensemble"}
     configs = [tuple(sorted(dict(study.BASE, **c).items())) for _, _, c in study.CONFIGS]
     assert len(set(configs)) == len(configs)
     assert math.isclose(study.PIPELINE_NETS, 3 + 1.5)
+
+
+def test_study_only_reruns_the_named_configurations_and_keeps_the_other_rows(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "bench"))
+    study = load_script("bench/study.py")
+    (tmp_path / "hvr").mkdir()
+    (tmp_path / "hvr" / "meta.json").write_text('{"size": 48}')
+    out = tmp_path / "study"
+    out.mkdir()
+    names = [n for n, _, _ in study.CONFIGS]
+    row = lambda name, rmse: dict(name=name, axis="x", pipeline_minutes=1.0, rmse_target=rmse)
+    pd.DataFrame([row(n, 0.9) for n in names[:-1]]).to_csv(out / "study.csv", index=False)   # the last never ran
+    ran = []
+    monkeypatch.setattr(study, "run_config", lambda args, name, axis, changes: ran.append(name) or row(name, 0.5))
+    monkeypatch.setattr(sys, "argv", ["study", "--folds", "f", "--hvr", str(tmp_path / "hvr"), "--ids", "i",
+                                      "--photos", "p", "--out", str(out), "--only", names[1], names[-1]])
+    study.main()
+    df = pd.read_csv(out / "study.csv")
+    assert ran == [names[1], names[-1]] and list(df["name"]) == names     # every row, in CONFIGS' order
+    assert df.set_index("name")["rmse_target"].to_dict() == {n: 0.5 if n in ran else 0.9 for n in names}
 
 
 def test_results_page_is_generated_from_a_finished_work(multi_run, tmp_path):
