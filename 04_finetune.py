@@ -71,7 +71,7 @@ p.add_argument("--epochs", type=int, default=None, help="epochs (profile; the re
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
 p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="1-8",
                help="views per image per epoch: 8 = all (recipe), fewer = random ones (profile)")
-p.add_argument("--shift", type=int, default=None,
+p.add_argument("--shift", type=int, default=None, choices=range(0, 17), metavar="0-16",
                help="translate each training view by up to this many pixels, the border mirrored (profile; the recipe: 0)")
 p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
 p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="ce: cross-entropy for onehot")
@@ -85,7 +85,7 @@ p.add_argument("--halve-views", type=int, default=None,
                help="halve: views per image between halvings (profile; the recipe: 8, once per 8-view epoch)")
 p.add_argument("--eval-views", type=int, default=None, choices=(1, 8), help="views scored per epoch (profile)")
 p.add_argument("--eval-rows", type=int, default=None, help="rows scored per epoch, 0: all (profile)")
-p.add_argument("--seed", type=int, default=SEED,
+p.add_argument("--seed", type=int, default=SEED, choices=range(0, 10), metavar="0-9",
                help="init and batch order; a seed other than 0 trains into <task>_<fold>_s<seed>/")
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
 

@@ -41,7 +41,8 @@ p.add_argument("--hvr", required=True, help="stage 02's image store")
 p.add_argument("--runs", required=True, help="stage 04's directory")
 p.add_argument("--out", required=True, help="this stage's directory (the run goes in <task>_<fold>/)")
 p.add_argument("--batch", type=int, default=None, help="images per forward pass, 8 views each counted (profile)")
-p.add_argument("--seeds", type=int, default=1, help="networks of seeds 0..N-1 to average (make SEEDS)")
+p.add_argument("--seeds", type=int, default=1, choices=range(1, 11), metavar="1-10",
+               help="networks of seeds 0..N-1 to average (make SEEDS)")
 
 
 def splits(folds_dir, fold):

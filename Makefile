@@ -44,6 +44,9 @@ DIR_SUB := $(WORK)/07_submit
 FOLDS := 0 1 2 all
 RUNS := $(foreach t,$(NETS),$(foreach f,$(FOLDS),$(t)_$(f)))
 # Seeds past 0 train into <net>_<fold>_s<seed>; 05 averages them into <net>_<fold>'s features.
+ifneq ($(words $(filter 1 2 3 4 5 6 7 8 9 10,$(SEEDS))) $(words $(SEEDS)),1 1)
+$(error SEEDS=$(SEEDS): the networks per net and fold must be a whole number from 1 to 10)
+endif
 SEED_IDS := $(wordlist 2,$(SEEDS),0 1 2 3 4 5 6 7 8 9)
 seed_runs = $(foreach s,$(SEED_IDS),$(1)_s$(s))
 FT_RUNS := $(foreach r,$(RUNS),$(r) $(call seed_runs,$(r)))

@@ -360,3 +360,23 @@ def test_every_arch_takes_the_pretext_backbone(arch, tmp_path):
         model = finetune.build(args, 4, torch.device("cpu"))
         trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
         assert trainable == {"layer3", "layer4", "fc"}
+
+
+@pytest.mark.parametrize("seeds", ["0", "11", "abc", "2 3"])
+def test_seeds_must_be_a_whole_number_from_1_to_10(make, demo_data, tmp_path, seeds):
+    p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="smoke", SEEDS=seeds, check=False)
+    assert p.returncode != 0 and "04_finetune.py" not in p.stdout
+    assert f"SEEDS={seeds}: the networks per net and fold must be a whole number from 1 to 10" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("script,option", [("04_finetune.py", ["--shift", "-2"]), ("04_finetune.py", ["--seed", "10"]),
+                                           ("05_features.py", ["--seeds", "0"])])
+def test_seed_and_shift_options_are_bounded(script, option, tmp_path):
+    base = {"04_finetune.py": ["--task", "multi", "--fold", "0", "--folds", "f", "--hvr", "h", "--jigsaw", "j",
+                               "--out", str(tmp_path)],
+            "05_features.py": ["--task", "multi", "--fold", "0", "--folds", "f", "--hvr", "h", "--runs", "r",
+                               "--out", str(tmp_path)]}[script]
+    p = subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(REPO / script), *base, *option], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "invalid choice" in p.stderr and option[0] in p.stderr, p.stderr
+    assert not any(tmp_path.iterdir())      # refused before anything is written
