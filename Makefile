@@ -180,8 +180,15 @@ $(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE
 	  --profile $(PROFILE) $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) \
 	  $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
 
+# How many seeds a net and fold's features average is a prerequisite too: another SEEDS redoes
+# 05 (and what follows), the same SEEDS nothing. Kept in the run's own directory (archived with it).
+.PRECIOUS: $(DIR_FEAT)/%/seeds.txt     # made by a pattern rule: not an intermediate file to delete
+$(DIR_FEAT)/%/seeds.txt: FORCE
+	@mkdir -p $(@D); [ "$$(cat $@ 2>/dev/null)" = '$(SEEDS)' ] || \
+	  { echo '$(SEEDS)' > $@.tmp && mv $@.tmp $@; }    # replaced, never written in place
+
 .SECONDEXPANSION:   # 05 of a net and fold waits for every seed's run of it
-$(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_FT)/$$(r)/DONE)
+$(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_FT)/$$(r)/DONE) $(DIR_FEAT)/%/seeds.txt
 	$(ON_GPU) $(PY) 05_features.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --runs $(DIR_FT) --out $(DIR_FEAT) --profile $(PROFILE) \
 	  $(if $(SEED_IDS),--seeds $(SEEDS))

@@ -114,6 +114,19 @@ def test_a_folds_features_are_its_seeds_networks_averaged(multi_run):
     assert np.allclose(saved["outputs"][:20, :, 0], (outs[0][..., 0] + outs[1][..., 0]) / 2, atol=1e-5)
 
 
+def test_another_seeds_redoes_the_features_and_the_same_seeds_nothing(multi_run, make, demo_data, tmp_path):
+    """SEEDS is a prerequisite of 05: back to one seed, the features stop being the pair's mean."""
+    work = smoke_copy(multi_run, tmp_path / "work")
+    again = make("all", work=work, data=demo_data, PROFILE="smoke", NETS="multi", SEEDS=2)
+    assert "04_finetune.py" not in again.stdout and "05_features.py" not in again.stdout, again.stdout
+    one = make("all", work=work, data=demo_data, PROFILE="smoke", NETS="multi", SEEDS=1)
+    assert "04_finetune.py" not in one.stdout and one.stdout.count("05_features.py") == 4
+    assert "06_stack.py" in one.stdout and "--seeds" not in one.stdout
+    features = np.load(work / "05_features" / "multi_1" / "heldout.npz")["outputs"]
+    pair = np.load(multi_run[0] / "05_features" / "multi_1" / "heldout.npz")["outputs"]
+    assert not np.allclose(features, pair)       # seed 0's network alone, no longer the mean
+
+
 def test_evaluator_exits_when_its_trainer_dies(multi_run, tmp_path):
     """A GPU evaluator whose trainer was killed (-9) stops at its next look for a checkpoint
     instead of polling forever (and holding its GPU) as an orphan."""
