@@ -116,13 +116,6 @@ def rmse(a, b):
     return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
 
 
-def single_models(X):
-    """The era each single network implies from its TTA mean (for cv.csv)."""
-    return {"target": X["target_0_mean"].to_numpy(),
-            "onehot": common.era_of_scores(onehot_scores(X, "onehot_{}_mean")),
-            "sortingdate": common.era_of_year(X["sortingdate_0_mean"].to_numpy())}
-
-
 def onehot_scores(table, column):
     """(N, 4) array of the onehot head's columns, named column.format(class)."""
     return table[[column.format(c) for c in range(common.N_CLASSES)]].to_numpy()
@@ -261,7 +254,7 @@ def main():
     for k in K:
         rows = oof_fold.index[oof_fold == k]
         X = features(source, k, "heldout").loc[rows]
-        for name, values in single_models(X).items():
+        for name, values in common.head_eras(X).items():
             singles.setdefault(name, []).append(pd.Series(values, index=rows))
         oof.loc[rows, "target_tta"] = X["target_0_mean"]
         for c in range(common.N_CLASSES):
@@ -272,7 +265,7 @@ def main():
         oof[name] = pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
     # Level 2: the single networks' eras and the statistics' booster, blended linearly.
     test_all = features(source, "all", "test")
-    test_inputs = pd.DataFrame({f"{n}_model": v for n, v in single_models(test_all).items()}, index=test_all.index)
+    test_inputs = pd.DataFrame({f"{n}_model": v for n, v in common.head_eras(test_all).items()}, index=test_all.index)
     test_inputs["meta_only"] = pd.Series(meta_only[1], index=folds["all"]["test"]["object_id"].to_numpy()).loc[test_all.index]
     blend_pred, blend_test, blender = blend(oof[test_inputs.columns], test_inputs, y.to_numpy(), oof_fold)
     oof["blend"] = pd.concat([blend_pred[k] for k in K])

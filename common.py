@@ -122,6 +122,14 @@ def era_of_scores(scores):
     return sum(c * prob[:, c] for c in range(N_CLASSES))
 
 
+def head_eras(table):
+    """{head: era} that each era head's 8-view mean implies, from 05's feature columns
+    (<task>_<dim>_mean) of a table: the target itself, onehot's expected class, sortingdate's year."""
+    onehot = table[[f"onehot_{c}_mean" for c in range(N_CLASSES)]].to_numpy()
+    return {"target": table["target_0_mean"].to_numpy(), "onehot": era_of_scores(onehot),
+            "sortingdate": era_of_year(table["sortingdate_0_mean"].to_numpy())}
+
+
 # -----------------------------------------------------------------------------
 # Errors and output discipline.
 class DataError(Exception):

@@ -122,14 +122,21 @@ def check_ids(ids, path):
         raise DataError(f"{path}: duplicate object_id {show_ids(dup)}")
 
 
-def load_train(data_dir):
-    """train.csv, validated, typed (sorting_date, target as int), in file order."""
-    path = Path(data_dir) / "train.csv"
+def read_id_table(data_dir, name):
+    """(path, frame) of train.csv or test.csv: its columns there, at least one row, valid and
+    unique object ids."""
+    path = Path(data_dir) / name
     df = read_raw_csv(path)
-    check_columns(df, path, RAW_FILES["train.csv"])
+    check_columns(df, path, RAW_FILES[name])
     if df.empty:
         raise DataError(f"{path}: no rows (header only)")
     check_ids(df["object_id"].to_numpy(), path)
+    return path, df
+
+
+def load_train(data_dir):
+    """train.csv, validated, typed (sorting_date, target as int), in file order."""
+    path, df = read_id_table(data_dir, "train.csv")
     for col, lo, hi in (("target", 0, N_CLASSES - 1), ("sorting_date", -10_000, 10_000)):
         num = pd.to_numeric(df[col], errors="coerce")
         bad = df.loc[num.isna() | (num != num.round()) | (num < lo) | (num > hi), "object_id"]
@@ -148,12 +155,7 @@ def load_train(data_dir):
 
 
 def load_test(data_dir, train_ids=None):
-    path = Path(data_dir) / "test.csv"
-    df = read_raw_csv(path)
-    check_columns(df, path, RAW_FILES["test.csv"])
-    if df.empty:
-        raise DataError(f"{path}: no rows (header only)")
-    check_ids(df["object_id"].to_numpy(), path)
+    path, df = read_id_table(data_dir, "test.csv")
     if train_ids is not None:
         both = sorted(set(df["object_id"]) & set(train_ids))
         if both:

@@ -45,14 +45,14 @@ def read_plan(rgb):
     return ids, where, sizes
 
 
-def pack(start, chunk, *, store, where, sizes, size, mode):
-    """Rows start.. of the store, from their raw files, and their statistics: each file read once."""
+def pack(start, chunk, *, store, size, mode):
+    """Rows start.. of the store from their raw files (chunk: (id, batch dir, (width, height))
+    per photo), and their statistics: each file read once."""
     arr = np.load(store, mmap_mode="r+")
     rows = []
-    for i, oid in enumerate(chunk, start):
-        arr[i] = img = np.fromfile(where[oid] / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
-        w, h = sizes[oid]
-        native = np.fromfile(where[oid] / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
+    for i, (oid, batch, (w, h)) in enumerate(chunk, start):
+        arr[i] = img = np.fromfile(batch / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
+        native = np.fromfile(batch / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
         top, bottom, left, right = photo_stats.content_box(w, h, size, mode)
         rows.append(photo_stats.row(native, img[top:bottom, left:right]))
     arr.flush()
@@ -72,8 +72,8 @@ def main():
             with open(tmp, "r+b") as f:
                 os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
             starts = range(0, len(ids), CHUNK)
-            chunks = [ids[k:k + CHUNK] for k in starts]
-            work = partial(pack, store=tmp, where=where, sizes=sizes, size=size, mode=args.mode)
+            chunks = [[(oid, where[oid], sizes[oid]) for oid in ids[k:k + CHUNK]] for k in starts]
+            work = partial(pack, store=tmp, size=size, mode=args.mode)
             with ProcessPoolExecutor(args.jobs) as pool:
                 rows = [r for part in pool.map(work, starts, chunks) for r in part]
         table = pd.DataFrame(np.stack(rows), columns=photo_stats.COLUMNS)

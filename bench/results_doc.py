@@ -97,10 +97,7 @@ def seed_table(work):
                            dtype={"object_id": str}).set_index("object_id")
         f = pd.read_parquet(feat).set_index("object_id")
         y = held["target"].loc[f.index].to_numpy()
-        eras = {"target": f["target_0_mean"].to_numpy(),
-                "onehot": common.era_of_scores(f[[f"onehot_{c}_mean" for c in range(common.N_CLASSES)]].to_numpy()),
-                "sortingdate": common.era_of_year(f["sortingdate_0_mean"].to_numpy())}
-        for head, era in eras.items():
+        for head, era in common.head_eras(f).items():
             alone = [float(pd.read_csv(d / "eval.csv").iloc[-1][f"rmse_{head}"]) for d in seeds]
             rows.append({"fold": fold, "head": head, **{f"seed {k}": v for k, v in enumerate(alone)},
                          "mean of the seeds alone": sum(alone) / len(alone),

@@ -156,11 +156,11 @@ def ensemble_rmse(args, run_dirs, hvr):
         model.load_state_dict(state["model"])
         outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 256).mean(1).numpy())
     mean = sum(outs) / len(outs)
-    year = mean[:, 5] * config["date_std"] + config["date_mean"]
-    eras = {"target": mean[:, 0], "onehot": common.era_of_scores(mean[:, 1:5]),
-            "sortingdate": common.era_of_year(year)}
+    names = [f"{t}_{d}_mean" for t in common.TASKS for d in range(common.TASK_DIMS[t])]   # 05's columns
+    table = pd.DataFrame(mean, columns=names)
+    table["sortingdate_0_mean"] = table["sortingdate_0_mean"] * config["date_std"] + config["date_mean"]
     y = held["target"].to_numpy()
-    return {h: float(((e - y) ** 2).mean() ** 0.5) for h, e in eras.items()}
+    return {h: float(((e - y) ** 2).mean() ** 0.5) for h, e in common.head_eras(table).items()}
 
 
 def run_config(args, name, axis, changes):
