@@ -147,13 +147,10 @@ def era_prediction(task, kind, mean_out, date_stats):
     """The era (0..3, continuous) one head's TTA-mean output implies, or None (word2vec)."""
     if task == "target":
         return mean_out[:, 0]
-    if task == "onehot":
-        prob = mean_out.softmax(1) if kind == "ce" else mean_out.clamp(min=0)
-        prob = prob / prob.sum(1, keepdim=True).clamp(min=1e-6)
-        return prob @ torch.arange(common.N_CLASSES, dtype=prob.dtype)
+    if task == "onehot":        # common's mappings take tensors too; ce scores are logits
+        return common.era_of_scores(mean_out.softmax(1) if kind == "ce" else mean_out)
     if task == "sortingdate":
-        year = mean_out[:, 0] * date_stats[1] + date_stats[0]
-        return ((year - 1550) / 100).clamp(0, 3)
+        return common.era_of_year(mean_out[:, 0] * date_stats[1] + date_stats[0])
     return None
 
 
