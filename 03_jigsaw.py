@@ -51,6 +51,8 @@ p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="mse on the 
 p.add_argument("--lr", type=float, default=LR)
 p.add_argument("--seed", type=int, default=SEED)
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
+p.add_argument("--precision", default=None, choices=training.PRECISIONS,
+               help="bf16 autocast: auto = on GPUs and CPUs with native bf16 (profile)")
 
 
 def puzzle_loss(out, perms, kind):
@@ -71,7 +73,7 @@ def main():
     dist = training.Dist()
     out = common.start_stage(args.out) if dist.main else Path(args.out)
     images, ids, meta = pixels.load_store(args.hvr)
-    device, cuda = dist.device, dist.device.type == "cuda"
+    device = dist.device
     if args.epochs == 0:     # a profile that fine-tunes from random init (cpu: `make study`)
         if dist.main:
             print(f"[03] profile={args.profile}: 0 jigsaw epochs, the fine-tunes start from random init", flush=True)
@@ -102,7 +104,7 @@ def main():
 
     def forward(net, rows):
         x = pixels.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=True, perms=rows[:, 2:])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with training.autocast(device, args.precision):
             return net(x)
 
     def batch_loss(net, rows):

@@ -52,6 +52,7 @@ LOG_EVERY = 10         # steps between loss.csv rows
 EVAL_POLL = 1.0        # seconds between the evaluator's looks for a new checkpoint
 EVAL_GIVE_UP = 120.0   # seconds a checkpoint may stay unreadable before the evaluator fails
 EVAL_TRAIN_ROWS = 1024 # fold `all`: train rows the evaluator scores (it has no held-out side)
+MIXUP_UNIT = 1_000_000  # mixup weights travel in the (integer) epoch plan, in millionths
 TRAINABLE_WHEN_FROZEN = ("layer3.", "layer4.", "fc.")   # the recipe's --freeze experiment
 
 p = common.profile_parser(__doc__.split("\n")[0])
@@ -88,6 +89,14 @@ p.add_argument("--eval-rows", type=int, default=None, help="rows scored per epoc
 p.add_argument("--seed", type=int, default=SEED, choices=range(0, 10), metavar="0-9",
                help="init and batch order; a seed other than 0 trains into <task>_<fold>_s<seed>/")
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
+p.add_argument("--mixup", type=float, default=None,
+               help="mixup: each training image blended with another of the epoch, weight ~ Beta(a, a), "
+                    "the losses blended alike; 0: off (profile; the recipe: 0)")
+p.add_argument("--precision", default=None, choices=training.PRECISIONS,
+               help="bf16 autocast: auto = on GPUs and CPUs with native bf16 (profile)")
+p.add_argument("--photo-inputs", default=None, choices=pixels.PHOTO_INPUTS,
+               help="what the head gets besides the pixels: none (the recipe), shape (the photo's "
+                    "size and aspect), stats (all of 02's per-photo statistics) (profile)")
 
 
 # -----------------------------------------------------------------------------
@@ -154,8 +163,8 @@ def era_prediction(task, kind, mean_out, date_stats):
     return None
 
 
-def build(args, outputs, device):
-    model = training.build_model(args.arch, outputs)
+def build(args, outputs, inputs, device):
+    model = training.build_model(args.arch, outputs, inputs)
     if args.init == "xavier":
         training.xavier_init(model)
     if args.init == "jigsaw":
@@ -175,13 +184,15 @@ def build(args, outputs, device):
 # -----------------------------------------------------------------------------
 def train(args, run_dir, dist, on_epoch_end=None):
     images, ids, meta = pixels.load_store(args.hvr)
-    device, cuda = dist.device, dist.device.type == "cuda"
+    device = dist.device
     train_df, _, _ = task_data(args)
     date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
     pos = pixels.store_rows(ids, train_df["object_id"], args.hvr)
     store = pixels.to_pixels(images[np.sort(pos.numpy())], device)  # only this fold's photos
     pos = torch.from_numpy(np.searchsorted(np.sort(pos.numpy()), pos.numpy())).to(device)
     y, w = (t.to(device) for t in targets(args.task, train_df, args.folds, date_stats))
+    extra = pixels.photo_inputs(args.hvr, train_df["object_id"], args.photo_inputs)
+    extra = None if extra is None else extra.to(device)
     vidx = pixels.view_index(meta["size"]).to(device)
     training.banner("04", args, dist, task=args.task, fold=args.fold, train=len(train_df),
                     size=meta["size"], arch=args.arch, init=args.init, epochs=args.epochs,
@@ -198,19 +209,43 @@ def train(args, run_dir, dist, on_epoch_end=None):
         plan = plan[torch.randperm(len(plan), generator=g)]
         if args.shift:            # drawn after the order: a run without shifts sees the same batches
             plan = torch.cat([plan, torch.randint(-args.shift, args.shift + 1, (len(plan), 2), generator=g)], 1)
+        if args.mixup:            # the partner's plan row and the weight (in millionths), drawn last too
+            partner = plan[torch.randperm(len(plan), generator=g)]
+            rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=g)))
+            lam = torch.from_numpy(np.round(rng.beta(args.mixup, args.mixup, len(plan)) * MIXUP_UNIT).astype(np.int64))
+            plan = torch.cat([plan, partner, lam[:, None]], 1)
         return plan
 
-    def batch_loss(net, rows):
+    width = 4 if args.shift else 2        # plan columns of one sample: row, view[, dx, dy]
+
+    def batch_inputs(rows):
         x = pixels.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=True,
-                            offsets=rows[:, 2:] if args.shift else None)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            out = net(x).float()
-        return (head_losses(args.task, args.loss, out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
+                            offsets=rows[:, 2:4] if args.shift else None)
+        return x, None if extra is None else extra[rows[:, 0]]
+
+    def loss_of(out, rows):
+        return head_losses(args.task, args.loss, out, y[rows[:, 0]]) * w[rows[:, 0]]
+
+    def batch_loss(net, rows):
+        x, more = batch_inputs(rows)
+        if args.mixup:
+            other = rows[:, width:2 * width]
+            lam = rows[:, -1].float().div_(MIXUP_UNIT)
+            x2, more2 = batch_inputs(other)
+            x = x.mul_(lam.view(-1, 1, 1, 1)).add_(x2.mul_((1 - lam).view(-1, 1, 1, 1)))
+            if more is not None:
+                more = lam[:, None] * more + (1 - lam[:, None]) * more2
+        with training.autocast(device, args.precision):
+            out = net(x, more).float()
+        if args.mixup:
+            return (lam[:, None] * loss_of(out, rows) + (1 - lam[:, None]) * loss_of(out, other)).sum(), {}
+        return loss_of(out, rows).sum(), {}
 
     common.seed_everything(args.seed)
-    model = build(args, common.TASK_DIMS[args.task], device)
+    inputs = 0 if extra is None else extra.shape[1]
+    model = build(args, common.TASK_DIMS[args.task], inputs, device)
     config = dict(vars(args), log_every=LOG_EVERY, channels_last=True, size=meta["size"],
-                  outputs=common.TASK_DIMS[args.task], date_mean=date_stats[0], date_std=date_stats[1])
+                  outputs=common.TASK_DIMS[args.task], inputs=inputs, date_mean=date_stats[0], date_std=date_stats[1])
     training.fit(model, run_dir=run_dir, dist=dist, config=config, epoch_plan=epoch_plan,
                  batch_loss=batch_loss, on_epoch_end=on_epoch_end)
     return config
@@ -226,6 +261,7 @@ class Evaluator:
         self.date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
         self.px = pixels.to_pixels(images[pixels.store_rows(ids, self.held["object_id"], args.hvr).numpy()], device)
         self.y, self.w = targets(args.task, self.held, args.folds, self.date_stats)
+        self.extra = pixels.photo_inputs(args.hvr, self.held["object_id"], args.photo_inputs)
         self.era = torch.tensor(self.held["target"].to_numpy(), dtype=torch.float32)
         n = len(self.held)     # the rows of an epoch's score: a fixed random subset, or all
         self.subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: args.eval_rows or n].sort().values
@@ -233,6 +269,9 @@ class Evaluator:
         self.args, self.device, self.path = args, device, run_dir / "eval.csv"
         self.eras = [t for t, _ in heads(args.task) if t != "word2vec"]
         self.columns = ["epoch", "split", "n", "views", "loss", "rmse", *(f"rmse_{t}" for t in self.eras), "seconds"]
+
+    def inputs(self):
+        return 0 if self.extra is None else self.extra.shape[1]
 
     def done(self):
         return common.read_epoch_rows(self.path)
@@ -243,8 +282,9 @@ class Evaluator:
         last = epoch == args.epochs      # all 8 views of every row: the run's figure
         views = range(8 if last else args.eval_views)
         rows = torch.arange(len(self.held)) if last else self.subset
+        extra = None if self.extra is None else self.extra[rows].to(self.device)
         mean_out = training.predict_views(model, self.px[rows.to(self.px.device)], self.vidx, self.device,
-                                          args.batch * 4, views).mean(1).cpu()
+                                          args.batch * 4, views, args.precision, extra).mean(1).cpu()
         y, w, era = self.y[rows], self.w[rows], self.era[rows]
         losses = head_losses(args.task, args.loss, mean_out, y)
         loss = ((losses * w).sum(0) / w.sum(0).clamp(min=1)).sum().item()
@@ -270,7 +310,7 @@ def evaluate(args, run_dir, dist):
     # the trainer's pid, handed down: read at start-up, getppid() could already be init's
     parent = int(os.environ.get("ATMA11_TRAINER_PID") or os.getppid())
     ev = Evaluator(args, run_dir, dist.device)
-    model = training.build_model(args.arch, common.TASK_DIMS[args.task]).to(dist.device)
+    model = training.build_model(args.arch, common.TASK_DIMS[args.task], ev.inputs()).to(dist.device)
     unreadable = {}
     while True:
         todo = [e for e in range(1, args.epochs + 1) if e not in ev.done()]
@@ -300,7 +340,7 @@ def evaluate_missing(args, run_dir, dist, ev):
     have = {e for e, step, _ in training.list_checkpoints(run_dir) if step is None}
     missing = [e for e in range(1, args.epochs + 1) if e not in ev.done() and e in have]
     if missing:
-        model = training.build_model(args.arch, common.TASK_DIMS[args.task]).to(dist.device)
+        model = training.build_model(args.arch, common.TASK_DIMS[args.task], ev.inputs()).to(dist.device)
         for epoch in missing:
             model.load_state_dict(training.load_checkpoint(run_dir / common.ckpt_name(epoch), dist.device)["model"])
             ev.score(epoch, model)

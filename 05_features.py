@@ -32,6 +32,7 @@ import training
 
 # -----------------------------------------------------------------------------
 STATS = ("mean", "max", "min", "var")   # the recipe's reductions over the 8 views
+CHUNK = 4096                            # images per progress step
 
 p = common.profile_parser(__doc__.split("\n")[0])
 p.add_argument("--task", required=True, choices=common.NETS, help="one task, or multi: all four heads")
@@ -43,6 +44,8 @@ p.add_argument("--out", required=True, help="this stage's directory (the run goe
 p.add_argument("--batch", type=int, default=None, help="images per forward pass, 8 views each counted (profile)")
 p.add_argument("--seeds", type=int, default=1, choices=range(1, 11), metavar="1-10",
                help="networks of seeds 0..N-1 to average (make SEEDS)")
+p.add_argument("--precision", default=None, choices=training.PRECISIONS,
+               help="bf16 autocast: auto = on GPUs and CPUs with native bf16 (profile)")
 
 
 def splits(folds_dir, fold):
@@ -89,11 +92,14 @@ def main():
     for ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
         state = training.load_checkpoint(ckpt, dist.device)
         config = state["config"]
-        model = training.build_model(config["arch"], config["outputs"]).to(dist.device)
+        model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0)).to(dist.device)
         model.load_state_dict(state["model"])
+        extra = pixels.photo_inputs(args.hvr, every, config.get("photo_inputs", "none"))
         chunks = []
-        for part in training.progress(px.split(4096), dist, desc=ckpt.parent.name):
-            chunks.append(predict(model, part.to(dist.device), vidx, dist.device, args.batch, config))
+        for start in training.progress(range(0, len(px), CHUNK), dist, desc=ckpt.parent.name):
+            part = None if extra is None else extra[start:start + CHUNK].to(dist.device)
+            chunks.append(predict(model, px[start:start + CHUNK].to(dist.device), vidx, dist.device,
+                                  args, config, part))
         seeds.append(torch.cat(chunks).numpy())
     outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))
     start = 0
@@ -121,9 +127,11 @@ def last_checkpoint(run_dir, args):
 
 
 @torch.inference_mode()    # the unit conversions below write into predict_views' inference tensor
-def predict(model, px, vidx, device, batch, config):
-    """(N, 8, D) task-unit outputs for the 8 views of each image in px (pixels.to_pixels)."""
-    outputs = training.predict_views(model, px, vidx, device, batch).cpu()
+def predict(model, px, vidx, device, args, config, extra):
+    """(N, 8, D) task-unit outputs for the 8 views of each image in px (pixels.to_pixels), with
+    its photo inputs `extra` when the network takes them."""
+    outputs = training.predict_views(model, px, vidx, device, args.batch, precision=args.precision,
+                                     extra=extra).cpu()
     start = 0
     for t in (common.TASKS if config["task"] == "multi" else (config["task"],)):
         cols = slice(start, start + common.TASK_DIMS[t])

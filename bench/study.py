@@ -20,11 +20,14 @@ one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, rand
               whole pipeline, where one jigsaw serves all 4.5 network-equivalents of 04:
               jigsaw minutes + 4.5 x fine-tune minutes ~ 4.5 x the base's.
   init        torchvision's random init against the seed's xavier_normal (gain 0.02).
-  augment     each training view shifted by up to 4 px (mirrored border), 24 and 40 epochs,
-              against 24 epochs without.
+  augment     each training view shifted by up to 4 px (mirrored border), 24 and 40 epochs;
+              mixup (Beta(0.4, 0.4)), 24 and 36 epochs; against 24 epochs of neither.
   ensemble    two networks of 24 epochs (seeds 0 and 1; seed 0 is epochs_24's run), their
               8-view outputs averaged, against one; and 64 px for 24 epochs (about the same
               minutes as two at 48 px).
+  precision   24 epochs in bf16 autocast against float32 (the rows above: float32).
+  inputs      24 epochs in bf16, the head also given the photo's size and aspect (shape) or
+              all of 02's per-photo statistics (stats), against bf16_24.
 Resumable: a finished configuration (its runs' DONE) is not trained again; its minutes come
 from the runs' provenance.json. Timings need a quiet machine: every run uses all the cores, and
 load_1min (the highest 1-minute load average as its runs ended, kept in each run's load.txt)
@@ -49,7 +52,7 @@ import reporting  # noqa: E402
 # -----------------------------------------------------------------------------
 BASE = dict(net="multi", size=48, arch="resnet18", epochs=12, optim="adamw", lr=2e-3,
             betas=(0.9, 0.999), weight_decay=0.01, schedule="onecycle", init="scratch", jigsaw=0,
-            shift=0, seeds=1)
+            shift=0, seeds=1, precision="fp32", photo_inputs="none", mixup=0.0)
 RECIPE_ADAM = dict(optim="adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=0.0, schedule="halve")
 PIPELINE_NETS = 4.5      # 04's work per fold-0 network: folds 0-2, and `all` on 1.5x the rows
 CONFIGS = [              # (name, axis, changes to BASE)
@@ -70,6 +73,11 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("shift_40", "augment", dict(epochs=40, shift=4)),
     ("size_64_24", "size", dict(size=64, epochs=24)),
     ("seeds_2", "ensemble", dict(epochs=24, seeds=2, seed0="epochs_24")),
+    ("mixup_24", "augment", dict(epochs=24, mixup=0.4)),
+    ("mixup_36", "augment", dict(epochs=36, mixup=0.4)),
+    ("bf16_24", "precision", dict(epochs=24, precision="bf16")),
+    ("shape_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="shape")),
+    ("stats_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="stats")),
 ]
 JIGSAW_EPOCHS = 4        # one jigsaw run; its epoch-2 checkpoint is the 2-epoch jigsaw (the
                          # recipe's per-epoch halving does not depend on the run's length)
@@ -131,7 +139,8 @@ def finetune(args, name, cfg, task, hvr, jig, seed=0):
             "--init", cfg["init"], "--optim", cfg["optim"], "--lr", cfg["lr"],
             "--betas", *cfg["betas"], "--shift", cfg["shift"], "--weight-decay", cfg["weight_decay"],
             "--schedule", cfg["schedule"], "--halve-views", cfg.get("halve_views", 8), "--eval-views", 1,
-            "--eval-rows", 0, "--seed", seed])
+            "--eval-rows", 0, "--seed", seed, "--precision", cfg["precision"],
+            "--photo-inputs", cfg["photo_inputs"], "--mixup", cfg["mixup"]])
         # the 1-minute load average as the run ended: ~2 on a quiet machine (its own 2 threads)
         (run_dir / "load.txt").write_text(f"{os.getloadavg()[0]:.2f}\n")
     last = pd.read_csv(run_dir / "eval.csv").iloc[-1]
@@ -152,9 +161,11 @@ def ensemble_rmse(args, run_dirs, hvr):
     for run_dir in run_dirs:
         state = training.load_checkpoint(training.list_checkpoints(run_dir)[-1][2])
         config = state["config"]
-        model = training.build_model(config["arch"], config["outputs"])
+        model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0))
         model.load_state_dict(state["model"])
-        outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 256).mean(1).numpy())
+        extra = pixels.photo_inputs(hvr, held["object_id"], config.get("photo_inputs", "none"))
+        outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 256, precision=config.get(
+            "precision", "fp32"), extra=extra).mean(1).numpy())
     mean = sum(outs) / len(outs)
     names = [f"{t}_{d}_mean" for t in common.TASKS for d in range(common.TASK_DIMS[t])]   # 05's columns
     table = pd.DataFrame(mean, columns=names)
