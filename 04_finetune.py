@@ -14,6 +14,11 @@ standardised with the fold's train-side mean and std, de-standardised on output)
 the material/technique embedding from 01; objects without names are masked out of the loss).
 MSE for all four, as the recipe; `--loss ce` makes onehot a cross-entropy classifier.
 `--task multi`: one backbone with all four heads (26 outputs), the sum of the four losses.
+Past the recipe, each measured by `make study` (README, Profiles): `--mixup A` blends each
+training image with another of the epoch (weight ~ Beta(A, A), drawn into the epoch's plan, so a
+resumed run sees the same blends) and the two losses alike; `--photo-inputs shape|stats` gives
+the head the photo's size and aspect, or all of 02's per-photo statistics, beside the pooled
+features; `--precision` chooses bf16 autocast or float32.
 
 Evaluation scores each epoch's checkpoint on the fold's held-out side and appends a row to
 eval.csv: the loss, and the RMSE on the era target of every head that has one (target;

@@ -17,7 +17,8 @@ Outputs are in the task's own units: the era (target), the one-hot scores (oneho
 probabilities when it was trained with --loss ce), the year (sortingdate, de-standardised), the
 20 word2vec coordinates. Columns are named <task>_<dim>_<stat>; a `multi` network's four heads
 give the same columns as the four single-task networks. Every object of every split goes
-through the network in one pass (inference mode, channels_last, 8 views per image).
+through the network in one pass (inference mode, channels_last, 8 views per image; bf16
+autocast where --precision says: the cpu profile's `auto` on a CPU with native bf16).
 """
 import time
 from pathlib import Path

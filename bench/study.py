@@ -25,7 +25,8 @@ one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, rand
   ensemble    two networks of 24 epochs (seeds 0 and 1; seed 0 is epochs_24's run), their
               8-view outputs averaged, against one; and 64 px for 24 epochs (about the same
               minutes as two at 48 px).
-  precision   24 epochs in bf16 autocast against float32 (the rows above: float32).
+  precision   24 epochs in bf16 autocast against float32 (the rows above: float32), one seed and
+              two (against seeds_2).
   inputs      24 epochs in bf16, the head also given the photo's size and aspect (shape) or
               all of 02's per-photo statistics (stats), against bf16_24.
 Resumable: a finished configuration (its runs' DONE) is not trained again; its minutes come
@@ -76,6 +77,7 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("mixup_24", "augment", dict(epochs=24, mixup=0.4)),
     ("mixup_36", "augment", dict(epochs=36, mixup=0.4)),
     ("bf16_24", "precision", dict(epochs=24, precision="bf16")),
+    ("bf16_seeds_2", "precision", dict(epochs=24, precision="bf16", seeds=2, seed0="bf16_24")),
     ("shape_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="shape")),
     ("stats_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="stats")),
 ]
