@@ -47,7 +47,7 @@ PROFILES = {
         "02": dict(size=48),               # study: 48 px 0.831 in 2.0 min; 64 px 0.838 in 1.7; 96 px 0.862 in 1.8
         "03": dict(arch="resnet18", epochs=0, batch=64, views=1, perms=2, holdout=256,
                    holdout_trains=False, ckpt_every=50,    # study: no jigsaw; 2 / 4 epochs of it at
-                   precision="auto", **RECIPE_OPTIM),      # equal minutes: 0.849 / 0.863 against 0.831
+                   precision="fp32", **RECIPE_OPTIM),      # equal minutes: 0.849 / 0.863 against 0.831
         "04": dict(arch="resnet18",        # study: resnet34 0.824 in 3.8 min, resnet18 0.808 in 4.2
                    epochs=24,              # study: 6 / 12 / 24 epochs 0.842 / 0.831 / 0.808; 60: 0.834 (overfits)
                    batch=64, views=1,      # one random view per image per epoch (the 8 are TTA)
@@ -65,7 +65,7 @@ PROFILES = {
     "smoke": {
         "02": dict(size=24),
         "03": dict(arch="resnet18", epochs=2, batch=32, views=1, perms=2, holdout=16,
-                   holdout_trains=False, ckpt_every=4, precision="auto", **dict(RECIPE_OPTIM, halve_views=1)),
+                   holdout_trains=False, ckpt_every=4, precision="fp32", **dict(RECIPE_OPTIM, halve_views=1)),
         "04": dict(arch="resnet18", epochs=2, batch=16, views=1, shift=0, ckpt_every=1000, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # ckpt_every 1000: epoch ends only
                    precision="fp32", photo_inputs="none", mixup=0.0,
