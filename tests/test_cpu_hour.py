@@ -109,7 +109,8 @@ def test_a_folds_features_are_its_seeds_networks_averaged(multi_run):
         state = training.load_checkpoint(training.list_checkpoints(work / "04_finetune" / run)[-1][2])
         model = training.build_model(state["config"]["arch"], state["config"]["outputs"])
         model.load_state_dict(state["model"])
-        outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 64).numpy())
+        outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 64,
+                                           precision=common.PROFILES["smoke"]["05"]["precision"]).numpy())
     assert not np.allclose(outs[0][..., 0], outs[1][..., 0])       # two different networks
     assert np.allclose(saved["outputs"][:20, :, 0], (outs[0][..., 0] + outs[1][..., 0]) / 2, atol=1e-5)
 
