@@ -1,7 +1,8 @@
 """What the torch stages (03 jigsaw, 04 fine-tune, 05 features) share besides the images
 (pixels.py): the networks, the device and DDP setup, safe checkpoints, one resumable,
 deterministic training loop with its optimizers and learning-rate schedules, and inference over
-the 8 views.
+the 8 views. Longer than 400 lines: the loop, its checkpoints and its schedules are read together
+when a resume is in question; splitting them would scatter one contract over files.
 """
 import math
 import os
