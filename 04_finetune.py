@@ -291,7 +291,7 @@ class Evaluator:
         rows = torch.arange(len(self.held)) if last else self.subset
         extra = None if self.extra is None else self.extra[rows].to(self.device)
         mean_out = training.predict_views(model, self.px[rows.to(self.px.device)], self.vidx, self.device,
-                                          args.batch * 4, views, args.precision, extra).mean(1).cpu()
+                                          args.batch * 4, views, precision=args.precision, extra=extra).mean(1).cpu()
         y, w, era = self.y[rows], self.w[rows], self.era[rows]
         losses = head_losses(args.task, args.loss, mean_out, y)
         loss = ((losses * w).sum(0) / w.sum(0).clamp(min=1)).sum().item()

@@ -18,7 +18,7 @@ probabilities when it was trained with --loss ce), the year (sortingdate, de-sta
 20 word2vec coordinates. Columns are named <task>_<dim>_<stat>; a `multi` network's four heads
 give the same columns as the four single-task networks. Every object of every split goes
 through the network in one pass (inference mode, channels_last, 8 views per image; bf16
-autocast where --precision says: the cpu profile's `auto` on a CPU with native bf16).
+autocast where --precision says: the full profile's `auto` on GPUs).
 """
 import time
 from pathlib import Path
@@ -89,13 +89,16 @@ def main():
                     **{k: len(v) for k, v in wanted.items()})
     every = pd.concat(wanted.values(), ignore_index=True)
     px = pixels.to_pixels(images[pixels.store_rows(ids, every, args.hvr).numpy()], "cpu")
-    seeds = []
+    seeds, extras = [], {}
     for ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
         state = training.load_checkpoint(ckpt, dist.device)
         config = state["config"]
         model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0)).to(dist.device)
         model.load_state_dict(state["model"])
-        extra = pixels.photo_inputs(args.hvr, every, config.get("photo_inputs", "none"))
+        kind = config.get("photo_inputs", "none")
+        if kind not in extras:                          # stats.csv read once, not once per seed
+            extras[kind] = pixels.photo_inputs(args.hvr, every, kind)
+        extra = extras[kind]
         chunks = []
         for start in training.progress(range(0, len(px), CHUNK), dist, desc=ckpt.parent.name):
             part = None if extra is None else extra[start:start + CHUNK].to(dist.device)

@@ -55,12 +55,12 @@ PROFILES = {
                    ckpt_every=100, init="scratch", keep_epochs="last",   # seeds: make SEEDS (Makefile;
                                                                          # cpu 2, averaged by 05)
                    eval_views=1, eval_rows=384,    # per epoch: 1 view of 384 rows (<10% of the
-                   precision="fp32",       # time); last epoch: 8 views of every row. bf16: 1.4x the
-                                           # images/s, fold 0 seeds 0 / 1: 0.821 / 0.824 against 0.808 / 0.823
+                   precision="fp32",       # time); last epoch: 8 views of every row. study: bf16 seeds
+                                           # 0 / 1 0.821 / 0.824, averaged 0.819; float32 0.808 / 0.823, 0.811
                    photo_inputs="none", mixup=0.0, **CPU_OPTIM),
         "05": dict(batch=256,              # ResNet18 at 48 px infers fastest at 128-256 here
-                   precision="fp32"),      # bf16 (--precision auto) infers 1.6-2x faster here with
-                                           # held-out RMSE within 0.0002; not yet measured in a whole run
+                   precision="fp32"),      # bf16 (--precision auto) infers 1.56x as fast here
+                                           # (bench/model_throughput.py); not yet measured in a whole run
     },
     "smoke": {
         "02": dict(size=24),

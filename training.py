@@ -24,7 +24,7 @@ def bf16(device, precision):
     """Whether to compute in bfloat16 (torch.autocast): `bf16` always, `fp32` never, `auto` on
     GPUs and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX; elsewhere autocast would
     emulate it, slower than float32). On this 2-core AVX512-BF16 CPU, ResNet18 at 48 px trains
-    1.4x and infers 1.6-2x as fast in bf16 (bench/model_throughput.py)."""
+    1.44x and infers 1.56x as fast in bf16 (bench/model_throughput.py --arch resnet18 --size 48)."""
     if precision == "auto":
         return device.type == "cuda" or (device.type == "cpu" and (
             torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
@@ -36,11 +36,12 @@ def autocast(device, precision):
 
 
 @torch.inference_mode()
-def predict_views(model, px, vidx, device, batch, views=range(8), precision="auto", extra=None):
+def predict_views(model, px, vidx, device, batch, views=range(8), *, precision, extra=None):
     """(N, V, D) outputs of the given views (default all 8) of every image; px (N, S*S) from
     to_pixels on `device`; extra (N, K): the photo inputs of a network that takes them (the same
-    for every view). channels_last on every device: on this CPU it infers ResNets ~1.3x faster
-    (1075 against 822 images/s, ResNet18 at 48 px, batch 256)."""
+    for every view); precision: the calling stage's setting (no default: a forgotten one would
+    silently compute in bf16 on a bf16 CPU). channels_last on every device: on this CPU it infers
+    ResNets ~1.3x faster (1075 against 822 images/s, ResNet18 at 48 px, batch 256)."""
     model.eval()
     model.to(memory_format=torch.channels_last)
     views = torch.as_tensor(list(views), device=device)
