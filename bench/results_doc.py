@@ -149,7 +149,7 @@ def main():
         study = Path(args.study)
         df = pd.read_csv(study / "study.csv")
         keep = ["name", "axis", "net", "size", "arch", "epochs", "optim", "lr", "schedule", "halve_views", "init", "jigsaw",
-                "shift", "seeds",
+                "shift", "mixup", "precision", "photo_inputs", "seeds",
                 "fine_tune_minutes", "pipeline_minutes", "rmse_target", "rmse_onehot", "rmse_sortingdate", "load_1min"]
         lines += ["## The budget study (`make study`)\n",
                   "Fold 0 of the same folds, each configuration trained through `04_finetune.py` "

@@ -230,6 +230,8 @@ def main():
     started = time.time()
     # --only runs a few configurations; the others keep the rows an earlier pass wrote
     before = pd.read_csv(out / "study.csv") if (out / "study.csv").exists() else pd.DataFrame({"name": []})
+    # rows written before a setting existed ran with the base's value of it
+    before = before.fillna({k: v for k, v in BASE.items() if k in before and not isinstance(v, tuple)})
     kept = {r["name"]: r for r in before.to_dict("records")}
     rows = {name: kept[name] for name, _, _ in CONFIGS if args.only and name not in args.only and name in kept}
 
