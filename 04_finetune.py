@@ -170,7 +170,7 @@ def era_prediction(task, kind, mean_out, date_stats):
     return None
 
 
-def build(args, outputs, inputs, device):
+def build(args, outputs, device, inputs=0):
     model = training.build_model(args.arch, outputs, inputs)
     if args.init == "xavier":
         training.xavier_init(model)
@@ -250,7 +250,7 @@ def train(args, run_dir, dist, on_epoch_end=None):
 
     common.seed_everything(args.seed)
     inputs = 0 if extra is None else extra.shape[1]
-    model = build(args, common.TASK_DIMS[args.task], inputs, device)
+    model = build(args, common.TASK_DIMS[args.task], device, inputs)
     config = dict(vars(args), log_every=LOG_EVERY, channels_last=True, size=meta["size"],
                   outputs=common.TASK_DIMS[args.task], inputs=inputs, date_mean=date_stats[0], date_std=date_stats[1])
     training.fit(model, run_dir=run_dir, dist=dist, config=config, epoch_plan=epoch_plan,
