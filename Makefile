@@ -228,7 +228,7 @@ cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_
 
 # ---- checks and housekeeping ----------------------------------------------------------------
 test: setup ## run the test suite (sets itself up; uses ../shared/atmacup11 when present)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 clean: ## delete WORK (never the raw data, never .venv)
 	rm -rf $(WORK)

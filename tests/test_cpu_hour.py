@@ -254,3 +254,17 @@ def test_shifted_views_are_the_view_then_a_mirrored_translation():
         dy, dx = offsets[b].tolist()
         padded = np.pad(plain[b], 3, mode="reflect")
         assert (got[b] == padded[3 + dy:3 + dy + s, 3 + dx:3 + dx + s]).all()
+
+
+def test_meta_only_uses_its_own_booster_and_the_bench_scores_both(smoke_run):
+    """bench/meta_params.py scores the recipe's booster and META_PARAMS on the statistics alone;
+    its 06-style score of META_PARAMS is the meta_only CV that 06 itself wrote."""
+    work = smoke_run[0]
+    p = subprocess.run([PY, "bench/meta_params.py", "--work", work, "--rounds", "200"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    figures = dict(line.split(": ", 1) for line in p.stdout.splitlines())
+    assert {f"meta_only_{s}_{m}" for s in ("recipe", "meta") for m in ("shared_rounds_rmse", "shared_rounds_best",
+                                                                         "as_06_rmse")} == set(figures)
+    cv = pd.read_csv(work / "06_stack" / "cv.csv")
+    assert float(figures["meta_only_meta_as_06_rmse"]) == pytest.approx(cv["meta_only"].iloc[-1], abs=1e-4)

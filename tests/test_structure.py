@@ -14,7 +14,7 @@ LONG = 400          # lines; a longer module says why in its docstring ("Longer 
 
 
 @pytest.mark.parametrize("script", SCRIPTS + ["02_hvr_augment.sh", "bench/study.py", "bench/results_doc.py",
-                                              "sync/sync.py"])
+                                              "bench/meta_params.py", "sync/sync.py"])
 def test_every_script_answers_help_from_another_directory(script, tmp_path):
     cmd = [str(REPO / script), "--help"] if script.endswith(".sh") else [PY, str(REPO / script), "--help"]
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
