@@ -116,10 +116,11 @@ if [ -f "$out/.rgb/meta" ] && [ "$(cat "$out/.rgb/meta")" != "$meta" ]; then
 fi
 echo "$meta" > "$out/.rgb/meta"
 
-# The ids to decode, with the sha256 validation saw ("-": an id list without hashes, trusted as is).
+# The ids to decode, with the sha256 validation saw ("-": an id list without hashes, trusted as is),
+# the size validation read, and the file's bytes (a statistic; "-": unknown).
 awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) col[$i] = i; next}
          {print $1, (("sha256" in col) ? $col["sha256"] : "-"), (("width" in col) ? $col["width"] + 0 : 0),
-                (("height" in col) ? $col["height"] + 0 : 0)}' \
+                (("height" in col) ? $col["height"] + 0 : 0), (("bytes" in col) ? $col["bytes"] + 0 : "-")}' \
   "$ids" > "$out/.rgb/ids"
 total=$(wc -l < "$out/.rgb/ids")
 # finished photos: "id batch-dir width height" from committed batches whose hash is validation's

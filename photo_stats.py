@@ -1,5 +1,6 @@
 """Per-photo statistics the square resize hides from the networks (DATA.md): the photo's size and
-aspect, its colour (RGB means and spreads, 8-bin HSV histograms) and its texture (edge strength).
+aspect, its JPEG's bytes (and per pixel: how much detail the encoder kept), its colour (RGB means
+and spreads, 8-bin HSV histograms) and its texture (edge strength).
 
 Stage 02 computes them once, from its one decode of each photo (no second pass over the JPEGs),
 and writes WORK/02_hvr/stats.csv in the store's row order; 06_stack.py --meta on gives them to
@@ -22,7 +23,8 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 PIXEL_COLUMNS = (["r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std"]
                  + [f"{c}_hist{k}" for c in "hsv" for k in range(BINS)]
                  + ["edge_mean", "edge_density"])
-COLUMNS = ["width", "height", "aspect", *PIXEL_COLUMNS, *(f"{c}_stored" for c in PIXEL_COLUMNS)]
+SIZE_COLUMNS = ["width", "height", "aspect", "file_bytes", "bytes_per_pixel"]
+COLUMNS = [*SIZE_COLUMNS, *PIXEL_COLUMNS, *(f"{c}_stored" for c in PIXEL_COLUMNS)]
 
 
 def content_box(width, height, size, mode):
@@ -56,11 +58,12 @@ def hsv(x):
     return h, s, v
 
 
-def row(native, stored):
+def row(native, stored, file_bytes=np.nan):
     """One photo's values of COLUMNS: native (h, w, 3) uint8, the photo as decoded; stored, its
-    part of the S x S stored image (content_box)."""
+    part of the S x S stored image (content_box); file_bytes, its JPEG's size (NaN: unknown)."""
     height, width = native.shape[:2]
-    return np.concatenate([[width, height, width / height], pixel_stats(native), pixel_stats(stored)])
+    size = [width, height, width / height, file_bytes, file_bytes / (width * height)]
+    return np.concatenate([size, pixel_stats(native), pixel_stats(stored)])
 
 
 def pixel_stats(rgb):

@@ -47,6 +47,7 @@ def store_rows(ids, wanted, where):
 
 PHOTO_INPUTS = ("none", "shape", "stats")
 SHAPE_COLUMNS = ("width", "height", "aspect")
+LOG_COLUMNS = (*SHAPE_COLUMNS, "file_bytes", "bytes_per_pixel")     # sizes: standardised in logs
 
 
 def photo_inputs(store_dir, wanted, kind):
@@ -54,7 +55,7 @@ def photo_inputs(store_dir, wanted, kind):
     `wanted`, from 02's per-photo statistics (stats.csv): `shape`, the photo's log width, height
     and aspect (the square resize hides them, DATA.md); `stats`, all of photo_stats.COLUMNS
     (sizes and aspect in logs). Each column is standardised over every photo of the store
-    (train and test alike: no labels); None for `none`."""
+    (train and test alike: no labels), an unknown value (NaN) is its mean; None for `none`."""
     if kind == "none":
         return None
     path = Path(store_dir) / "stats.csv"
@@ -64,9 +65,10 @@ def photo_inputs(store_dir, wanted, kind):
     table = pd.read_csv(path, dtype={"object_id": str}).set_index("object_id")
     if kind == "shape":
         table = table[list(SHAPE_COLUMNS)]
-    for c in SHAPE_COLUMNS:
-        table[c] = np.log(table[c])
-    table = (table - table.mean()) / table.std().replace(0, 1).fillna(1)
+    for c in LOG_COLUMNS:
+        if c in table:
+            table[c] = np.log(table[c])
+    table = ((table - table.mean()) / table.std().replace(0, 1).fillna(1)).fillna(0)
     missing = [w for w in wanted if w not in table.index]
     if missing:
         common.fail(f"{path}: no statistics for {common.show_ids(missing)}")

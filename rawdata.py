@@ -198,8 +198,8 @@ def jpeg_end(data):
 
 
 def photo_header(path, max_pixels=MAX_PIXELS):
-    """(width, height, mode, sha256) from a JPEG's header and bytes; raises DataError for what 02
-    could not decode.
+    """(width, height, mode, sha256, bytes) from a JPEG's header and bytes; raises DataError for
+    what 02 could not decode. The file's size is one of 02's per-photo statistics.
 
     Checks the start (SOI) and end (EOI) markers and parses the header, without decoding pixels:
     that is 02's job, done once. The content hash lets 02 trust only decodes of these bytes.
@@ -225,7 +225,7 @@ def photo_header(path, max_pixels=MAX_PIXELS):
         raise DataError(f"{path}: {w} x {h} pixels, more than the limit of {max_pixels} pixels "
                         f"(and {MAX_SIDE} a side); raise it with make MAX_PIXELS=N if ImageMagick's "
                         f"policy (identify -list resource) allows such a photo")
-    return w, h, mode, hashlib.sha256(data).hexdigest()
+    return w, h, mode, hashlib.sha256(data).hexdigest(), len(data)
 
 
 def validate_raw(data_dir, max_pixels=MAX_PIXELS):
@@ -258,7 +258,7 @@ def validate_raw(data_dir, max_pixels=MAX_PIXELS):
         head = "\n  ".join(errors[:10])
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise DataError(f"{len(errors)} bad photo(s) under {data_dir / 'photos'}:\n  {head}{more}")
-    photos = pd.DataFrame(rows, columns=["object_id", "width", "height", "mode", "sha256"])
+    photos = pd.DataFrame(rows, columns=["object_id", "width", "height", "mode", "sha256", "bytes"])
     odd = {m: int(n) for m, n in photos["mode"].value_counts().items() if m != "RGB"}
     summary = (f"validated {data_dir}: train.csv {len(train)} rows "
                f"({train['art_series_id'].nunique()} series), test.csv {len(test)} rows, "

@@ -7,7 +7,7 @@ into one memory-mappable array in OUT/.rgb/ids' order, takes each photo's statis
 
     python store_pack.py --out work/02_hvr --size 48 --mode stretch --started 1764560000.0
 
-Reads  OUT/.rgb/ids ("id sha256 width height" per photo, the store's row order) and
+Reads  OUT/.rgb/ids ("id sha256 width height bytes" per photo, the store's row order) and
        OUT/.rgb/finished ("id batch-dir width height": where each decoded photo lies)
 Writes OUT/images.npy (N, S, S, 3) uint8, ids.txt, stats.csv, meta.json, provenance.json, DONE
 """
@@ -36,25 +36,29 @@ p.add_argument("--jobs", type=int, default=os.cpu_count(), help="worker processe
 
 
 def read_plan(rgb):
-    """(ids in row order, {id: batch dir}, {id: (width, height)}) from the decode's lists."""
-    ids = [line.split()[0] for line in (rgb / "ids").read_text().splitlines()]
+    """(ids in row order, {id: batch dir}, {id: (width, height)}, {id: the JPEG's bytes, NaN when
+    the id list did not say}) from the decode's lists."""
+    listed = [line.split() for line in (rgb / "ids").read_text().splitlines()]
+    ids = [fields[0] for fields in listed]
+    file_bytes = {fields[0]: float(fields[4]) if len(fields) > 4 and fields[4] != "-" else np.nan
+                  for fields in listed}
     where, sizes = {}, {}
     for line in (rgb / "finished").read_text().splitlines():
         oid, batch, w, h = line.split()
         where[oid], sizes[oid] = Path(batch), (int(w), int(h))
-    return ids, where, sizes
+    return ids, where, sizes, file_bytes
 
 
 def pack(start, chunk, *, store, size, mode):
-    """Rows start.. of the store from their raw files (chunk: (id, batch dir, (width, height))
-    per photo), and their statistics: each file read once."""
+    """Rows start.. of the store from their raw files (chunk: (id, batch dir, (width, height),
+    the JPEG's bytes) per photo), and their statistics: each file read once."""
     arr = np.load(store, mmap_mode="r+")
     rows = []
-    for i, (oid, batch, (w, h)) in enumerate(chunk, start):
+    for i, (oid, batch, (w, h), file_bytes) in enumerate(chunk, start):
         arr[i] = img = np.fromfile(batch / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
         native = np.fromfile(batch / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
         top, bottom, left, right = photo_stats.content_box(w, h, size, mode)
-        rows.append(photo_stats.row(native, img[top:bottom, left:right]))
+        rows.append(photo_stats.row(native, img[top:bottom, left:right], file_bytes))
     arr.flush()
     return rows
 
@@ -63,7 +67,7 @@ def main():
     args = p.parse_args()
     out, size = Path(args.out), args.size
     started = args.started or time.time()
-    ids, where, sizes = read_plan(out / ".rgb")
+    ids, where, sizes, file_bytes = read_plan(out / ".rgb")
     # Chunks on every core, each writing its rows of the one store file, whose blocks are
     # reserved first: a full disk is an error here, not a SIGBUS in a worker.
     with common.disk_full_is_an_error(out):
@@ -72,7 +76,7 @@ def main():
             with open(tmp, "r+b") as f:
                 os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
             starts = range(0, len(ids), CHUNK)
-            chunks = [[(oid, where[oid], sizes[oid]) for oid in ids[k:k + CHUNK]] for k in starts]
+            chunks = [[(oid, where[oid], sizes[oid], file_bytes[oid]) for oid in ids[k:k + CHUNK]] for k in starts]
             work = partial(pack, store=tmp, size=size, mode=args.mode)
             with ProcessPoolExecutor(args.jobs) as pool:
                 rows = [r for part in pool.map(work, starts, chunks) for r in part]

@@ -157,6 +157,7 @@ def test_a_photo_at_the_limit_decodes(demo_copy, tmp_path):
     run_make("hvr", work=tmp_path / "work", data=demo_copy, timeout=300, **SMOKE)
     stats = pd.read_csv(tmp_path / "work" / "02_hvr" / "stats.csv", dtype={"object_id": str}).set_index("object_id")
     assert (stats.at[oid, "width"], stats.at[oid, "height"]) == (5000, 5000)
+    assert stats.at[oid, "file_bytes"] == (demo_copy / "photos" / f"{oid}.jpg").stat().st_size   # via photos.csv
 
 
 def test_imagemagick_limits_too_small_are_named_not_blamed_on_the_photo(demo_copy, tmp_path):

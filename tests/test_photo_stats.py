@@ -6,12 +6,14 @@ the photo-size columns against Pillow on the original JPEG (tight: the same pixe
 decoders); the _stored columns against Pillow on the very pixels 02 stored (tight), and against
 Pillow resizing the original itself (loose: the two resize filters differ at the block edges).
 """
+import subprocess
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageFilter, ImageOps, ImageStat
 
-from conftest import build_store
+from conftest import REPO, build_store
 import photo_stats
 
 SIZE = 64
@@ -114,3 +116,19 @@ def test_content_box_is_inside_the_photo():
     assert photo_stats.content_box(109, 224, 48, "pad") == (0, 48, 13, 35)
     top, bottom, _, _ = photo_stats.content_box(224, 2, 48, "pad")   # a sliver still has a pixel
     assert bottom - top == 1
+
+
+def test_file_bytes_come_from_validation_and_are_nan_when_unknown(photo, tmp_path):
+    """The JPEG's size rides on validation's id list (photos.csv's `bytes`) into stats.csv; an
+    id list without it gives NaN (06's booster and the networks' photo inputs take NaN)."""
+    row, _ = run_02(photo, tmp_path / "unknown", "stretch")
+    assert np.isnan(row["file_bytes"]) and np.isnan(row["bytes_per_pixel"])
+    size = photo.stat().st_size
+    ids_csv = tmp_path / "photos.csv"
+    ids_csv.write_text(f"object_id,width,height,mode,sha256,bytes\n{photo.stem},{W},{H},RGB,-,{size}\n")
+    out = tmp_path / "known"
+    subprocess.run([str(REPO / "02_hvr_augment.sh"), "--photos", str(photo.parent), "--ids", str(ids_csv),
+                    "--out", str(out), "--size", str(SIZE), "--python", str(REPO / ".venv" / "bin" / "python")],
+                   check=True, capture_output=True, cwd=REPO, timeout=120)
+    known = pd.read_csv(out / "stats.csv", dtype={"object_id": str}).set_index("object_id").loc[photo.stem]
+    assert known["file_bytes"] == size and known["bytes_per_pixel"] == pytest.approx(size / (W * H))
