@@ -1,6 +1,8 @@
 """Per-photo statistics the square resize hides from the networks (DATA.md): the photo's size and
 aspect, its JPEG's bytes (and per pixel: how much detail the encoder kept), its colour (RGB means
-and spreads, 8-bin HSV histograms) and its texture (edge strength).
+and spreads, 8-bin HSV histograms, saturation's mean and spread, brightness percentiles, the share
+of grey and of paper-white pixels), its texture (edge strength; luma's mean step to the next pixel,
+at full and at half resolution) and its framing (the middle's luma against the whole's).
 
 Stage 02 computes them once, from its one decode of each photo (no second pass over the JPEGs),
 and writes WORK/02_hvr/stats.csv in the store's row order; 06_stack.py --meta on gives them to
@@ -18,11 +20,16 @@ import numpy as np
 
 BINS = 8            # per HSV channel: a small histogram (DATA.md's reference uses 8)
 EDGE_LEVEL = 0.125  # |8-neighbour Laplacian of luma| above this (32/255) counts as an edge pixel
+GREY_S = 0.08       # saturation below this: a grey pixel
+PAPER_V, PAPER_S = 0.85, 0.15    # brighter and less saturated than these: a paper-white pixel
+V_PERCENTILES = (10, 50, 90)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 PIXEL_COLUMNS = (["r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std"]
                  + [f"{c}_hist{k}" for c in "hsv" for k in range(BINS)]
-                 + ["edge_mean", "edge_density"])
+                 + ["edge_mean", "edge_density"]
+                 + ["s_mean", "s_std", *(f"v_p{q}" for q in V_PERCENTILES), "grey", "paper",
+                    "step", "step_half", "middle_minus_all"])
 SIZE_COLUMNS = ["width", "height", "aspect", "file_bytes", "bytes_per_pixel"]
 COLUMNS = [*SIZE_COLUMNS, *PIXEL_COLUMNS, *(f"{c}_stored" for c in PIXEL_COLUMNS)]
 
@@ -74,7 +81,8 @@ def pixel_stats(rgb):
     mean = px.sum(0) / len(px)
     spread = np.sqrt(np.maximum(np.einsum("ij,ij->j", px, px) / len(px) - mean ** 2, 0))
     out = [*(mean / 255), *(spread / 255)]
-    for channel in hsv(flat):
+    hue, sat, val = hsv(flat)
+    for channel in (hue, sat, val):
         out += list(np.bincount(np.minimum((channel * BINS).astype(int), BINS - 1), minlength=BINS) / len(flat))
     luma = x @ LUMA
     if luma.shape[0] >= 3 and luma.shape[1] >= 3:   # the Laplacian needs a neighbour on every side
@@ -84,4 +92,21 @@ def pixel_stats(rgb):
         out += [float(lap.mean()), float((lap > EDGE_LEVEL).mean())]
     else:
         out += [0.0, 0.0]
+    out += [float(sat.mean()), float(sat.std()), *np.percentile(val, V_PERCENTILES).tolist(),
+            float((sat < GREY_S).mean()), float(((val > PAPER_V) & (sat < PAPER_S)).mean())]
+    half = luma[: luma.shape[0] // 2 * 2, : luma.shape[1] // 2 * 2]
+    half = half.reshape(half.shape[0] // 2, 2, half.shape[1] // 2, 2).mean((1, 3))
+    out += [step(luma), step(half)]
+    rows, cols = luma.shape
+    middle = luma[rows // 4: rows - rows // 4, cols // 4: cols - cols // 4]
+    out += [float(middle.mean() - luma.mean()) if middle.size else 0.0]
     return np.asarray(out, dtype=np.float64)
+
+
+def step(luma):
+    """Mean absolute difference of luma to the next pixel, down and across (0 for a 1-pixel side)."""
+    if min(luma.shape) == 0:
+        return 0.0
+    down = np.abs(np.diff(luma, axis=0)).mean() if luma.shape[0] > 1 else 0.0
+    across = np.abs(np.diff(luma, axis=1)).mean() if luma.shape[1] > 1 else 0.0
+    return float(down + across)

@@ -132,3 +132,24 @@ def test_file_bytes_come_from_validation_and_are_nan_when_unknown(photo, tmp_pat
                    check=True, capture_output=True, cwd=REPO, timeout=120)
     known = pd.read_csv(out / "stats.csv", dtype={"object_id": str}).set_index("object_id").loc[photo.stem]
     assert known["file_bytes"] == size and known["bytes_per_pixel"] == pytest.approx(size / (W * H))
+
+
+def test_framing_texture_and_paper_statistics_by_hand():
+    """The newer columns on images whose values follow from their construction."""
+    named = lambda x: dict(zip(photo_stats.PIXEL_COLUMNS, photo_stats.pixel_stats(x)))
+    x = np.zeros((40, 60, 3), np.uint8)
+    x[:, :30] = 255                        # white left half, black right half: grey, half paper
+    r = named(x)
+    assert (r["s_mean"], r["s_std"], r["grey"], r["paper"]) == (0, 0, 1, 0.5)
+    assert (r["v_p10"], r["v_p50"], r["v_p90"]) == (0, pytest.approx(0.5), 1)
+    assert r["step"] == pytest.approx(1 / 59) and r["step_half"] == pytest.approx(1 / 29)   # one edge a row
+    assert r["middle_minus_all"] == pytest.approx(0)                                       # both halves inside
+    framed = np.full((40, 60, 3), (200, 40, 40), np.uint8)   # a saturated frame around a white middle
+    framed[10:30, 15:45] = 255
+    r = named(framed)
+    sat = 160 / 200                                          # (max - min) / max of the frame's colour
+    assert r["s_mean"] == pytest.approx(sat * 0.75) and r["grey"] == pytest.approx(0.25) == r["paper"]
+    luma_frame = (0.299 * 200 + 0.587 * 40 + 0.114 * 40) / 255
+    assert r["middle_minus_all"] == pytest.approx((1 - luma_frame) * 0.75, abs=1e-5)
+    tiny = named(np.zeros((1, 1, 3), np.uint8))              # a 1-pixel photo: defined, no NaN
+    assert not np.isnan(list(tiny.values())).any()
