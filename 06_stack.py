@@ -196,20 +196,33 @@ def stack_oof(source, folds, oof_fold, extra):
     return cross_validate(X.loc[oof_fold.index], X_test, folds, oof_fold)
 
 
-def cross_validate(X, X_test, folds, oof_fold, **booster):
+def cross_validate(X, X_test, folds, oof_fold, params=LGB_PARAMS, patience=EARLY_STOP):
     """Boosters over the folds (fit on the other folds' rows, early-stopped on this fold's held-
-    out side), then one on every row with their mean best iteration, which predicts X_test.
-    booster: boost()'s params and patience, when not the recipe's."""
+    out side), then one on every row with their mean best iteration, which predicts X_test."""
     y = folds["all"]["train"].set_index("object_id")["target"].loc[X.index]
     pred, iters = {}, []
     for k in K:
         held = folds[k]["test"]["object_id"]
         fit_rows = oof_fold.index[(oof_fold != k).to_numpy() & ~oof_fold.index.isin(held)]
-        m = boost(X.loc[fit_rows], y.loc[fit_rows], X.loc[held], y.loc[held], **booster)
+        m = boost(X.loc[fit_rows], y.loc[fit_rows], X.loc[held], y.loc[held], params=params, patience=patience)
         iters.append(m.best_iteration)
         pred[k] = pd.Series(m.predict(X.loc[held], num_iteration=m.best_iteration), index=held.to_numpy())
-    final = boost(X, y, rounds=max(1, round(np.mean(iters))), params=booster.get("params", LGB_PARAMS))
+    final = boost(X, y, rounds=max(1, round(np.mean(iters))), params=params)
     return pred, final.predict(X_test), iters, final
+
+
+def read_folds(folds_dir):
+    """Stage 01's folds ({fold: {"train", "test"}: tables}) and each train row's out-of-fold fold."""
+    read = lambda k, s: pd.read_csv(common.fold_csv(folds_dir, k, s), dtype={"object_id": str})
+    folds = {k: {"train": read(k, "train"), "test": read(k, "test")} for k in common.FOLDS}
+    oof_fold = pd.read_csv(Path(folds_dir) / "oof_fold.csv", dtype={"object_id": str, "fold": str}
+                           ).set_index("object_id")["fold"]
+    return folds, oof_fold
+
+
+def out_of_fold(pred, oof_fold):
+    """One prediction per train row: row r's from fold oof_fold[r] ({fold: Series by object_id})."""
+    return pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
 
 
 def plots(out, shown, y, final):
@@ -238,10 +251,7 @@ def main():
     args = common.parse(p, "06")
     started = time.time()
     out = common.start_stage(args.out)
-    read = lambda k, s: pd.read_csv(common.fold_csv(args.folds, k, s), dtype={"object_id": str})
-    folds = {k: {"train": read(k, "train"), "test": read(k, "test")} for k in common.FOLDS}
-    oof_fold = pd.read_csv(Path(args.folds) / "oof_fold.csv", dtype={"object_id": str, "fold": str}
-                           ).set_index("object_id")["fold"]
+    folds, oof_fold = read_folds(args.folds)
     train = folds["all"]["train"].set_index("object_id")
     y = train["target"]
 
@@ -271,7 +281,7 @@ def main():
     for name, parts in singles.items():
         oof[name + "_model"] = pd.concat(parts)
     for name, (pred, *_rest) in {"meta_only": meta_only, **stacks}.items():
-        oof[name] = pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
+        oof[name] = out_of_fold(pred, oof_fold)
     # Level 2: the single networks' eras and the statistics' booster, blended linearly.
     test_all = features(source, "all", "test")
     test_inputs = pd.DataFrame({f"{n}_model": v for n, v in common.head_eras(test_all).items()}, index=test_all.index)

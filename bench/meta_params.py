@@ -15,11 +15,8 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-import pandas as pd
 
 import benchlib
-import common
-
 stack = importlib.import_module("06_stack")
 
 # -----------------------------------------------------------------------------
@@ -31,37 +28,34 @@ p.add_argument("--rounds", type=int, default=ROUNDS)
 
 
 def curve(params, meta, y, folds, oof_fold, rounds):
-    """Pooled out-of-fold RMSE after 1..rounds rounds, one round count for every fold."""
+    """Pooled out-of-fold RMSE after 1..rounds rounds, one round count for every fold (LightGBM's
+    own per-round l2 on the rows 06 scores with each fold)."""
     squared = np.zeros(rounds)
     for k in stack.K:
         held = folds[k]["test"]["object_id"]
         fit = oof_fold.index[(oof_fold != k).to_numpy() & ~oof_fold.index.isin(held)]
-        model = lgb.train(params, lgb.Dataset(meta.loc[fit], y.loc[fit]), num_boost_round=rounds)
-        mine = oof_fold.index[oof_fold == k]       # the rows 06 scores with this fold
-        per_tree = np.stack([model.predict(meta.loc[mine], start_iteration=r, num_iteration=1)
-                             for r in range(rounds)])
-        squared += ((np.cumsum(per_tree, 0) - y.loc[mine].to_numpy()) ** 2).sum(1)
+        mine = oof_fold.index[oof_fold == k]
+        train = lgb.Dataset(meta.loc[fit], y.loc[fit])
+        history = {}
+        lgb.train(params, train, num_boost_round=rounds, callbacks=[lgb.record_evaluation(history)],
+                  valid_sets=[lgb.Dataset(meta.loc[mine], y.loc[mine], reference=train)], valid_names=["mine"])
+        squared += np.asarray(history["mine"]["l2"]) * len(mine)
     return np.sqrt(squared / len(oof_fold))
 
 
 def main():
     args = p.parse_args()
     work = Path(args.work)
-    read = lambda k, s: pd.read_csv(common.fold_csv(work / "01_sgkfold", k, s), dtype={"object_id": str})
-    folds = {k: {"train": read(k, "train"), "test": read(k, "test")} for k in common.FOLDS}
-    oof_fold = pd.read_csv(work / "01_sgkfold" / "oof_fold.csv", dtype={"object_id": str, "fold": str}
-                           ).set_index("object_id")["fold"]
+    folds, oof_fold = stack.read_folds(work / "01_sgkfold")
     meta = stack.meta_table(work / "02_hvr", "on").loc[oof_fold.index]
     y = folds["all"]["train"].set_index("object_id")["target"].loc[oof_fold.index]
-    test = meta.iloc[:1]      # cross_validate's test side; unused here
     sets = {"recipe": (stack.LGB_PARAMS, stack.EARLY_STOP), "meta": (stack.META_PARAMS, stack.META_EARLY_STOP)}
     for name, (params, patience) in sets.items():
         rmse = curve(params, meta, y, folds, oof_fold, args.rounds)
         benchlib.emit(f"meta_only_{name}_shared_rounds_rmse", f"{rmse.min():.4f}", "")
         benchlib.emit(f"meta_only_{name}_shared_rounds_best", str(int(rmse.argmin()) + 1), "rounds")
-        pred, *_rest = stack.cross_validate(meta, test, folds, oof_fold, params=params, patience=patience)
-        pooled = pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in stack.K]).loc[oof_fold.index]
-        benchlib.emit(f"meta_only_{name}_as_06_rmse", f"{stack.rmse(pooled, y):.4f}", "")
+        pred, *_rest = stack.cross_validate(meta, meta.iloc[:1], folds, oof_fold, params=params, patience=patience)
+        benchlib.emit(f"meta_only_{name}_as_06_rmse", f"{stack.rmse(stack.out_of_fold(pred, oof_fold).loc[y.index], y):.4f}", "")
 
 
 if __name__ == "__main__":
