@@ -7,8 +7,10 @@ Writes WORK/05_features/<task>_<fold>/:
   <split>.npz       object_id (N,) and outputs (N, 8, D) float32: the 8 views' raw outputs
   <split>.parquet   object_id + D x {mean, max, min, var} over the 8 views (what 06 reads)
   provenance.json, DONE
-Splits: folds 0-2 -> train (the fold's train side), heldout (its test side), test (test.csv,
-for out-of-fold stacking); fold all -> train, test.
+Splits: folds 0-2 -> train (the fold's train side), heldout (its test side), and with
+--fold-test yes test (test.csv: the test side of 06's oof stacks, half of the stage's images);
+fold all -> train, test. With --fold-test no (the cpu profile) 06 scores the oof stacks but
+cannot submit them; a fold's test.* from an earlier --fold-test yes run is removed.
 
     python 05_features.py --task onehot --fold 1 --folds work/01_sgkfold --hvr work/02_hvr \
         --runs work/04_finetune --out work/05_features [--seeds 2]
@@ -45,17 +47,21 @@ p.add_argument("--out", required=True, help="this stage's directory (the run goe
 p.add_argument("--batch", type=int, default=None, help="images per forward pass, 8 views each counted (profile)")
 p.add_argument("--seeds", type=int, default=1, choices=range(1, 11), metavar="1-10",
                help="networks of seeds 0..N-1 to average (make SEEDS)")
+p.add_argument("--fold-test", default=None, choices=["yes", "no"],
+               help="folds 0-2: describe test.csv too (06's oof stacks' test side; the profile: "
+                    "full, smoke yes, cpu no)")
 p.add_argument("--precision", default=None, choices=training.PRECISIONS,
                help="bf16 autocast: auto = on GPUs and CPUs with native bf16 (profile)")
 
 
-def splits(folds_dir, fold):
+def splits(folds_dir, fold, fold_test):
     """{split: object ids} this fold's model must describe."""
     ids = lambda k, s: pd.read_csv(common.fold_csv(folds_dir, k, s), dtype={"object_id": str})["object_id"]
     out = {"train": ids(fold, "train")}
     if fold != "all":
         out["heldout"] = ids(fold, "test")
-    out["test"] = ids("all", "test")
+    if fold == "all" or fold_test == "yes":
+        out["test"] = ids("all", "test")
     return out
 
 
@@ -84,7 +90,10 @@ def main():
 
     images, ids, meta = pixels.load_store(args.hvr)
     vidx = pixels.view_index(meta["size"]).to(dist.device)
-    wanted = splits(args.folds, args.fold)
+    wanted = splits(args.folds, args.fold, args.fold_test)
+    for split in {"train", "heldout", "test"} - set(wanted):     # an earlier run's, of other options
+        for suffix in (".npz", ".parquet"):
+            (out / f"{split}{suffix}").unlink(missing_ok=True)
     training.banner("05", args, dist, run=run, checkpoints=" ".join(str(c) for c in checkpoints),
                     **{k: len(v) for k, v in wanted.items()})
     every = pd.concat(wanted.values(), ignore_index=True)

@@ -20,6 +20,8 @@ Two modes, both always computed and scored.
   oof:  each train row's features come from the fold network that did not see it; boosters
         are cross-validated over those rows with the same folds; the `all` booster (all rows,
         mean best iteration) predicts test from the 3 fold networks' test features averaged.
+        Where 05 described no test side for the fold networks (--fold-test no, the cpu
+        profile), the oof stacks are scored but never submitted.
 Out-of-fold predictions use each row's out-of-fold fold (01's oof_fold.csv).
 
 Past the recipe, the `_meta` stacks' table gains the per-photo statistics of stage 02
@@ -154,17 +156,17 @@ def tune_post(stack, target_tta, onehot_tta, y):
     return float(r), float(t), score
 
 
-def stack_seed(source, folds, extra):
+def stack_seed(source, folds, extra, params=LGB_PARAMS, patience=EARLY_STOP):
     """The recipe: per fold, the booster learns on the network's own training-side outputs."""
     pred, iters = {}, []
     for k in K:
         X_tr = features(source, k, "train", extra).loc[folds[k]["train"]["object_id"]]
         X_va = features(source, k, "heldout", extra).loc[folds[k]["test"]["object_id"]]
-        m = boost(X_tr, folds[k]["train"]["target"], X_va, folds[k]["test"]["target"])
+        m = boost(X_tr, folds[k]["train"]["target"], X_va, folds[k]["test"]["target"], params=params, patience=patience)
         iters.append(m.best_iteration)
         pred[k] = pd.Series(m.predict(X_va, num_iteration=m.best_iteration), index=X_va.index)
     X_all = features(source, "all", "train", extra).loc[folds["all"]["train"]["object_id"]]
-    final = boost(X_all, folds["all"]["train"]["target"], rounds=max(1, round(np.mean(iters))))
+    final = boost(X_all, folds["all"]["train"]["target"], rounds=max(1, round(np.mean(iters))), params=params)
     test = final.predict(features(source, "all", "test", extra))
     return pred, test, iters, final
 
@@ -189,16 +191,24 @@ def importance(model, names=None):
     return pd.Series(model.feature_importance("gain"), index=model.feature_name())
 
 
-def stack_oof(source, folds, oof_fold, extra):
-    """Out-of-fold: the features of each train row come from the network that never saw it."""
+def stack_oof(source, folds, oof_fold, extra, params=LGB_PARAMS, patience=EARLY_STOP):
+    """Out-of-fold: the features of each train row come from the network that never saw it.
+    Its test prediction is None where the fold networks have no test side (fold_test())."""
     X = pd.concat([features(source, k, "heldout", extra).loc[oof_fold.index[oof_fold == k]] for k in K])
-    X_test = sum(features(source, k, "test", extra) for k in K) / len(K)
-    return cross_validate(X.loc[oof_fold.index], X_test, folds, oof_fold)
+    X_test = sum(features(source, k, "test", extra) for k in K) / len(K) if fold_test(source) else None
+    return cross_validate(X.loc[oof_fold.index], X_test, folds, oof_fold, params=params, patience=patience)
+
+
+def fold_test(source):
+    """Whether 05 described test.csv with the fold networks too (05 --fold-test yes)."""
+    feat_dir, nets = source
+    return all((Path(feat_dir) / common.run_name(n, k) / "test.parquet").exists() for n in nets for k in K)
 
 
 def cross_validate(X, X_test, folds, oof_fold, params=LGB_PARAMS, patience=EARLY_STOP):
     """Boosters over the folds (fit on the other folds' rows, early-stopped on this fold's held-
-    out side), then one on every row with their mean best iteration, which predicts X_test."""
+    out side), then one on every row with their mean best iteration, which predicts X_test
+    (none, and no test prediction, when X_test is None)."""
     y = folds["all"]["train"].set_index("object_id")["target"].loc[X.index]
     pred, iters = {}, []
     for k in K:
@@ -207,6 +217,8 @@ def cross_validate(X, X_test, folds, oof_fold, params=LGB_PARAMS, patience=EARLY
         m = boost(X.loc[fit_rows], y.loc[fit_rows], X.loc[held], y.loc[held], params=params, patience=patience)
         iters.append(m.best_iteration)
         pred[k] = pd.Series(m.predict(X.loc[held], num_iteration=m.best_iteration), index=held.to_numpy())
+    if X_test is None:
+        return pred, None, iters, None
     final = boost(X, y, rounds=max(1, round(np.mean(iters))), params=params)
     return pred, final.predict(X_test), iters, final
 
@@ -289,6 +301,10 @@ def main():
     blend_pred, blend_test, blender = blend(oof[test_inputs.columns], test_inputs, y.to_numpy(), oof_fold)
     oof["blend"] = pd.concat([blend_pred[k] for k in K])
 
+    untested = [n for n, (_pred, test_pred, *_rest) in stacks.items() if test_pred is None]
+    if untested:
+        print(f"[06] {', '.join(untested)}: scored, not submittable (the fold networks described no test "
+              f"side: 05 --fold-test no)", flush=True)
     tta, hot = oof["target_tta"].to_numpy(), onehot_scores(oof, "onehot_{}")
     target = y.to_numpy()
     oof["recipe"] = post_process(oof["stack_seed"].to_numpy(), tta, hot, *RECIPE_POST)
@@ -297,8 +313,11 @@ def main():
         oof["final"] = oof["recipe"]
     else:
         candidates = [n for n in stacks if (args.mode is None or n.startswith(f"stack_{args.mode}"))
-                      and (args.meta != "off" or not n.endswith("_meta"))]
+                      and (args.meta != "off" or not n.endswith("_meta")) and stacks[n][1] is not None]
         candidates += ["blend"] if args.mode is None and args.meta != "off" else []
+        if not candidates:
+            common.fail(f"--mode {args.mode}: its stacks have no test side (05 ran with --fold-test no: "
+                        f"make FOLD_TEST=yes, or another --mode)")
         post = args.post
 
         def pick(rows):
@@ -321,7 +340,8 @@ def main():
     # The test side: the `all` networks' TTA means and the chosen stack.
     test = pd.DataFrame(index=test_all.index)
     for name, (_pred, test_pred, *_rest) in stacks.items():
-        test[name] = test_pred
+        if test_pred is not None:
+            test[name] = test_pred
     test["blend"] = blend_test
     test_hot = onehot_scores(test_all, "onehot_{}_mean")
     test["final"] = post_process(test[chosen].to_numpy(), test_all["target_0_mean"].to_numpy(),
@@ -343,6 +363,7 @@ def main():
     common.write_csv(out / "test.csv", test.reset_index(), float_format="%.6g")
     common.write_json(out / "params.json", {
         "submit": args.submit, "stack": chosen, "meta": args.meta, "post": post, "ratio": ratio, "threshold": threshold,
+        "candidates": ["stack_seed"] if args.submit == "recipe" else candidates,
         "best_iterations": {name: [int(i) for i in v[2]] for name, v in stacks.items()},
         "blend_weights": {"intercept": float(blender.intercept_),
                           **dict(zip(test_inputs.columns, map(float, blender.coef_)))},

@@ -15,6 +15,7 @@ FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec multi
 NETS ?= $(if $(or $(filter cpu,$(PROFILE)),$(DEMO_DATA)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu, and the demo)
 SEEDS ?= $(if $(filter cpu,$(PROFILE)),2,1)#  networks per net and fold, of seeds 0..SEEDS-1, their outputs averaged by 05 (1: the recipe)
+FOLD_TEST ?=#              05: yes: the fold networks describe test.csv too (the oof stacks' test side) | no: only fold all's (oof stacks scored, not submitted) | empty: the profile's (cpu no, else yes)
 PYTHON ?= python3#         the interpreter that builds .venv
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
 JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --loss ce --epochs 10
@@ -46,6 +47,9 @@ RUNS := $(foreach t,$(NETS),$(foreach f,$(FOLDS),$(t)_$(f)))
 # Seeds past 0 train into <net>_<fold>_s<seed>; 05 averages them into <net>_<fold>'s features.
 ifneq ($(words $(filter 1 2 3 4 5 6 7 8 9 10,$(SEEDS))) $(words $(SEEDS)),1 1)
 $(error SEEDS=$(SEEDS): the networks per net and fold must be a whole number from 1 to 10)
+endif
+ifneq ($(filter-out yes no,$(FOLD_TEST)),)
+$(error FOLD_TEST=$(FOLD_TEST): yes, no, or empty (the profile's))
 endif
 SEED_IDS := $(wordlist 2,$(SEEDS),0 1 2 3 4 5 6 7 8 9)
 seed_runs = $(foreach s,$(SEED_IDS),$(1)_s$(s))
@@ -180,18 +184,21 @@ $(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE
 	  --profile $(PROFILE) $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) \
 	  $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
 
-# How many seeds a net and fold's features average is a prerequisite too: another SEEDS redoes
-# 05 (and what follows), the same SEEDS nothing. Kept in the run's own directory (archived with it).
-.PRECIOUS: $(DIR_FEAT)/%/seeds.txt     # made by a pattern rule: not an intermediate file to delete
-$(DIR_FEAT)/%/seeds.txt: FORCE
-	@mkdir -p $(@D); [ "$$(cat $@ 2>/dev/null)" = '$(SEEDS)' ] || \
-	  { echo '$(SEEDS)' > $@.tmp && mv $@.tmp $@; }    # replaced, never written in place
+# 05's options are a prerequisite too: another SEEDS (how many networks a net and fold's features
+# average) or FOLD_TEST redoes 05 (and what follows), the same nothing. Kept in the run's own
+# directory (archived with it); FOLD_TEST concerns folds 0-2 only.
+feature_options = $(strip $(if $(SEED_IDS),--seeds $(SEEDS)) \
+  $(if $(and $(FOLD_TEST),$(filter-out all,$(call fold_of,$(1)))),--fold-test $(FOLD_TEST)))
+.PRECIOUS: $(DIR_FEAT)/%/options.txt   # made by a pattern rule: not an intermediate file to delete
+$(DIR_FEAT)/%/options.txt: FORCE
+	@mkdir -p $(@D); { [ -f $@ ] && [ "$$(cat $@)" = '$(call feature_options,$*)' ]; } || \
+	  { echo '$(call feature_options,$*)' > $@.tmp && mv $@.tmp $@; }    # replaced, never written in place
 
 .SECONDEXPANSION:   # 05 of a net and fold waits for every seed's run of it
-$(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_FT)/$$(r)/DONE) $(DIR_FEAT)/%/seeds.txt
+$(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_FT)/$$(r)/DONE) $(DIR_FEAT)/%/options.txt
 	$(ON_GPU) $(PY) 05_features.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --runs $(DIR_FT) --out $(DIR_FEAT) --profile $(PROFILE) \
-	  $(if $(SEED_IDS),--seeds $(SEEDS))
+	  $(call feature_options,$*)
 
 # 06's options are a prerequisite too: another SUBMIT or STACK_ARGS restacks (seconds), nothing more.
 STACK_OPTIONS := $(strip --nets $(NETS) --submit $(SUBMIT) $(STACK_ARGS))

@@ -60,13 +60,17 @@ def test_multi_has_the_four_tasks_heads_and_columns():
     assert all(np.array_equal(multi[c], single[c]) for c in multi)
 
 
+CPU_SHAPE = dict(NETS="multi", SEEDS=2, FOLD_TEST="no")
+
+
 @pytest.fixture(scope="module")
 def multi_run(make, demo_data, smoke_run, tmp_path_factory):
-    """The smoke pipeline's stages 00-03 (a copy), then the rest with NETS=multi SEEDS=2 (the
-    cpu profile's shape: two networks per fold, averaged)."""
+    """The smoke pipeline's stages 00-03 (a copy), then the rest with NETS=multi SEEDS=2
+    FOLD_TEST=no (the cpu profile's shape: two networks per fold, averaged; test.csv described by
+    fold all's networks only)."""
     work = smoke_copy(smoke_run, tmp_path_factory.mktemp("multi") / "work",
                       keep=("00_validate", "01_sgkfold", "02_hvr", "03_jigsaw"))
-    p = make("all", work=work, data=demo_data, PROFILE="smoke", NETS="multi", SEEDS=2, timeout=900)
+    p = make("all", work=work, data=demo_data, PROFILE="smoke", timeout=900, **CPU_SHAPE)
     return work, p
 
 
@@ -118,14 +122,45 @@ def test_a_folds_features_are_its_seeds_networks_averaged(multi_run):
 def test_another_seeds_redoes_the_features_and_the_same_seeds_nothing(multi_run, make, demo_data, tmp_path):
     """SEEDS is a prerequisite of 05: back to one seed, the features stop being the pair's mean."""
     work = smoke_copy(multi_run, tmp_path / "work")
-    again = make("all", work=work, data=demo_data, PROFILE="smoke", NETS="multi", SEEDS=2)
+    again = make("all", work=work, data=demo_data, PROFILE="smoke", **CPU_SHAPE)
     assert "04_finetune.py" not in again.stdout and "05_features.py" not in again.stdout, again.stdout
-    one = make("all", work=work, data=demo_data, PROFILE="smoke", NETS="multi", SEEDS=1)
+    one = make("all", work=work, data=demo_data, PROFILE="smoke", **dict(CPU_SHAPE, SEEDS=1))
     assert "04_finetune.py" not in one.stdout and one.stdout.count("05_features.py") == 4
     assert "06_stack.py" in one.stdout and "--seeds" not in one.stdout
     features = np.load(work / "05_features" / "multi_1" / "heldout.npz")["outputs"]
     pair = np.load(multi_run[0] / "05_features" / "multi_1" / "heldout.npz")["outputs"]
     assert not np.allclose(features, pair)       # seed 0's network alone, no longer the mean
+
+
+def test_without_fold_test_the_oof_stacks_are_scored_not_submitted(multi_run, make, demo_data, tmp_path):
+    """FOLD_TEST=no: the fold networks skip test.csv (half of 05's images), the oof stacks keep
+    their CV but leave the candidates; FOLD_TEST=yes redoes folds 0-2's features, not fold all's."""
+    import json
+    work, p = multi_run
+    for fold in common.FOLDS:
+        files = {f.name for f in (work / "05_features" / f"multi_{fold}").iterdir()}
+        assert ("test.npz" in files and "test.parquet" in files) == (fold == "all"), (fold, files)
+    assert "stack_oof, stack_oof_meta: scored, not submittable" in p.stdout
+    cv = pd.read_csv(work / "06_stack" / "cv.csv")
+    assert cv[["stack_oof", "stack_oof_meta"]].stack().between(0, 3).all()
+    test = pd.read_csv(work / "06_stack" / "test.csv")
+    assert {"stack_seed", "stack_seed_meta", "blend", "final"} <= set(test.columns)
+    assert not {"stack_oof", "stack_oof_meta"} & set(test.columns)
+    params = json.loads((work / "06_stack" / "params.json").read_text())
+    assert params["candidates"] == ["stack_seed", "stack_seed_meta", "blend"] and params["stack"] in params["candidates"]
+    oof_only = make("stack", work=smoke_copy(multi_run, tmp_path / "oof"), data=demo_data, PROFILE="smoke",
+                    STACK_ARGS="--mode oof", check=False, **CPU_SHAPE)
+    assert oof_only.returncode != 0 and "make FOLD_TEST=yes" in oof_only.stderr, oof_only.stderr[-800:]
+
+    work = smoke_copy(multi_run, tmp_path / "work")
+    yes = make("all", work=work, data=demo_data, PROFILE="smoke", **dict(CPU_SHAPE, FOLD_TEST="yes"))
+    assert yes.stdout.count("05_features.py") == 3 and yes.stdout.count("--fold-test yes") == 3, yes.stdout
+    assert "not submittable" not in yes.stdout and "04_finetune.py" not in yes.stdout
+    assert all((work / "05_features" / f"multi_{k}" / "test.parquet").exists() for k in ("0", "1", "2"))
+    assert {"stack_oof", "stack_oof_meta"} <= set(pd.read_csv(work / "06_stack" / "test.csv").columns)
+    back = make("all", work=work, data=demo_data, PROFILE="smoke", **CPU_SHAPE)    # and back: removed
+    assert back.stdout.count("05_features.py") == 3
+    assert not any((work / "05_features" / f"multi_{k}" / "test.parquet").exists() for k in ("0", "1", "2"))
 
 
 def test_evaluator_exits_when_its_trainer_dies(multi_run, tmp_path):

@@ -1,0 +1,54 @@
+"""06's LightGBM stacks under other booster settings than the recipe's, on a finished WORK (stages
+01-05 done: the real data's `make all` up to `make features`).
+
+Each stack of 06 (seed / oof mode, with and without 02's statistics) is rebuilt by 06's own
+functions under each parameter set; the figure is its pooled out-of-fold RMSE, as 06's cv.csv
+computes it (each fold early-stopped on its held-out side, the recipe's way).
+
+    python bench/stack_params.py --work work-real
+"""
+import argparse
+import importlib
+from pathlib import Path
+
+import benchlib
+stack = importlib.import_module("06_stack")
+
+# -----------------------------------------------------------------------------
+SLOW = {**stack.LGB_PARAMS, "learning_rate": 0.02, "feature_fraction": 0.5}
+SETS = {   # name: (params, patience)
+    "recipe": (stack.LGB_PARAMS, stack.EARLY_STOP),
+    "slow": (SLOW, 50),                                          # 06's META_PARAMS
+    "small": ({**SLOW, "num_leaves": 7, "min_data_in_leaf": 50}, 50),
+    "small_l2": ({**SLOW, "num_leaves": 7, "min_data_in_leaf": 50, "lambda_l2": 10.0}, 50),
+    "stumps": ({**SLOW, "num_leaves": 3, "min_data_in_leaf": 100}, 100),
+}
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--work", required=True, help="a WORK with stages 01-05 done")
+p.add_argument("--nets", default="multi", choices=stack.common.NETS[-1:] + ("tasks",),
+               help="multi (the cpu profile) or tasks (the four tasks' networks)")
+p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+
+
+def main():
+    args = p.parse_args()
+    work = Path(args.work)
+    folds, oof_fold = stack.read_folds(work / "01_sgkfold")
+    y = folds["all"]["train"].set_index("object_id")["target"]
+    nets = ["multi"] if args.nets == "multi" else list(stack.common.TASKS)
+    source = (work / "05_features", nets)
+    meta = stack.meta_table(work / "02_hvr", "on")
+    for name in args.sets:
+        params, patience = SETS[name]
+        for suffix, extra in (("", None), ("_meta", meta)):
+            seed = stack.stack_seed(source, folds, extra, params=params, patience=patience)
+            oof = stack.stack_oof(source, folds, oof_fold, extra, params=params, patience=patience)
+            for mode, (pred, _test, iters, _model) in (("seed", seed), ("oof", oof)):
+                pooled = stack.out_of_fold(pred, oof_fold)
+                benchlib.emit(f"stack_{mode}{suffix}_{name}_rmse", f"{stack.rmse(pooled, y.loc[pooled.index]):.4f}",
+                              f"(rounds {'/'.join(map(str, iters))})")
+
+
+if __name__ == "__main__":
+    main()
