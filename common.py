@@ -11,6 +11,7 @@ Nothing here imports torch, so the light stages (00, 01, 06, 07) start fast.
 import argparse
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import random
@@ -246,12 +247,20 @@ def utc_stamp(precise=False):
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + micro
 
 
+@functools.lru_cache(maxsize=None)
+def started_revision():
+    """The revision of the code this process runs: read once, at its first call (parse() makes it as
+    a stage starts), so a checkout that changes the files while a stage runs does not relabel it."""
+    return git_revision()
+
+
 def write_provenance(stage_dir, config, started, name="provenance.json"):
-    """The resolved config, argv, git revision and wall time beside the outputs."""
+    """The resolved config, argv, git revision (the process's, at its start) and wall time beside
+    the outputs."""
     write_json(Path(stage_dir) / name, {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(config).items()},
         "argv": sys.argv,
-        "git_revision": git_revision(),
+        "git_revision": started_revision(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 3),
     })
@@ -281,6 +290,7 @@ def parse(parser, stage, argv=None):
     """The stage's settings: the command line over the profile's table, printed once (rank 0)
     and kept by the stage in its provenance.json."""
     args = parser.parse_args(argv)
+    started_revision()
     profile = getattr(args, "profile", None)     # stages without a size preset take none
     for key, value in (PROFILES[profile].get(stage, {}) if profile else {}).items():
         if getattr(args, key, None) is None:

@@ -151,3 +151,17 @@ def test_a_failed_write_leaves_no_stamp_and_upstream_intact(reference, demo_data
     assert not (work / "03_jigsaw" / "DONE").exists()
     assert not list((work / "03_jigsaw").glob("ckpt_*.pt"))     # no half checkpoint under a final name
     assert before == {p: p.read_bytes() for p in (work / "02_hvr").iterdir()}
+
+
+def test_provenance_names_the_revision_a_stage_started_with(monkeypatch, tmp_path):
+    """A checkout during a long stage (a user pulling while 04 trains) changes the files, not the
+    code the stage runs: its provenance.json keeps the revision it started with."""
+    import argparse
+    import common
+    common.started_revision.cache_clear()
+    monkeypatch.setattr(common, "git_revision", lambda length=12: "aaaaaaaaaaaa")
+    common.parse(argparse.ArgumentParser(), "05", [])                 # the stage starts
+    monkeypatch.setattr(common, "git_revision", lambda length=12: "bbbbbbbbbbbb")   # git checkout
+    common.write_provenance(tmp_path, {}, 0.0)
+    assert json.loads((tmp_path / "provenance.json").read_text())["git_revision"] == "aaaaaaaaaaaa"
+    common.started_revision.cache_clear()
