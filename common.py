@@ -61,8 +61,8 @@ PROFILES = {
                    photo_inputs="none", mixup=0.0, **CPU_OPTIM),
         "05": dict(batch=256,              # ResNet18 at 48 px infers fastest at 128-256 here
                    fold_test="no",         # test.csv through the fold networks is half of 05 and
-                                           # only the oof stacks read it (0.808 / 0.812 against the
-                                           # blend's 0.785 on the real data: docs/results.md)
+                                           # only the oof stacks read it (0.822 / 0.816 against the
+                                           # blend's 0.777 on the real data: docs/results.md)
                    precision="fp32"),      # bf16 (--precision auto) infers 1.56x as fast here
                                            # (bench/model_throughput.py); not yet measured in a whole run
     },

@@ -41,6 +41,7 @@ p.add_argument("--work", required=True)
 p.add_argument("--time", help="the run's `/usr/bin/time -v` output")
 p.add_argument("--study", help="make study's directory")
 p.add_argument("--command", default="", help="the command that made WORK, as the page shows it")
+p.add_argument("--note", default="", help="what the files cannot say about the run (a machine shared, a stage redone)")
 p.add_argument("--out", required=True)
 
 
@@ -138,6 +139,8 @@ def main():
     if args.time:
         wall, rss = time_figures(args.time)
         lines.append(f"Wall time {wall:.1f} min, peak resident memory {rss:.2f} GiB (`/usr/bin/time -v`).\n")
+    if args.note:
+        lines.append(args.note + "\n")
     lines += ["## Minutes per stage (from each unit's provenance.json)\n",
               markdown(stage_minutes(work), "{:.1f}"),
               *seed_lines(work),

@@ -232,7 +232,7 @@ def test_make_fans_finetunes_out_one_per_gpu(make, demo_data, tmp_path):
     p = make("-n", "-j4", "all", work=tmp_path, data=demo_data, PROFILE="smoke", SEEDS=3, check=False)
     runs = re.findall(r"04_finetune.py --task (\w+) --fold (\w+) \\\n.*\n  --profile smoke (?:--seed (\d))?", p.stdout)
     assert sorted(runs) == sorted((t, f, s) for t in common.TASKS for f in common.FOLDS for s in ("", "1", "2"))
-    assert p.stdout.count("--seeds 3") == 16
+    assert len(re.findall(r"05_features.py --task \w+ --fold \w+ \\\n.*\n  --seeds 3\n", p.stdout)) == 16
     p = make("-n", "jigsaw", work=tmp_path, data=demo_data, GPUS="0,1", PROFILE="smoke", check=False)
     assert "torchrun --standalone --nproc_per_node=2" in p.stdout
 
