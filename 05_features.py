@@ -91,9 +91,9 @@ def main():
     images, ids, meta = pixels.load_store(args.hvr)
     vidx = pixels.view_index(meta["size"]).to(dist.device)
     wanted = splits(args.folds, args.fold, args.fold_test)
-    for split in {"train", "heldout", "test"} - set(wanted):     # an earlier run's, of other options
+    if "test" not in wanted:             # an earlier run's, of --fold-test yes
         for suffix in (".npz", ".parquet"):
-            (out / f"{split}{suffix}").unlink(missing_ok=True)
+            (out / f"test{suffix}").unlink(missing_ok=True)
     training.banner("05", args, dist, run=run, checkpoints=" ".join(str(c) for c in checkpoints),
                     **{k: len(v) for k, v in wanted.items()})
     every = pd.concat(wanted.values(), ignore_index=True)

@@ -301,7 +301,7 @@ def main():
     blend_pred, blend_test, blender = blend(oof[test_inputs.columns], test_inputs, y.to_numpy(), oof_fold)
     oof["blend"] = pd.concat([blend_pred[k] for k in K])
 
-    untested = [n for n, (_pred, test_pred, *_rest) in stacks.items() if test_pred is None]
+    untested = [n for n, (_pred, test_pred, *_rest) in stacks.items() if test_pred is None]   # cannot be submitted
     if untested:
         print(f"[06] {', '.join(untested)}: scored, not submittable (the fold networks described no test "
               f"side: 05 --fold-test no)", flush=True)
@@ -310,10 +310,11 @@ def main():
     oof["recipe"] = post_process(oof["stack_seed"].to_numpy(), tta, hot, *RECIPE_POST)
     if args.submit == "recipe":
         chosen, post, (ratio, threshold) = "stack_seed", "recipe", RECIPE_POST
+        candidates = [chosen]
         oof["final"] = oof["recipe"]
     else:
         candidates = [n for n in stacks if (args.mode is None or n.startswith(f"stack_{args.mode}"))
-                      and (args.meta != "off" or not n.endswith("_meta")) and stacks[n][1] is not None]
+                      and (args.meta != "off" or not n.endswith("_meta")) and n not in untested]
         candidates += ["blend"] if args.mode is None and args.meta != "off" else []
         if not candidates:
             common.fail(f"--mode {args.mode}: its stacks have no test side (05 ran with --fold-test no: "
@@ -340,7 +341,7 @@ def main():
     # The test side: the `all` networks' TTA means and the chosen stack.
     test = pd.DataFrame(index=test_all.index)
     for name, (_pred, test_pred, *_rest) in stacks.items():
-        if test_pred is not None:
+        if name not in untested:
             test[name] = test_pred
     test["blend"] = blend_test
     test_hot = onehot_scores(test_all, "onehot_{}_mean")
@@ -363,7 +364,7 @@ def main():
     common.write_csv(out / "test.csv", test.reset_index(), float_format="%.6g")
     common.write_json(out / "params.json", {
         "submit": args.submit, "stack": chosen, "meta": args.meta, "post": post, "ratio": ratio, "threshold": threshold,
-        "candidates": ["stack_seed"] if args.submit == "recipe" else candidates,
+        "candidates": candidates,
         "best_iterations": {name: [int(i) for i in v[2]] for name, v in stacks.items()},
         "blend_weights": {"intercept": float(blender.intercept_),
                           **dict(zip(test_inputs.columns, map(float, blender.coef_)))},

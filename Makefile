@@ -184,6 +184,11 @@ $(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE
 	  --profile $(PROFILE) $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) \
 	  $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
 
+# An options file ($@) holds a stage's options ($(1)) and is rewritten only when they change: its
+# mtime tells Make whether they did. Replaced, never written in place.
+keep_options = @mkdir -p $(@D); { [ -f $@ ] && [ "$$(cat $@)" = '$(1)' ]; } || \
+  { echo '$(1)' > $@.tmp && mv $@.tmp $@; }
+
 # 05's options are a prerequisite too: another SEEDS (how many networks a net and fold's features
 # average) or FOLD_TEST redoes 05 (and what follows), the same nothing. Kept in the run's own
 # directory (archived with it); FOLD_TEST concerns folds 0-2 only.
@@ -191,8 +196,7 @@ feature_options = $(strip $(if $(SEED_IDS),--seeds $(SEEDS)) \
   $(if $(and $(FOLD_TEST),$(filter-out all,$(call fold_of,$(1)))),--fold-test $(FOLD_TEST)))
 .PRECIOUS: $(DIR_FEAT)/%/options.txt   # made by a pattern rule: not an intermediate file to delete
 $(DIR_FEAT)/%/options.txt: FORCE
-	@mkdir -p $(@D); { [ -f $@ ] && [ "$$(cat $@)" = '$(call feature_options,$*)' ]; } || \
-	  { echo '$(call feature_options,$*)' > $@.tmp && mv $@.tmp $@; }    # replaced, never written in place
+	$(call keep_options,$(call feature_options,$*))
 
 .SECONDEXPANSION:   # 05 of a net and fold waits for every seed's run of it
 $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_FT)/$$(r)/DONE) $(DIR_FEAT)/%/options.txt
@@ -203,8 +207,7 @@ $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_F
 # 06's options are a prerequisite too: another SUBMIT or STACK_ARGS restacks (seconds), nothing more.
 STACK_OPTIONS := $(strip --nets $(NETS) --submit $(SUBMIT) $(STACK_ARGS))
 $(DIR_STACK)/options.txt: FORCE
-	@mkdir -p $(@D); [ "$$(cat $@ 2>/dev/null)" = '$(STACK_OPTIONS)' ] || \
-	  { echo '$(STACK_OPTIONS)' > $@.tmp && mv $@.tmp $@; }    # replaced, never written in place
+	$(call keep_options,$(STACK_OPTIONS))
 
 $(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) $(DIR_STACK)/options.txt
 	$(PY) 06_stack.py --folds $(DIR_FOLDS) --features $(DIR_FEAT) --hvr $(DIR_HVR) --out $(DIR_STACK) \

@@ -15,18 +15,18 @@ import benchlib
 stack = importlib.import_module("06_stack")
 
 # -----------------------------------------------------------------------------
-SLOW = {**stack.LGB_PARAMS, "learning_rate": 0.02, "feature_fraction": 0.5}
+SLOW = stack.META_PARAMS          # learning rate 0.02, half the columns per tree
 SETS = {   # name: (params, patience)
     "recipe": (stack.LGB_PARAMS, stack.EARLY_STOP),
-    "slow": (SLOW, 50),                                          # 06's META_PARAMS
-    "small": ({**SLOW, "num_leaves": 7, "min_data_in_leaf": 50}, 50),
-    "small_l2": ({**SLOW, "num_leaves": 7, "min_data_in_leaf": 50, "lambda_l2": 10.0}, 50),
+    "slow": (SLOW, stack.META_EARLY_STOP),
+    "small": ({**SLOW, "num_leaves": 7, "min_data_in_leaf": 50}, stack.META_EARLY_STOP),
+    "small_l2": ({**SLOW, "num_leaves": 7, "min_data_in_leaf": 50, "lambda_l2": 10.0}, stack.META_EARLY_STOP),
     "stumps": ({**SLOW, "num_leaves": 3, "min_data_in_leaf": 100}, 100),
 }
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--work", required=True, help="a WORK with stages 01-05 done")
-p.add_argument("--nets", default="multi", choices=stack.common.NETS[-1:] + ("tasks",),
+p.add_argument("--nets", default="multi", choices=["multi", "tasks"],
                help="multi (the cpu profile) or tasks (the four tasks' networks)")
 p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
 

@@ -159,9 +159,11 @@ def test_provenance_names_the_revision_a_stage_started_with(monkeypatch, tmp_pat
     import argparse
     import common
     common.started_revision.cache_clear()
-    monkeypatch.setattr(common, "git_revision", lambda length=12: "aaaaaaaaaaaa")
-    common.parse(argparse.ArgumentParser(), "05", [])                 # the stage starts
-    monkeypatch.setattr(common, "git_revision", lambda length=12: "bbbbbbbbbbbb")   # git checkout
-    common.write_provenance(tmp_path, {}, 0.0)
+    try:
+        monkeypatch.setattr(common, "git_revision", lambda length=12: "aaaaaaaaaaaa")
+        common.parse(argparse.ArgumentParser(), "05", [])                 # the stage starts
+        monkeypatch.setattr(common, "git_revision", lambda length=12: "bbbbbbbbbbbb")   # git checkout
+        common.write_provenance(tmp_path, {}, 0.0)
+    finally:
+        common.started_revision.cache_clear()       # other tests read this process's own revision
     assert json.loads((tmp_path / "provenance.json").read_text())["git_revision"] == "aaaaaaaaaaaa"
-    common.started_revision.cache_clear()
