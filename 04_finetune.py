@@ -4,6 +4,7 @@ Reads WORK/01_sgkfold, WORK/02_hvr, WORK/03_jigsaw. Writes WORK/04_finetune/<tas
 (with --seed k > 0: <task>_<fold>_s<k>/, another network of the same task and fold):
   ckpt_e001.pt ...   checkpoints (the epoch-end ones are kept: the evaluator and 05 read them)
   loss.csv           step, epoch, loss, images/s           eval.csv   one row per epoch
+  heldout_views.npz  folds 0-2: the last epoch's 8-view outputs of the held-out side (05 uses them)
   loss.png, provenance.json, log.txt (from make), FAILED (only when it failed), DONE
 
     python 04_finetune.py --task word2vec --fold 2 --folds work/01_sgkfold --hvr work/02_hvr \
@@ -290,8 +291,12 @@ class Evaluator:
         views = range(8 if last else args.eval_views)
         rows = torch.arange(len(self.held)) if last else self.subset
         extra = None if self.extra is None else self.extra[rows].to(self.device)
-        mean_out = training.predict_views(model, self.px[rows.to(self.px.device)], self.vidx, self.device,
-                                          args.batch * 4, views, precision=args.precision, extra=extra).mean(1).cpu()
+        outputs = training.predict_views(model, self.px[rows.to(self.px.device)], self.vidx, self.device,
+                                         args.batch * 4, views, precision=args.precision, extra=extra).cpu()
+        if last and self.split == "heldout":      # 05 describes this side with them, no second pass
+            training.save_views(self.path.parent / training.HELDOUT_VIEWS, self.held["object_id"], outputs,
+                                epoch=epoch, bf16=training.bf16(self.device, args.precision))
+        mean_out = outputs.mean(1)
         y, w, era = self.y[rows], self.w[rows], self.era[rows]
         losses = head_losses(args.task, args.loss, mean_out, y)
         loss = ((losses * w).sum(0) / w.sum(0).clamp(min=1)).sum().item()

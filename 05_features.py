@@ -20,7 +20,10 @@ probabilities when it was trained with --loss ce), the year (sortingdate, de-sta
 20 word2vec coordinates. Columns are named <task>_<dim>_<stat>; a `multi` network's four heads
 give the same columns as the four single-task networks. Every object of every split goes
 through the network in one pass (inference mode, channels_last, 8 views per image; bf16
-autocast where --precision says: the full profile's `auto` on GPUs).
+autocast where --precision says: the full profile's `auto` on GPUs), but a fold's held-out
+side: 04's evaluator described it with the same network after its last epoch
+(heldout_views.npz), and those outputs are used where they match (the epoch, the objects,
+bf16 or not; provenance.json's heldout_from_evaluator lists the networks).
 """
 import time
 from pathlib import Path
@@ -94,12 +97,13 @@ def main():
     if "test" not in wanted:             # an earlier run's, of --fold-test yes
         for suffix in (".npz", ".parquet"):
             (out / f"test{suffix}").unlink(missing_ok=True)
-    training.banner("05", args, dist, run=run, checkpoints=" ".join(str(c) for c in checkpoints),
+    training.banner("05", args, dist, run=run, checkpoints=" ".join(str(c) for _, c in checkpoints),
                     **{k: len(v) for k, v in wanted.items()})
     every = pd.concat(wanted.values(), ignore_index=True)
+    held = slice(len(wanted["train"]), len(wanted["train"]) + len(wanted.get("heldout", ())))
     px = pixels.to_pixels(images[pixels.store_rows(ids, every, args.hvr).numpy()], "cpu")
-    seeds, extras = [], {}
-    for ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
+    seeds, extras, reused = [], {}, []
+    for epoch, ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
         state = training.load_checkpoint(ckpt, dist.device)
         config = state["config"]
         model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0)).to(dist.device)
@@ -108,52 +112,67 @@ def main():
         if kind not in extras:                          # stats.csv read once, not once per seed
             extras[kind] = pixels.photo_inputs(args.hvr, every, kind)
         extra = extras[kind]
+        known = (training.saved_views(ckpt.parent, epoch, wanted["heldout"], dist.device, args.precision)
+                 if "heldout" in wanted else None)       # the evaluator's pass over the held-out side
+        todo = torch.arange(len(every))
+        if known is not None:
+            todo = torch.cat([todo[:held.start], todo[held.stop:]])
+            reused.append(ckpt.parent.name)
         chunks = []
-        for start in training.progress(range(0, len(px), CHUNK), dist, desc=ckpt.parent.name):
-            part = None if extra is None else extra[start:start + CHUNK].to(dist.device)
-            chunks.append(predict(model, px[start:start + CHUNK].to(dist.device), vidx, dist.device,
-                                  args, config, part))
-        seeds.append(torch.cat(chunks).numpy())
+        for start in training.progress(range(0, len(todo), CHUNK), dist, desc=ckpt.parent.name):
+            rows = todo[start:start + CHUNK]
+            part = None if extra is None else extra[rows].to(dist.device)
+            chunks.append(predict(model, px[rows].to(dist.device), vidx, dist.device, args, part))
+        raw = torch.cat(chunks)
+        if len(todo) < len(every):
+            raw = torch.cat([raw[:held.start], known, raw[held.start:]])
+        seeds.append(task_units(raw, config).numpy())
     outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))
     start = 0
     for split, oids in wanted.items():
         part, start = outputs[start:start + len(oids)], start + len(oids)
-        with common.atomic_path(out / f"{split}.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, object_id=np.array(oids, dtype="U20"), outputs=part)
+        training.save_views(out / f"{split}.npz", oids, part)
         table = pd.DataFrame({"object_id": oids.to_numpy(), **reduce_views(args.task, part)})
         with common.atomic_path(out / f"{split}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
-    common.write_provenance(out, dict(vars(args), checkpoints=[str(c) for c in checkpoints]), started)
+    common.write_provenance(out, dict(vars(args), checkpoints=[str(c) for _, c in checkpoints],
+                                      heldout_from_evaluator=reused), started)
     common.mark_done(out)
-    print(f"[05] {run}: {', '.join(f'{k} {len(v)}' for k, v in wanted.items())} objects x 8 views "
+    print(f"[05] {run}: {', '.join(f'{k} {len(v)}' for k, v in wanted.items())} objects x 8 views"
+          f"{f' (heldout: the evaluator of {len(reused)} of {len(checkpoints)} networks)' if reused else ''} "
           f"[{time.time() - started:.1f}s]", flush=True)
 
 
 def last_checkpoint(run_dir, args):
-    """The epoch-end checkpoint of a finished fine-tune run, or a clear error."""
+    """(epoch, path) of a finished fine-tune run's last epoch-end checkpoint, or a clear error."""
     ckpts = [c for c in training.list_checkpoints(run_dir) if c[1] is None]
     if not common.is_done(run_dir) or not ckpts:
         common.fail(f"{run_dir}: the fine-tune run is not finished (make finetune, or make fold "
                     f"TASK={args.task} FOLD={args.fold})")
-    return ckpts[-1][2]
+    return ckpts[-1][0], ckpts[-1][2]
 
 
-@torch.inference_mode()    # the unit conversions below write into predict_views' inference tensor
-def predict(model, px, vidx, device, args, config, extra):
-    """(N, 8, D) task-unit outputs for the 8 views of each image in px (pixels.to_pixels), with
-    its photo inputs `extra` when the network takes them."""
-    outputs = training.predict_views(model, px, vidx, device, args.batch, precision=args.precision,
-                                     extra=extra).cpu()
-    start = 0
+@torch.inference_mode()
+def predict(model, px, vidx, device, args, extra):
+    """(N, 8, D) raw outputs for the 8 views of each image in px (pixels.to_pixels), with its
+    photo inputs `extra` when the network takes them."""
+    return training.predict_views(model, px, vidx, device, args.batch, precision=args.precision,
+                                  extra=extra).cpu()
+
+
+def task_units(outputs, config):
+    """(N, 8, D) raw outputs -> each head's own units: the year de-standardised (sortingdate), the
+    scores' softmax (onehot trained with --loss ce); the others as they are."""
+    parts, start = [], 0
     for t in (common.TASKS if config["task"] == "multi" else (config["task"],)):
-        cols = slice(start, start + common.TASK_DIMS[t])
+        part = outputs[..., start:start + common.TASK_DIMS[t]]
         if t == "sortingdate":
-            outputs[..., cols] = outputs[..., cols] * config["date_std"] + config["date_mean"]
+            part = part * config["date_std"] + config["date_mean"]
         if t == "onehot" and config.get("loss") == "ce":
-            outputs[..., cols] = outputs[..., cols].softmax(-1)
-        start = cols.stop
-    return outputs
+            part = part.softmax(-1)
+        parts.append(part)
+        start += common.TASK_DIMS[t]
+    return torch.cat(parts, -1)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 
@@ -55,6 +56,32 @@ def predict_views(model, px, vidx, device, batch, views=range(8), *, precision, 
         with autocast(device, precision):
             outs.append(model(x, more).float().view(n, len(views), -1))
     return torch.cat(outs)
+
+
+HELDOUT_VIEWS = "heldout_views.npz"   # a fold network's held-out side as its last evaluation saw it
+
+
+def save_views(path, object_ids, outputs, **meta):
+    """object_id (N,), outputs (N, 8, D) float32 (and scalar metadata) as one .npz, atomically:
+    05's <split>.npz, and the evaluator's HELDOUT_VIEWS."""
+    with common.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, object_id=np.asarray(object_ids, dtype="U20"),
+                     outputs=np.asarray(outputs, dtype=np.float32), **meta)
+
+
+def saved_views(run_dir, epoch, object_ids, device, precision):
+    """The raw 8-view outputs of these objects that a run's evaluator saved after `epoch`, for 05
+    to use instead of a second pass; None where they are not what that pass would compute: another
+    epoch, other objects or another order, the other side of bf16."""
+    path = Path(run_dir) / HELDOUT_VIEWS
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        if (int(saved["epoch"]) != epoch or bool(saved["bf16"]) != bf16(device, precision)
+                or not np.array_equal(saved["object_id"], np.asarray(object_ids, dtype="U20"))):
+            return None
+        return torch.from_numpy(saved["outputs"])
 
 
 # -----------------------------------------------------------------------------

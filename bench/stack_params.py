@@ -3,7 +3,9 @@
 
 Each stack of 06 (seed / oof mode, with and without 02's statistics) is rebuilt by 06's own
 functions under each parameter set; the figure is its pooled out-of-fold RMSE, as 06's cv.csv
-computes it (each fold early-stopped on its held-out side, the recipe's way).
+computes it (each fold early-stopped on its held-out side, the recipe's way). First, per fold,
+the `target` head's era RMSE on the rows the seed stack learns from (the fold network's own
+training side) and on those it predicts (the held-out side).
 
     python bench/stack_params.py --work work-real
 """
@@ -38,6 +40,11 @@ def main():
     y = folds["all"]["train"].set_index("object_id")["target"]
     nets = ["multi"] if args.nets == "multi" else list(stack.common.TASKS)
     source = (work / "05_features", nets)
+    for k in stack.K:     # the seed stack learns from the network's own training rows, predicts held-out ones
+        for side, split in (("train", "train"), ("heldout", "test")):
+            era = folds[k][split].set_index("object_id")["target"]
+            head = stack.features(source, k, side).loc[era.index, "target_0_mean"]
+            benchlib.emit(f"target_head_fold{k}_{side}_rmse", f"{stack.rmse(head, era):.4f}")
     meta = stack.meta_table(work / "02_hvr", "on")
     for name in args.sets:
         params, patience = SETS[name]

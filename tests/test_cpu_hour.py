@@ -70,7 +70,7 @@ def multi_run(make, demo_data, smoke_run, tmp_path_factory):
     fold all's networks only)."""
     work = smoke_copy(smoke_run, tmp_path_factory.mktemp("multi") / "work",
                       keep=("00_validate", "01_sgkfold", "02_hvr", "03_jigsaw"))
-    p = make("all", work=work, data=demo_data, PROFILE="smoke", timeout=900, **CPU_SHAPE)
+    p = make("all", work=work, data=demo_data, PROFILE="smoke", timeout=900, jobs=2, **CPU_SHAPE)
     return work, p
 
 
@@ -119,12 +119,37 @@ def test_a_folds_features_are_its_seeds_networks_averaged(multi_run):
     assert np.allclose(saved["outputs"][:20, :, 0], (outs[0][..., 0] + outs[1][..., 0]) / 2, atol=1e-5)
 
 
+def test_05_takes_the_held_out_side_from_the_evaluator(multi_run, make, demo_data, tmp_path):
+    """The evaluator's last pass over a fold's held-out side (8 views of every row) is 05's
+    features of that side: no second pass; without the evaluator's file, 05 computes the same."""
+    import json
+    work, _ = multi_run
+    provenance = lambda w, run: json.loads((w / "05_features" / run / "provenance.json").read_text())["config"]
+    assert provenance(work, "multi_1")["heldout_from_evaluator"] == ["multi_1", "multi_1_s1"]
+    assert provenance(work, "multi_all")["heldout_from_evaluator"] == []     # no held-out side
+    assert not (work / "04_finetune" / "multi_all" / training.HELDOUT_VIEWS).exists()
+    copy = smoke_copy(multi_run, tmp_path / "work")
+    (copy / "04_finetune" / "multi_1_s1" / training.HELDOUT_VIEWS).unlink()
+    with np.load(copy / "04_finetune" / "multi_1" / training.HELDOUT_VIEWS) as saved:   # another epoch's
+        training.save_views(copy / "04_finetune" / "multi_1" / training.HELDOUT_VIEWS, saved["object_id"],
+                            saved["outputs"] + 1, epoch=1, bf16=False)
+    (copy / "05_features" / "multi_1" / "DONE").unlink()
+    again = make("all", work=copy, data=demo_data, PROFILE="smoke", **CPU_SHAPE)
+    assert again.stdout.count("05_features.py") == 1 and "(heldout: the evaluator" not in again.stdout
+    assert provenance(copy, "multi_1")["heldout_from_evaluator"] == []
+    for split in ("train", "heldout"):
+        with np.load(work / "05_features" / "multi_1" / f"{split}.npz") as a, \
+                np.load(copy / "05_features" / "multi_1" / f"{split}.npz") as b:
+            assert np.array_equal(a["object_id"], b["object_id"])
+            assert np.allclose(a["outputs"], b["outputs"], atol=1e-4), np.abs(a["outputs"] - b["outputs"]).max()
+
+
 def test_another_seeds_redoes_the_features_and_the_same_seeds_nothing(multi_run, make, demo_data, tmp_path):
     """SEEDS is a prerequisite of 05: back to one seed, the features stop being the pair's mean."""
     work = smoke_copy(multi_run, tmp_path / "work")
     again = make("all", work=work, data=demo_data, PROFILE="smoke", **CPU_SHAPE)
     assert "04_finetune.py" not in again.stdout and "05_features.py" not in again.stdout, again.stdout
-    one = make("all", work=work, data=demo_data, PROFILE="smoke", **dict(CPU_SHAPE, SEEDS=1))
+    one = make("all", work=work, data=demo_data, PROFILE="smoke", jobs=2, **dict(CPU_SHAPE, SEEDS=1))
     assert "04_finetune.py" not in one.stdout and one.stdout.count("05_features.py") == 4
     assert "06_stack.py" in one.stdout and "--seeds" not in one.stdout
     features = np.load(work / "05_features" / "multi_1" / "heldout.npz")["outputs"]
@@ -153,12 +178,12 @@ def test_without_fold_test_the_oof_stacks_are_scored_not_submitted(multi_run, ma
     assert oof_only.returncode != 0 and "make FOLD_TEST=yes" in oof_only.stderr, oof_only.stderr[-800:]
 
     work = smoke_copy(multi_run, tmp_path / "work")
-    yes = make("all", work=work, data=demo_data, PROFILE="smoke", **dict(CPU_SHAPE, FOLD_TEST="yes"))
+    yes = make("all", work=work, data=demo_data, PROFILE="smoke", jobs=2, **dict(CPU_SHAPE, FOLD_TEST="yes"))
     assert yes.stdout.count("05_features.py") == 3 and yes.stdout.count("--fold-test yes") == 3, yes.stdout
     assert "not submittable" not in yes.stdout and "04_finetune.py" not in yes.stdout
     assert all((work / "05_features" / f"multi_{k}" / "test.parquet").exists() for k in ("0", "1", "2"))
     assert {"stack_oof", "stack_oof_meta"} <= set(pd.read_csv(work / "06_stack" / "test.csv").columns)
-    back = make("all", work=work, data=demo_data, PROFILE="smoke", **CPU_SHAPE)    # and back: removed
+    back = make("all", work=work, data=demo_data, PROFILE="smoke", jobs=2, **CPU_SHAPE)    # and back: removed
     assert back.stdout.count("05_features.py") == 3
     assert not any((work / "05_features" / f"multi_{k}" / "test.parquet").exists() for k in ("0", "1", "2"))
 
