@@ -44,7 +44,7 @@ def main():
         for side, split in (("train", "train"), ("heldout", "test")):
             era = folds[k][split].set_index("object_id")["target"]
             head = stack.features(source, k, side).loc[era.index, "target_0_mean"]
-            benchlib.emit(f"target_head_fold{k}_{side}_rmse", f"{stack.rmse(head, era):.4f}")
+            benchlib.emit(f"target_head_fold{k}_{side}_rmse", f"{stack.rmse(head, era):.4f}", "(era RMSE)")
     meta = stack.meta_table(work / "02_hvr", "on")
     for name in args.sets:
         params, patience = SETS[name]
