@@ -34,10 +34,14 @@ def run_make(*args, work, data, check=True, env=None, timeout=600, jobs=1, **var
 
     Output is captured (text). With check=True a non-zero exit fails the test and shows both
     streams. `env` adds to a clean copy of os.environ (no inherited MAKEFLAGS or Make variables).
-    jobs > 1: Make's -j, each job's output kept together (what `GPUS=0,1` does on GPUs): on
-    two cores the smoke pipelines' many short torch processes, each ~5 s of imports, overlap.
+    jobs > 1: Make's -j, each job's output kept together (what `GPUS=0,1` does on GPUs), and
+    one torch thread per job: on two cores the smoke pipelines' many short torch processes (each
+    ~5 s of imports) overlap, and two jobs of two threads would spin against each other (the
+    smoke pipeline here: 148 s at -j2 with one thread each, 196 s with two).
     """
     full_env = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
+    if jobs > 1:
+        full_env["TORCH_THREADS"] = "1"
     full_env.update(env or {})
     parallel = [f"-j{jobs}", "--output-sync=target"] if jobs > 1 else []
     cmd = ["make", "-C", str(REPO), "--no-print-directory", *parallel, *map(str, args),
