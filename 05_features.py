@@ -100,7 +100,8 @@ def main():
     training.banner("05", args, dist, run=run, checkpoints=" ".join(str(c) for _, c in checkpoints),
                     **{k: len(v) for k, v in wanted.items()})
     every = pd.concat(wanted.values(), ignore_index=True)
-    held = slice(len(wanted["train"]), len(wanted["train"]) + len(wanted.get("heldout", ())))
+    ends = np.cumsum([0, *map(len, wanted.values())]).tolist()
+    span = {split: slice(a, b) for split, a, b in zip(wanted, ends[:-1], ends[1:])}   # rows of `every`
     px = pixels.to_pixels(images[pixels.store_rows(ids, every, args.hvr).numpy()], "cpu")
     seeds, extras, reused = [], {}, []
     for epoch, ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
@@ -112,25 +113,24 @@ def main():
         if kind not in extras:                          # stats.csv read once, not once per seed
             extras[kind] = pixels.photo_inputs(args.hvr, every, kind)
         extra = extras[kind]
-        known = (training.saved_views(ckpt.parent, epoch, wanted["heldout"], dist.device, args.precision)
-                 if "heldout" in wanted else None)       # the evaluator's pass over the held-out side
-        todo = torch.arange(len(every))
-        if known is not None:
-            todo = torch.cat([todo[:held.start], todo[held.stop:]])
-            reused.append(ckpt.parent.name)
-        chunks = []
-        for start in training.progress(range(0, len(todo), CHUNK), dist, desc=ckpt.parent.name):
-            rows = todo[start:start + CHUNK]
-            part = None if extra is None else extra[rows].to(dist.device)
-            chunks.append(predict(model, px[rows].to(dist.device), vidx, dist.device, args, part))
-        raw = torch.cat(chunks)
-        if len(todo) < len(every):
-            raw = torch.cat([raw[:held.start], known, raw[held.start:]])
-        seeds.append(task_units(raw, config).numpy())
+        parts = []
+        for split, rows in span.items():
+            known = (training.saved_views(ckpt.parent, epoch, wanted[split], dist.device, args.precision)
+                     if split == "heldout" else None)    # the evaluator's pass over the held-out side
+            if known is not None:
+                reused.append(ckpt.parent.name)
+                parts.append(known)
+                continue
+            desc = f"{ckpt.parent.name} {split}"
+            for start in training.progress(range(rows.start, rows.stop, CHUNK), dist, desc=desc):
+                chunk = slice(start, min(start + CHUNK, rows.stop))
+                more = None if extra is None else extra[chunk].to(dist.device)
+                parts.append(training.predict_views(model, px[chunk].to(dist.device), vidx, dist.device, args.batch,
+                                                    precision=args.precision, extra=more).cpu())
+        seeds.append(task_units(torch.cat(parts), config).numpy())
     outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))
-    start = 0
     for split, oids in wanted.items():
-        part, start = outputs[start:start + len(oids)], start + len(oids)
+        part = outputs[span[split]]
         training.save_views(out / f"{split}.npz", oids, part)
         table = pd.DataFrame({"object_id": oids.to_numpy(), **reduce_views(args.task, part)})
         with common.atomic_path(out / f"{split}.parquet") as tmp:
@@ -150,14 +150,6 @@ def last_checkpoint(run_dir, args):
         common.fail(f"{run_dir}: the fine-tune run is not finished (make finetune, or make fold "
                     f"TASK={args.task} FOLD={args.fold})")
     return ckpts[-1][0], ckpts[-1][2]
-
-
-@torch.inference_mode()
-def predict(model, px, vidx, device, args, extra):
-    """(N, 8, D) raw outputs for the 8 views of each image in px (pixels.to_pixels), with its
-    photo inputs `extra` when the network takes them."""
-    return training.predict_views(model, px, vidx, device, args.batch, precision=args.precision,
-                                  extra=extra).cpu()
 
 
 def task_units(outputs, config):
