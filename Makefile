@@ -23,6 +23,7 @@ FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --l
 SUBMIT ?= best#            06: best (the lowest-CV stack, tuned post-processing) | recipe (the recipe's own)
 STACK_ARGS ?=#             extra 06_stack.py options, e.g. --mode seed --meta native
 ID ?=#                     make views: the object_id to show
+TEST_JOBS ?= auto#         make test: pytest-xdist workers (auto: one per core; 0: none, one process)
 MAX_PIXELS ?= 25000000#    validation: the largest photo (width x height) 02's ImageMagick must decode
 
 # ---- derived --------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_
 
 # ---- checks and housekeeping ----------------------------------------------------------------
 test: setup ## run the test suite (sets itself up; uses ../shared/atmacup11 when present)
-	$(PY) -m pytest -q --durations=10 tests
+	$(PY) -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile tests
 
 clean: ## delete WORK (never the raw data, never .venv)
 	rm -rf $(WORK)

@@ -8,7 +8,9 @@ with its own temporary WORK, so they exercise exactly what a user runs:
         p = make("folds", work=tmp_path / "work", data=demo_data)
         assert (tmp_path / "work/01_sgkfold/DONE").exists()
 """
+import fcntl
 import importlib.util
+import json
 import os
 import random
 import shutil
@@ -27,6 +29,12 @@ REAL_DATA_ENV = "ATMA11_DATA"           # where the real competition files are, 
 # Make variables a user may have exported; tests pin what they need and never inherit the rest.
 MAKE_ENV_DROP = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS",
                  "DATA", "WORK", "GPUS", "PROFILE", "FOLD", "TASK")
+# `make test` runs the files over pytest-xdist workers, one per core: each worker's torch (in its
+# own process and in every stage it starts) gets one thread, so that two workers' threads never
+# spin against each other on the same cores.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ["TORCH_THREADS"] = "1"
 
 
 def run_make(*args, work, data, check=True, env=None, timeout=600, jobs=1, **variables):
@@ -116,18 +124,38 @@ def make():
     return run_make
 
 
+def built_once(tmp_path_factory, name, build):
+    """build(directory) run once per test session, then its JSON-able result returned to every
+    caller: under pytest-xdist the first worker to ask builds it in the session's shared temporary
+    directory while the others wait on its lock, then all read the same files (a session fixture
+    would be built by each worker, and a WORK built beside other raw-data files than its own
+    would look stale to Make). A build that failed (no result.json) is redone by the next caller."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if XDIST_WORKER else root
+    where, result = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir()
+            result.write_text(json.dumps(build(where)))
+        return json.loads(result.read_text())
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """A small generated raw-data directory (session-wide; treat as read-only, copy to modify)."""
-    return generate_demo(tmp_path_factory.mktemp("demo") / "raw", **DEMO_SIZE)
+    return Path(built_once(tmp_path_factory, "demo",
+                           lambda d: str(generate_demo(d / "raw", **DEMO_SIZE))))
 
 
 @pytest.fixture(scope="session")
 def demo_folds(demo_data, tmp_path_factory):
     """A WORK in which `make folds` ran on demo_data (session-wide; read-only: copy it to extend)."""
-    work = tmp_path_factory.mktemp("demo_folds") / "work"
-    run_make("folds", work=work, data=demo_data, env={"PYTHONHASHSEED": "1"})
-    return work
+    def build(d):
+        run_make("folds", work=d / "work", data=demo_data, env={"PYTHONHASHSEED": "1"})
+        return str(d / "work")
+    return Path(built_once(tmp_path_factory, "demo_folds", build))
 
 
 @pytest.fixture
@@ -150,10 +178,13 @@ def real_data():
 def smoke_run(demo_data, tmp_path_factory):
     """The whole pipeline once, PROFILE=smoke, on the small demo set: (WORK, make's result, s).
     Session-wide and read-only: tests that rerun stages do so on a copy (smoke_copy)."""
-    work = tmp_path_factory.mktemp("smoke") / "work"
-    t0 = time.time()
-    p = run_make("all", work=work, data=demo_data, PROFILE="smoke", timeout=900, jobs=2)
-    return work, p, time.time() - t0
+    def build(d):
+        t0 = time.time()
+        p = run_make("all", work=d / "work", data=demo_data, PROFILE="smoke", timeout=900, jobs=2)
+        return dict(work=str(d / "work"), seconds=time.time() - t0,
+                    make=dict(args=p.args, returncode=p.returncode, stdout=p.stdout, stderr=p.stderr))
+    run = built_once(tmp_path_factory, "smoke", build)
+    return Path(run["work"]), subprocess.CompletedProcess(**run["make"]), run["seconds"]
 
 
 def smoke_copy(smoke_run, dst, keep=None):
