@@ -1,6 +1,10 @@
-"""The environment: exact pins agree everywhere, and `make help` lists every verb of the Makefile."""
+"""The environment: exact pins agree everywhere, `make help` lists every verb of the Makefile, and
+`make test`'s workers share what they build once."""
 import importlib.metadata
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -140,3 +144,41 @@ def test_every_documented_target_is_listed(tmp_path):
     listed = set(re.findall(r"^\s*make (\S+)\s+\S", helped, re.M))
     assert documented and not documented - listed, (
         f"documented but not in `make help`: {sorted(documented - listed)}\n{helped}")
+
+
+BUILD_ONCE = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import conftest
+
+class Factory:                       # what built_once uses of pytest's tmp_path_factory
+    def getbasetemp(self):
+        return Path({worker_dir!r})
+
+def build(d):
+    with open({log!r}, "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
+    time.sleep(1)                    # long enough for the other worker to reach the lock
+    (d / "made").write_text("x")
+    return str(d / "made")
+
+print(conftest.built_once(Factory(), "thing", build))
+"""
+
+
+def test_two_workers_build_a_shared_fixture_once(tmp_path):
+    """`make test`'s xdist workers: two processes asking built_once for the same thing at once
+    get the same result, and only one of them builds it."""
+    log = tmp_path / "builds.log"
+    procs = []
+    for worker in ("gw0", "gw1"):
+        worker_dir = tmp_path / f"popen-{worker}"
+        worker_dir.mkdir()
+        code = BUILD_ONCE.format(tests=str(REPO / "tests"), worker_dir=str(worker_dir), log=str(log))
+        procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                      env=dict(os.environ, PYTEST_XDIST_WORKER=worker)))
+    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs[0] == outputs[1] == str(tmp_path / "thing" / "made")
+    assert len(log.read_text().split()) == 1, "built by both workers"
