@@ -59,6 +59,7 @@ def predict_views(model, px, vidx, device, batch, views=range(8), *, precision, 
 
 
 HELDOUT_VIEWS = "heldout_views.npz"   # a fold network's held-out side as its last evaluation saw it
+OBJECT_IDS = "U20"                    # the .npz files' object_id dtype
 
 
 def save_views(path, object_ids, outputs, **meta):
@@ -66,7 +67,7 @@ def save_views(path, object_ids, outputs, **meta):
     05's <split>.npz, and the evaluator's HELDOUT_VIEWS."""
     with common.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, object_id=np.asarray(object_ids, dtype="U20"),
+            np.savez(f, object_id=np.asarray(object_ids, dtype=OBJECT_IDS),
                      outputs=np.asarray(outputs, dtype=np.float32), **meta)
 
 
@@ -79,7 +80,7 @@ def saved_views(run_dir, epoch, object_ids, device, precision):
         return None
     with np.load(path, allow_pickle=False) as saved:
         if (int(saved["epoch"]) != epoch or bool(saved["bf16"]) != bf16(device, precision)
-                or not np.array_equal(saved["object_id"], np.asarray(object_ids, dtype="U20"))):
+                or not np.array_equal(saved["object_id"], np.asarray(object_ids, dtype=OBJECT_IDS))):
             return None
         return torch.from_numpy(saved["outputs"])
 

@@ -1,6 +1,7 @@
 """What the CPU profile's hour rests on: the learning-rate schedules, one network with four heads
 through the whole pipeline (make all NETS=multi), evaluation inside the trainer on a CPU, and an
 evaluator that never outlives its trainer nor lets its GPU go while it lives."""
+import json
 import math
 import os
 import signal
@@ -122,7 +123,6 @@ def test_a_folds_features_are_its_seeds_networks_averaged(multi_run):
 def test_05_takes_the_held_out_side_from_the_evaluator(multi_run, make, demo_data, tmp_path):
     """The evaluator's last pass over a fold's held-out side (8 views of every row) is 05's
     features of that side: no second pass; without the evaluator's file, 05 computes the same."""
-    import json
     work, _ = multi_run
     provenance = lambda w, run: json.loads((w / "05_features" / run / "provenance.json").read_text())["config"]
     assert provenance(work, "multi_1")["heldout_from_evaluator"] == ["multi_1", "multi_1_s1"]

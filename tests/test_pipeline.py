@@ -133,7 +133,7 @@ def test_packed_pixel_path_equals_the_float_composition(size):
 
 # -----------------------------------------------------------------------------
 def test_all_ends_with_a_valid_submission_and_report(smoke_run, demo_data):
-    work, p, _ = smoke_run
+    work, p = smoke_run
     for stage in ("00_validate", "01_sgkfold", "02_hvr", "03_jigsaw", "06_stack", "07_submit"):
         assert (work / stage / "DONE").exists(), stage
     for t in common.TASKS:
@@ -164,7 +164,7 @@ def test_all_ends_with_a_valid_submission_and_report(smoke_run, demo_data):
 
 
 def test_second_make_all_does_nothing(smoke_run, make, demo_data):
-    work, _, _ = smoke_run
+    work, _ = smoke_run
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("DONE")}
     p = make("all", work=work, data=demo_data, PROFILE="smoke")
     assert not any(s in p.stdout for s in ("03_jigsaw.py", "04_finetune.py", "05_features.py", "06_stack.py"))
@@ -174,7 +174,7 @@ def test_second_make_all_does_nothing(smoke_run, make, demo_data):
 
 
 def test_status_reads_every_run(smoke_run, make, demo_data):
-    work, _, _ = smoke_run
+    work, _ = smoke_run
     out = make("status", work=work, data=demo_data).stdout
     lines = [l for l in out.splitlines()[1:] if l.strip() and not l.startswith("CV ")]
     assert len(lines) == 1 + 16 and all(l.rstrip().endswith("done") for l in lines)
@@ -186,7 +186,7 @@ def test_status_reads_every_run(smoke_run, make, demo_data):
 
 
 def test_a_work_of_another_profile_is_refused(smoke_run, make, demo_data):
-    work, _, _ = smoke_run
+    work, _ = smoke_run
     p = make("all", work=work, data=demo_data, PROFILE="cpu", check=False)
     assert p.returncode != 0 and "PROFILE=smoke" in p.stderr
 
@@ -241,7 +241,7 @@ def test_make_fans_finetunes_out_one_per_gpu(make, demo_data, tmp_path):
 def test_evaluator_waits_for_complete_checkpoints(smoke_run, tmp_path):
     """A checkpoint being written (a temp name, or a final name with half the bytes) is never
     evaluated; once complete, it is, exactly once."""
-    work, _, _ = smoke_run
+    work, _ = smoke_run
     src = work / "04_finetune" / "target_0"
     runs = tmp_path / "runs"
     run = runs / "target_0"
@@ -302,7 +302,7 @@ def test_torchrun_two_ranks_matches_one_process(smoke_run, tmp_path):
     The gradient averaging itself is exact: each rank's summed loss is scaled by world / global
     batch size (training.fit), so without BatchNorm the two would agree to rounding.
     """
-    work, _, _ = smoke_run
+    work, _ = smoke_run
     for name, cmd in (("jigsaw", ["03_jigsaw.py", "--hvr", work / "02_hvr", "--profile", "smoke", "--epochs", "1"]),
                       ("finetune", ["04_finetune.py", "--task", "target", "--fold", "0", "--folds", work / "01_sgkfold",
                                     "--hvr", work / "02_hvr", "--jigsaw", work / "03_jigsaw", "--profile", "smoke",
