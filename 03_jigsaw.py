@@ -40,6 +40,7 @@ p = common.profile_parser(__doc__.split("\n")[0])
 p.add_argument("--hvr", required=True, help="the image store (stage 02)")
 p.add_argument("--out", required=True, help="this stage's directory")
 p.add_argument("--arch", default=None, choices=training.ARCHS, help="network (profile)")
+p.add_argument("--width", type=int, default=None, help="a ResNet's first-stage channels (profile; the recipe: 64)")
 p.add_argument("--epochs", type=int, default=None, help="passes over the photos (profile; 0: none, the fine-tunes start from random init)")
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
 p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="1-8",
@@ -131,9 +132,9 @@ def main():
               f"(chance {1 / TILES:.3f}), whole-puzzle accuracy {puzzle:.3f}", flush=True)
 
     common.seed_everything(args.seed)
-    model = training.build_model(args.arch, TILES * TILES)
+    model = training.build_model(args.arch, TILES * TILES, width=args.width)
     config = dict(vars(args), lr=args.lr, betas=list(BETAS), log_every=LOG_EVERY,
-                  channels_last=True, size=meta["size"], outputs=TILES * TILES)
+                  channels_last=True, size=meta["size"], outputs=TILES * TILES, ranks=dist.world)
     model = training.fit(model, run_dir=out, dist=dist, config=config, epoch_plan=epoch_plan,
                          batch_loss=batch_loss, on_epoch_end=on_epoch_end)
     if dist.main:

@@ -30,13 +30,14 @@ clipped); `rmse` is the run's first such head. Each epoch: the mean over `eval_v
 `eval_rows` rows (a fixed random subset; 0: all); the last epoch: all 8 views of every row, the
 run's figure comparable with the recipe's. Fold `all` has no held-out labels: it scores (up to
 1024 of) its own train rows instead.
-On a GPU the evaluator is a second process (`--role evaluate`, started by `--role run`), as the
-recipe: it waits for each complete epoch checkpoint, training never waits for it, its crash
-cannot stop training, and it exits when the trainer dies. On a CPU it runs in the trainer's
-process at each epoch end, while training waits: a second process would hold one of the two
-cores for the whole run.
+Where the evaluator runs (--eval, make EVAL): `process`, the recipe and the default on a GPU,
+is a second process (`--role evaluate`, started by `--role run`): it waits for each complete
+epoch checkpoint, training never waits for it, its crash cannot stop training, and it exits when
+the trainer dies; should it die or stall, the trainer says why and scores the rest inline.
+`inline`, the default on a CPU (a second process would hold one of two cores for the whole run)
+and on a GPU in an exclusive compute mode (a second process could not use it), scores each epoch
+in the trainer's process at its end, while training waits.
 """
-import fcntl
 import os
 import subprocess
 import sys
@@ -50,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import devices
 import pixels
 import reporting
 import training
@@ -59,6 +61,7 @@ SEED = 0               # init of the new head; epoch RNGs derive from it too
 LOG_EVERY = 10         # steps between loss.csv rows
 EVAL_POLL = 1.0        # seconds between the evaluator's looks for a new checkpoint
 EVAL_GIVE_UP = 120.0   # seconds a checkpoint may stay unreadable before the evaluator fails
+EVAL_LOG = "evaluator.log"   # the evaluator process's stderr
 EVAL_TRAIN_ROWS = 1024 # fold `all`: train rows the evaluator scores (it has no held-out side)
 MIXUP_UNIT = 1_000_000  # mixup weights travel in the (integer) epoch plan, in millionths
 TRAINABLE_WHEN_FROZEN = ("layer3.", "layer4.", "fc.")   # the recipe's --freeze experiment
@@ -76,6 +79,7 @@ p.add_argument("--init", default=None, choices=["jigsaw", "scratch", "xavier"],
                help="start from 03's weights, or random: torchvision's init (scratch) or the seed's "
                     "xavier_normal with gain 0.02 (profile)")
 p.add_argument("--arch", default=None, choices=training.ARCHS, help="network (profile); must match 03 with --init jigsaw")
+p.add_argument("--width", type=int, default=None, help="a ResNet's first-stage channels (profile; the recipe: 64); must match 03 with --init jigsaw")
 p.add_argument("--epochs", type=int, default=None, help="epochs (profile; the recipe: 5, later 10)")
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
 p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="1-8",
@@ -96,6 +100,12 @@ p.add_argument("--eval-views", type=int, default=None, choices=(1, 8), help="vie
 p.add_argument("--eval-rows", type=int, default=None, help="rows scored per epoch, 0: all (profile)")
 p.add_argument("--seed", type=int, default=SEED, choices=range(0, 10), metavar="0-9",
                help="init and batch order; a seed other than 0 trains into <task>_<fold>_s<seed>/")
+p.add_argument("--eval", default="auto", choices=["auto", "process", "inline"],
+               help="the evaluator: a process of its own (the recipe), inline at epoch ends, or auto: "
+                    "a process on a GPU that allows two, else inline (make EVAL)")
+p.add_argument("--eval-stall", type=float, default=600.0,
+               help="seconds an evaluator process may go without scoring an epoch once training has "
+                    "ended, before it is stopped and the rest is scored inline")
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
 p.add_argument("--mixup", type=float, default=None,
                help="mixup: each training image blended with another of the epoch, weight ~ Beta(a, a), "
@@ -172,7 +182,7 @@ def era_prediction(task, kind, mean_out, date_stats):
 
 
 def build(args, outputs, device, inputs=0):
-    model = training.build_model(args.arch, outputs, inputs)
+    model = training.build_model(args.arch, outputs, inputs, width=args.width)
     if args.init == "xavier":
         training.xavier_init(model)
     if args.init == "jigsaw":
@@ -180,8 +190,10 @@ def build(args, outputs, device, inputs=0):
         if not common.is_done(args.jigsaw) or not ckpts:
             common.fail(f"{args.jigsaw}: no finished jigsaw run (make jigsaw), or use --init scratch")
         state = training.load_checkpoint(ckpts[-1][2])
-        if state["config"].get("arch") != args.arch:
-            common.fail(f"--arch {args.arch} but {args.jigsaw} trained {state['config'].get('arch')}")
+        trained = (state["config"].get("arch"), state["config"].get("width", training.WIDTH))
+        if trained != (args.arch, args.width):
+            common.fail(f"--arch {args.arch} --width {args.width} but {args.jigsaw} trained {trained[0]} "
+                        f"of width {trained[1]}")
         training.load_backbone(model, state["model"])
     if args.freeze:
         for name, param in model.named_parameters():
@@ -322,7 +334,7 @@ def evaluate(args, run_dir, dist):
     # the trainer's pid, handed down: read at start-up, getppid() could already be init's
     parent = int(os.environ.get("ATMA11_TRAINER_PID") or os.getppid())
     ev = Evaluator(args, run_dir, dist.device)
-    model = training.build_model(args.arch, common.TASK_DIMS[args.task], ev.inputs()).to(dist.device)
+    model = training.build_model(args.arch, common.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
     unreadable = {}
     while True:
         todo = [e for e in range(1, args.epochs + 1) if e not in ev.done()]
@@ -352,14 +364,14 @@ def evaluate_missing(args, run_dir, dist, ev):
     have = {e for e, step, _ in training.list_checkpoints(run_dir) if step is None}
     missing = [e for e in range(1, args.epochs + 1) if e not in ev.done() and e in have]
     if missing:
-        model = training.build_model(args.arch, common.TASK_DIMS[args.task], ev.inputs()).to(dist.device)
+        model = training.build_model(args.arch, common.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
         for epoch in missing:
             model.load_state_dict(training.load_checkpoint(run_dir / common.ckpt_name(epoch), dist.device)["model"])
             ev.score(epoch, model)
 
 
 def gpu_slot_fd():
-    """[the descriptor of the GPU slot lock that common.py on-gpu handed down], or []."""
+    """[the descriptor of the GPU slot lock that devices.py on-gpu handed down], or []."""
     try:
         fd = int(os.environ.get("GPU_SLOT_FD", ""))
         os.fstat(fd)
@@ -368,44 +380,104 @@ def gpu_slot_fd():
         return []
 
 
-def run(args, run_dir, dist):
-    """Training and its evaluation (a second process on a GPU, epoch ends on a CPU); DONE when
-    both succeeded."""
-    started = time.time()
-    evaluator, inline = None, None
-    if dist.main:
-        lock = open(run_dir / ".running", "w")     # `make status`: held while this run is alive
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        (run_dir / "FAILED").unlink(missing_ok=True)
-        if dist.device.type == "cuda":
+class Evaluation:
+    """A run's evaluation: a process of its own (the recipe's watcher of checkpoints), or inline
+    at each epoch end. A process that dies, or stalls once training has ended, hands over to
+    inline scoring of what it left, and the run says why: the trainer never waits without bound."""
+
+    def __init__(self, args, run_dir, dist, placement):
+        self.args, self.run_dir, self.dist = args, run_dir, dist
+        self.proc, self.inline, self.story = None, None, placement
+        if placement == "process":
             argv = [a for a in sys.argv[1:] if a not in ("--role", "run")]
             env = dict(os.environ, TORCH_THREADS="1", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0",
-                       ATMA11_TRAINER_PID=str(os.getpid()))
-            slot = gpu_slot_fd()
-            evaluator = subprocess.Popen([sys.executable, __file__, *argv, "--role", "evaluate"], env=env,
-                                         pass_fds=slot)     # the GPU stays held while it lives
+                       LOCAL_WORLD_SIZE="1", ATMA11_TRAINER_PID=str(os.getpid()))
+            self.log = run_dir / EVAL_LOG
+            with open(self.log, "a") as err:     # its last line says why, should it die
+                self.proc = subprocess.Popen([sys.executable, __file__, *argv, "--role", "evaluate"], env=env,
+                                             stderr=err, pass_fds=gpu_slot_fd())   # the GPU stays held while it lives
+            print(f"[04] evaluator: a process of its own (pid {self.proc.pid}), stderr in {self.log}", flush=True)
         else:
-            inline = Evaluator(args, run_dir, dist.device)
-            evaluate_missing(args, run_dir, dist, inline)   # a kill between a checkpoint and its row
+            self.go_inline()
+
+    def go_inline(self, why=None):
+        if why:
+            print(f"[04] {why}: the held-out side is scored inline from here on", flush=True)
+            self.story = f"process, then inline: {why}"
+        self.proc, self.inline = None, Evaluator(self.args, self.run_dir, self.dist.device)
+        evaluate_missing(self.args, self.run_dir, self.dist, self.inline)   # a kill between a checkpoint and its row
+
+    def died(self):
+        """Why the evaluator process ended before its work, or None while it lives (or succeeded)."""
+        code = self.proc.poll()
+        if code in (None, 0):
+            return None
+        tail = [l for l in self.log.read_text(errors="replace").splitlines() if l.strip()][-1:] if self.log.exists() else []
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+        return f"the evaluator process {how}" + (f" ({tail[0].strip()[:200]})" if tail else "")
+
+    def epoch_end(self, epoch, model):
+        if self.proc is not None and (why := self.died()):
+            return self.go_inline(why)          # scores this epoch too: its checkpoint is written
+        if self.inline is not None:
+            self.inline.score(epoch, model)
+
+    def finish(self):
+        """Every epoch scored: the process's rows awaited (the clock restarts at each new one),
+        then whatever is missing scored inline."""
+        if self.proc is not None:
+            rows, since = len(common.read_epoch_rows(self.run_dir / "eval.csv")), time.time()
+            while self.proc.poll() is None and time.time() - since < self.args.eval_stall:
+                time.sleep(EVAL_POLL)
+                now = len(common.read_epoch_rows(self.run_dir / "eval.csv"))
+                rows, since = now, (time.time() if now > rows else since)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+                self.go_inline(f"the evaluator process scored no epoch for {self.args.eval_stall:.0f}s and was stopped")
+            elif why := self.died():
+                self.go_inline(why)
+        if self.inline is not None:
+            evaluate_missing(self.args, self.run_dir, self.dist, self.inline)
+        missing = [e for e in range(1, self.args.epochs + 1) if e not in common.read_epoch_rows(self.run_dir / "eval.csv")]
+        if missing:
+            common.fail(f"{self.run_dir}: epochs {missing} were not evaluated and their checkpoints are gone; "
+                        f"rerun to train and evaluate them")
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+def run(args, run_dir, dist):
+    """Training and its evaluation (EVAL: a second process, or inline at epoch ends); DONE when
+    both succeeded."""
+    started = time.time()
+    evaluation = None
+    if dist.main:
+        lock = open(run_dir / ".running", "w")     # `make status`: held while this run is alive
+        common.lock(lock, run_dir / ".running")
+        (run_dir / "FAILED").unlink(missing_ok=True)
+        placement, why = devices.evaluator_placement(dist.device, args.eval)
+        if placement == "process" and args.keep_epochs != "all":
+            common.fail(f"--eval process: the evaluator reads every epoch's checkpoint, and profile "
+                        f"{args.profile} keeps the last one only; use --eval inline (make EVAL=inline)")
+        print(f"[04] evaluator placement: {placement} ({why})", flush=True)
+        evaluation = Evaluation(args, run_dir, dist, placement)
     try:
-        config = train(args, run_dir, dist, on_epoch_end=inline.score if inline else None)
+        config = train(args, run_dir, dist, on_epoch_end=evaluation.epoch_end if evaluation else None)
+        if evaluation:
+            evaluation.finish()
     except BaseException:
-        if evaluator:
-            evaluator.terminate()
-            evaluator.wait()
         if dist.main:
+            evaluation.stop()
             common.write_text(run_dir / "FAILED", traceback.format_exc().strip().splitlines()[-1] + "\n")
         raise
     if not dist.main:
         return
-    if inline:
-        evaluate_missing(args, run_dir, dist, inline)
-    elif evaluator.wait() != 0:
-        common.write_text(run_dir / "FAILED", f"evaluator exited with {evaluator.returncode}\n")
-        common.fail(f"{run_dir}: the evaluator failed (exit {evaluator.returncode}); "
-                    f"training is complete: rerun to evaluate the missing epochs")
     reporting.plot_curves(run_dir / "loss.png", run_dir / "loss.csv", ["loss"], f"{run_dir.name}: training loss")
-    common.write_provenance(run_dir, config, started)
+    common.write_provenance(run_dir, dict(config, evaluator=evaluation.story), started)
     common.mark_done(run_dir)
 
 

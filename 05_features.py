@@ -107,7 +107,8 @@ def main():
     for epoch, ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
         state = training.load_checkpoint(ckpt, dist.device)
         config = state["config"]
-        model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0)).to(dist.device)
+        model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0),
+                                     config.get("width", training.WIDTH)).to(dist.device)
         model.load_state_dict(state["model"])
         kind = config.get("photo_inputs", "none")
         if kind not in extras:                          # stats.csv read once, not once per seed

@@ -9,12 +9,15 @@ MAKEFLAGS += --no-builtin-rules --warn-undefined-variables
 # ---- what users set -------------------------------------------------------------------------
 DATA ?= data/raw#          raw competition files (train.csv, test.csv, ..., photos/)
 WORK ?= work#              every stage writes WORK/<stage>/
-GPUS ?=#                   comma-separated GPU ids (0,1,2,3); empty: CPU
-PROFILE ?= $(if $(GPUS),full,$(if $(DEMO_DATA),smoke,cpu))#  full (the recipe, GPUs) | cpu (the CPU hour) | smoke (seconds: tests, the demo data)
+GPUS ?=#                   comma-separated GPU ids (0,1,2,3); empty: CPU. CUDA is checked on them before any stage
+PROFILE ?= $(if $(GPUS),full,$(if $(DEMO_DATA),smoke,cpu))#  full (the recipe, GPUs) | cpu (the CPU hour) | smoke (seconds: tests, the demo data) | rehearsal (full's path at toy size, CPU)
 FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec multi
-NETS ?= $(if $(or $(filter cpu,$(PROFILE)),$(DEMO_DATA)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu, and the demo)
+NETS ?= $(if $(or $(filter cpu,$(PROFILE)),$(and $(DEMO_DATA),$(filter smoke,$(PROFILE)))),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu, and smoke on the demo)
 SEEDS ?= $(if $(filter cpu,$(PROFILE)),2,1)#  networks per net and fold, of seeds 0..SEEDS-1, their outputs averaged by 05 (1: the recipe)
+EVAL ?= $(if $(filter rehearsal,$(PROFILE)),process)#  04's evaluator: process (the recipe; GPU default) | inline (CPU default; a GPU in an exclusive compute mode) | empty: that default
+RANKS ?= $(if $(filter rehearsal,$(PROFILE)),2,$(filter-out 0,$(NGPUS)))#  03's processes under torchrun (DDP): one per GPU; rehearsal: 2 on the CPU
+FULL_ON_CPU ?=#            yes: PROFILE=full trains without GPUS (days); else it stops first, with a measured estimate
 FOLD_TEST ?=#              05: yes: the fold networks describe test.csv too (the oof stacks' test side) | no: only fold all's (oof stacks scored, not submitted) | empty: the profile's (cpu no, else yes)
 PYTHON ?= python3#         the interpreter that builds .venv
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
@@ -52,23 +55,33 @@ endif
 ifneq ($(filter-out yes no,$(FOLD_TEST)),)
 $(error FOLD_TEST=$(FOLD_TEST): yes, no, or empty (the profile's))
 endif
+ifneq ($(filter-out process inline,$(EVAL)),)
+$(error EVAL=$(EVAL): process, inline, or empty (a process on a GPU, inline on a CPU))
+endif
+ifneq ($(filter-out yes,$(FULL_ON_CPU)),)
+$(error FULL_ON_CPU=$(FULL_ON_CPU): yes, or empty)
+endif
 SEED_IDS := $(wordlist 2,$(SEEDS),0 1 2 3 4 5 6 7 8 9)
 seed_runs = $(foreach s,$(SEED_IDS),$(1)_s$(s))
 FT_RUNS := $(foreach r,$(RUNS),$(r) $(call seed_runs,$(r)))
 comma := ,
 GPU_LIST := $(subst $(comma), ,$(GPUS))
 NGPUS := $(words $(GPU_LIST))
+ifneq ($(words $(filter 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,$(or $(RANKS),1))) $(words $(or $(RANKS),1)),1 1)
+$(error RANKS=$(RANKS): 03's processes must be a whole number from 1 to 16)
+endif
 # One make level: Make's own -j fans the runs out, one per GPU at a time (each holds a free GPU:
-# common.py on-gpu), one after another on the CPU; a -j on the command line wins.
+# devices.py on-gpu), one after another on the CPU; a -j on the command line wins.
 ifneq ($(GPUS),)
 ifeq ($(filter docker-%,$(MAKECMDGOALS)),)      # docker-*: the make inside does it
 MAKEFLAGS += -j$(NGPUS)
 endif
 endif
-# One process, or torchrun across every listed GPU (DDP) for the single pretext job.
-LAUNCH := $(if $(filter-out 0 1,$(NGPUS)),CUDA_VISIBLE_DEVICES=$(GPUS) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPUS),CUDA_VISIBLE_DEVICES=$(GPUS) $(PY))
-# The fine-tunes: Make runs NGPUS at a time (-j); each holds one free GPU (common.py on-gpu).
-ON_GPU := $(if $(GPUS),$(PY) common.py on-gpu --gpus '$(GPUS)' --locks $(WORK)/.gpu_locks --,CUDA_VISIBLE_DEVICES=)
+# One process, or torchrun with RANKS processes (DDP; by default one per listed GPU) for the
+# single pretext job.
+LAUNCH = $(if $(filter-out 0 1,$(RANKS)),CUDA_VISIBLE_DEVICES=$(GPUS) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(RANKS),CUDA_VISIBLE_DEVICES=$(GPUS) $(PY))
+# The fine-tunes: Make runs NGPUS at a time (-j); each holds one free GPU (devices.py on-gpu).
+ON_GPU := $(if $(GPUS),$(PY) devices.py on-gpu --gpus $(GPUS) --locks $(WORK)/.gpu_locks --,CUDA_VISIBLE_DEVICES=)
 task_of = $(word 1,$(subst _, ,$(1)))
 fold_of = $(word 2,$(subst _, ,$(1)))
 seed_of = $(patsubst s%,%,$(or $(word 3,$(subst _, ,$(1))),s0))
@@ -90,6 +103,10 @@ UNSAFE_CHARS := ( ) ; & | < > ' " ` * ? [ ] { } ! $$ \ \#
 ifneq ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK)))),)
 $(error DATA and WORK must be paths without shell characters ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK))))): DATA=$(DATA) WORK=$(WORK))
 endif
+# GPU ids: numbers or GPU-/MIG- UUIDs, comma-separated; devices.py check reads them closely.
+ifneq ($(strip $(words $(GPUS)) $(foreach c,$(UNSAFE_CHARS) = : ~ %,$(findstring $(c),$(GPUS)))),$(if $(GPUS),1,0))
+$(error GPUS=$(GPUS): GPU ids are numbers or GPU-/MIG- UUIDs, comma-separated, no spaces (GPUS=0,1,2,3))
+endif
 # Stages write only under WORK; inside DATA they would write into the raw data.
 ifneq ($(filter $(abspath $(DATA)) $(abspath $(DATA))/%,$(abspath $(WORK))),)
 $(error WORK=$(WORK) is inside DATA=$(DATA): the raw data is read-only; use a WORK outside it)
@@ -107,14 +124,22 @@ RAW := $(if $(wildcard $(DATA)/train.csv),$(DATA),$(DIR_DEMO))
 RAW_STAMP := $(if $(wildcard $(DATA)/train.csv),$(DATA)/train.csv,$(DIR_DEMO)/DONE)
 # One make at a time on a WORK: a second one is refused at once. The lock is an flock on
 # WORK/.lock held by a helper that exits with this make (a kill -9 too: the kernel releases it);
-# sub-makes inherit it. A dry run (make -n) takes none.
+# sub-makes inherit it. A dry run (make -n) takes none: MAKEFLAGS's first word holds the
+# one-letter flags (n), unless it is a long option (--no-builtin-rules, which holds an n too).
+DRY_RUN := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
 ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views study,$(MAKECMDGOALS)),)
-ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
+ifeq ($(DRY_RUN),)
 ifndef ATMA11_WORK_LOCK
-ATMA11_WORK_LOCK := $(shell mkdir -p $(WORK) && exec 9>>$(WORK)/.lock && flock -w 1 9 && \
-  { tail --pid=$$PPID -s 0.05 -f /dev/null >/dev/null 2>&1 </dev/null & echo held; })
-ifneq ($(ATMA11_WORK_LOCK),held)
+ATMA11_WORK_LOCK := $(shell { mkdir -p $(WORK) && exec 9>>$(WORK)/.lock; } 2>/dev/null || { echo unwritable; exit; }; \
+  rc=0; flock -E 75 -w 1 9 2>/dev/null || rc=$$?; \
+  if [ $$rc = 0 ]; then tail --pid=$$PPID -s 0.05 -f /dev/null >/dev/null 2>&1 </dev/null & echo held; \
+  elif [ $$rc = 75 ]; then echo busy; else echo "nolock $$(findmnt -no FSTYPE -T $(WORK) 2>/dev/null || stat -f -c %T $(WORK))"; fi)
+ifeq ($(ATMA11_WORK_LOCK),busy)
 $(error another make is running on WORK=$(WORK) (it holds $(WORK)/.lock); wait for it to end, or use another WORK)
+else ifeq ($(ATMA11_WORK_LOCK),unwritable)
+$(error WORK=$(WORK) cannot be created or written (a read-only or full disk?); use another WORK)
+else ifneq ($(ATMA11_WORK_LOCK),held)
+$(error WORK=$(WORK) is on a filesystem ($(word 2,$(ATMA11_WORK_LOCK) unknown)) that cannot lock files (flock); put WORK on one that can (a local disk, Lustre mounted with -o flock))
 endif
 export ATMA11_WORK_LOCK
 endif
@@ -127,7 +152,7 @@ endif
 endif
 
 .PHONY: help all setup test clean demo validate folds hvr views jigsaw finetune fold features stack \
-	submit report status cv-plot FORCE
+	submit report status cv-plot preflight FORCE
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -154,13 +179,32 @@ $(SYSDEPS_STAMP): | $(VENV_STAMP)
 
 setup: $(VENV_STAMP) $(SYSDEPS_STAMP) ## build .venv from requirements.txt and check ImageMagick
 
+# ---- before any stage ------------------------------------------------------------------------
+# GPUS set: CUDA must work on every one of them, or make stops here, in seconds, naming the cause
+# (no driver, a driver too old, an id not visible, torch without CUDA); the stages would otherwise
+# train on the CPU. PROFILE=full without GPUS: days of CPU work, so it stops here with a measured
+# estimate unless FULL_ON_CPU=yes (or nothing is left to train).
+FT_STAMPS = $(foreach r,$(FT_RUNS),$(DIR_FT)/$(r)/DONE)
+TRAINING_LEFT = $(filter-out $(wildcard $(DIR_JIG)/DONE $(FT_STAMPS)),$(DIR_JIG)/DONE $(FT_STAMPS))
+preflight: | $(VENV_STAMP) ## check the machine before any stage (CUDA on GPUS; PROFILE=full's CPU time)
+ifneq ($(GPUS),)
+	@$(PY) devices.py check --gpus $(GPUS)
+else ifeq ($(PROFILE)$(FULL_ON_CPU)$(if $(TRAINING_LEFT),left),fullleft)
+	@echo "PROFILE=full without GPUS: measuring this CPU for an estimate (a few seconds)"
+	@$(PY) devices.py estimate --profile full --data $(RAW) --folds $(DIR_FOLDS) --nets $(words $(NETS)) --seeds $(SEEDS)
+	@echo "error: PROFILE=full without GPUS stops before training: set GPUS=0,1,.. to use GPUs," \
+	  "PROFILE=cpu for the CPU hour, or FULL_ON_CPU=yes to train the recipe on this CPU anyway" >&2; exit 3
+else
+	@:
+endif
+
 # ---- stages ---------------------------------------------------------------------------------
-$(DIR_DEMO)/DONE: | $(VENV_STAMP)
+$(DIR_DEMO)/DONE: | $(VENV_STAMP) preflight
 	$(PY) 00_demo_data.py --out $(DIR_DEMO)
 
 # source.txt changes only when the data's content does (checked on every run, in ~0.1 s); a WORK
 # built from other data is refused rather than silently rebuilt over hours of training.
-$(DIR_VALID)/source.txt: $(RAW_STAMP) FORCE | $(VENV_STAMP)
+$(DIR_VALID)/source.txt: $(RAW_STAMP) FORCE | $(VENV_STAMP) preflight
 	@$(PY) rawdata.py fingerprint --data $(RAW) --out $(DIR_VALID)
 
 $(DIR_VALID)/DONE: $(DIR_VALID)/source.txt
@@ -183,7 +227,7 @@ $(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE
 	$(ON_GPU) $(PY) 04_finetune.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --jigsaw $(DIR_JIG) --out $(DIR_FT) \
 	  --profile $(PROFILE) $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) \
-	  $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
+	  $(if $(EVAL),--eval $(EVAL)) $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
 
 # An options file ($@) holds a stage's options ($(1)) and is rewritten only when they change: its
 # mtime tells Make whether they did. Replaced, never written in place.

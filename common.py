@@ -1,10 +1,9 @@
-"""What several stages share: the profiles, the names of files, atomic writes and stamps,
-provenance, seeding, and GPU slots for Make's fan-out. (The raw data's readers and its
-validation: rawdata.py.)
+"""What several stages share: the profiles, the names of files, atomic writes, stamps and
+locks, provenance and seeding. (The raw data's readers and its validation: rawdata.py; the
+devices and GPU slots: devices.py.)
 
 Stage scripts import it; it also has a small command line of its own:
     python common.py setting --profile cpu --stage 02 size    # one setting of a profile
-    python common.py on-gpu --gpus 0,1 --locks DIR -- CMD ... # run CMD holding a free GPU
 
 Nothing here imports torch, so the light stages (00, 01, 06, 07) start fast.
 """
@@ -37,19 +36,19 @@ CPU_OPTIM = dict(optim="adamw", lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01,
 PROFILES = {
     "full": {
         "02": dict(size=224),                                   # the recipe's 224 x 224 input
-        "03": dict(arch="resnet34", epochs=5, batch=256, views=8, perms=8, holdout=512,
+        "03": dict(arch="resnet34", width=64, epochs=5, batch=256, views=8, perms=8, holdout=512,
                    holdout_trains=True, ckpt_every=200, precision="auto", **RECIPE_OPTIM),   # the recipe: every photo
-        "04": dict(arch="resnet34", epochs=10, batch=256, views=8, shift=0, ckpt_every=200, init="jigsaw",
+        "04": dict(arch="resnet34", width=64, epochs=10, batch=256, views=8, shift=0, ckpt_every=200, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # 10: the seed's final networks
                    precision="auto", photo_inputs="none", mixup=0.0, **RECIPE_OPTIM),
         "05": dict(batch=512, precision="auto", fold_test="yes"),   # the recipe: every object
     },
     "cpu": {
         "02": dict(size=48),               # study: 48 px 0.831 in 2.0 min; 64 px 0.838 in 1.7; 96 px 0.862 in 1.8
-        "03": dict(arch="resnet18", epochs=0, batch=64, views=1, perms=2, holdout=256,
+        "03": dict(arch="resnet18", width=64, epochs=0, batch=64, views=1, perms=2, holdout=256,
                    holdout_trains=False, ckpt_every=50,    # study: no jigsaw; 2 / 4 epochs of it at
                    precision="fp32", **RECIPE_OPTIM),      # equal minutes: 0.849 / 0.863 against 0.831
-        "04": dict(arch="resnet18",        # study: resnet34 0.824 in 3.8 min, resnet18 0.808 in 4.2
+        "04": dict(arch="resnet18", width=64,   # study: resnet34 0.824 in 3.8 min, resnet18 0.808 in 4.2
                    epochs=24,              # study: 6 / 12 / 24 epochs 0.842 / 0.831 / 0.808; 60: 0.834 (overfits)
                    batch=64, views=1,      # one random view per image per epoch (the 8 are TTA)
                    shift=0,
@@ -68,9 +67,9 @@ PROFILES = {
     },
     "smoke": {
         "02": dict(size=24),
-        "03": dict(arch="resnet18", epochs=2, batch=32, views=1, perms=2, holdout=16,
+        "03": dict(arch="resnet18", width=64, epochs=2, batch=32, views=1, perms=2, holdout=16,
                    holdout_trains=False, ckpt_every=4, precision="fp32", **dict(RECIPE_OPTIM, halve_views=1)),
-        "04": dict(arch="resnet18", epochs=2, batch=16, views=1, shift=0, ckpt_every=1000, init="jigsaw",
+        "04": dict(arch="resnet18", width=64, epochs=2, batch=16, views=1, shift=0, ckpt_every=1000, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # ckpt_every 1000: epoch ends only
                    precision="fp32", photo_inputs="none", mixup=0.0,
                    **dict(RECIPE_OPTIM, halve_views=1)),   # halved per (1-view) epoch: 8 steps at
@@ -78,6 +77,18 @@ PROFILES = {
         "05": dict(batch=64, precision="fp32", fold_test="yes"),
     },
 }
+# The rehearsal: `full` at toy scale on a CPU (make test): the recipe's own path (four single-task
+# networks per fold, 8-view epochs halved per epoch, the evaluator a process of its own, 03 under
+# torchrun; make PROFILE=rehearsal) that differs from `full` in these settings only:
+REHEARSAL = {
+    "02": dict(size=24),                                    # image size (full: 224)
+    "03": dict(width=16, epochs=1, holdout=16, ckpt_every=8),  # width (64), epochs (5), held-out
+                                                            # photos (512), steps per checkpoint (200)
+    "04": dict(width=16, epochs=2, ckpt_every=1),           # width (64), epochs (10), steps per
+                                                            # checkpoint (200): a mid-epoch one too
+}
+PROFILES["rehearsal"] = {stage: dict(settings, **REHEARSAL.get(stage, {}))
+                         for stage, settings in PROFILES["full"].items()}
 TASKS = ("target", "onehot", "sortingdate", "word2vec")
 TASK_DIMS = {"target": 1, "onehot": 4, "sortingdate": 1, "word2vec": 20}
 # A network learns one task, or all four at once on one backbone (`multi`: the heads' outputs
@@ -218,6 +229,35 @@ def mark_done(stage_dir):
     write_text(Path(stage_dir) / "DONE", "")
 
 
+def filesystem_of(path):
+    """The type of the filesystem holding `path` (ext4, nfs4, lustre, ...), from /proc/mounts."""
+    path, best, kind = os.path.realpath(path), "", "unknown"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mount, fstype, *_ = line.split()
+            mount = mount.replace("\\040", " ")
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                best, kind = mount, fstype
+    except OSError:
+        pass
+    return kind
+
+
+def lock(f, path, wait=True):
+    """An exclusive flock on the open file f (at `path`): True once held; False when another
+    process holds it and wait is False. A filesystem without flock (Lustre mounted without
+    -o flock, some NFS) is an error that names it, not a lock that someone else holds."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        fail(f"{path}: this filesystem ({filesystem_of(Path(path).parent)}) cannot lock files "
+             f"({e.strerror}); put WORK on a filesystem with flock (a local disk, Lustre mounted "
+             f"with -o flock)")
+
+
 def git_revision(length=12):
     """The repository's commit (`length` hex digits), "-dirty" when tracked files changed."""
     try:
@@ -300,48 +340,11 @@ def parse(parser, stage, argv=None):
     return args
 
 
-# -----------------------------------------------------------------------------
-# GPU slots: Make runs up to len(GPUS) recipes at once (-j); each takes a free GPU here.
-def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
-    """Run `cmd` with CUDA_VISIBLE_DEVICES set to one GPU of `gpus` that no other run holds.
-
-    The hold is an flock on lock_dir/gpu<id>.lock, released by the kernel when the last process
-    holding its descriptor ends, however it ends: no stale locks after a kill. The command
-    inherits the descriptor (its number in $GPU_SLOT_FD) and passes it on to its own helpers
-    (04's evaluator), so the GPU stays held while any process of the run lives.
-    With no GPUs the command runs as is.
-    """
-    if not gpus:       # GPUS empty: the CPU, even on a machine that has GPUs
-        return subprocess.call(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
-    Path(lock_dir).mkdir(parents=True, exist_ok=True)
-    while True:
-        for gpu in gpus:
-            f = open(Path(lock_dir) / f"gpu{gpu}.lock", "w")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.close()
-                continue
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), GPU_SLOT_FD=str(f.fileno()))
-            print(f"[gpu {gpu}] {' '.join(cmd)}", flush=True)
-            try:
-                return subprocess.call(cmd, env=env, pass_fds=(f.fileno(),))
-            finally:
-                f.close()
-        time.sleep(poll)
-
-
 def cmd_setting(args):
     table = PROFILES[args.profile].get(args.stage, {})
     if args.key not in table:
         fail(f"profile {args.profile} has no setting {args.key!r} for stage {args.stage}")
     print(table[args.key])
-
-
-def cmd_on_gpu(args):
-    gpus = [g for g in args.gpus.split(",") if g.strip()]
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    sys.exit(on_free_gpu(gpus, args.locks, cmd))
 
 
 def main():
@@ -351,12 +354,8 @@ def main():
     s.add_argument("--profile", required=True, choices=sorted(PROFILES))
     s.add_argument("--stage", required=True)
     s.add_argument("key")
-    g = sub.add_parser("on-gpu", help="run a command on a free GPU of --gpus")
-    g.add_argument("--gpus", default="")
-    g.add_argument("--locks", required=True)
-    g.add_argument("cmd", nargs=argparse.REMAINDER)
     args = p.parse_args()
-    {"on-gpu": cmd_on_gpu, "setting": cmd_setting}[args.command](args)
+    {"setting": cmd_setting}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ when a resume is in question; splitting them would scatter one contract over fil
 import math
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 import common
 import pixels
@@ -86,8 +86,13 @@ def saved_views(run_dir, epoch, object_ids, device, precision):
 
 
 # -----------------------------------------------------------------------------
-# Networks: torchvision architectures from random init (no pretrained weights: competition rule).
+# Networks from random init (no pretrained weights: competition rule). The ResNets are built
+# here, module for module as torchvision builds them (the same state_dict keys, the same init
+# drawn in the same order: bit-identical weights for a seed), so a torch stage does not import
+# torchvision (about 2 s of every process's start); EfficientNet-B0 imports it when asked for.
 ARCHS = ("resnet34", "resnet18", "efficientnet_b0")
+RESNET_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+WIDTH = 64             # channels of a ResNet's first stage (the recipe's; doubled at each stage)
 
 
 class Float32Linear(torch.nn.Linear):
@@ -100,9 +105,53 @@ class Float32Linear(torch.nn.Linear):
             return torch.nn.functional.linear(x.float(), self.weight.float(), self.bias.float())
 
 
-class ResNet(torchvision.models.ResNet):
-    """torchvision's ResNet (the same modules and state_dict keys) whose head may also take
-    photo inputs (pixels.photo_inputs), concatenated to the pooled features."""
+class BasicBlock(torch.nn.Module):
+    """torchvision's BasicBlock: two 3x3 convolutions and a shortcut (a 1x1 one where the shape
+    changes)."""
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(torch.nn.Module):
+    """torchvision's ResNet18/34 at any first-stage width (64: torchvision's own), whose head may
+    also take photo inputs (pixels.photo_inputs), concatenated to the pooled features."""
+
+    def __init__(self, blocks, outputs, width=WIDTH):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        planes = width
+        for i, n in enumerate(blocks):
+            stride = 1 if i == 0 else 2
+            layer = [BasicBlock(planes // stride, planes, stride)] + [BasicBlock(planes, planes) for _ in range(n - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
+            planes *= 2
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(planes // 2, outputs)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
 
     def forward(self, x, extra=None):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -110,24 +159,36 @@ class ResNet(torchvision.models.ResNet):
         return self.fc(with_extra(torch.flatten(self.avgpool(x), 1), extra))
 
 
-class EfficientNet(torchvision.models.EfficientNet):
-    """torchvision's EfficientNet, its head taking photo inputs as ResNet's."""
+def efficientnet_b0(outputs):
+    """torchvision's EfficientNet-B0, its head taking photo inputs as ResNet's."""
+    import torchvision
 
-    def forward(self, x, extra=None):
-        return self.classifier(with_extra(torch.flatten(self.avgpool(self.features(x)), 1), extra))
+    class EfficientNet(torchvision.models.EfficientNet):
+        def forward(self, x, extra=None):
+            return self.classifier(with_extra(torch.flatten(self.avgpool(self.features(x)), 1), extra))
+
+    model = torchvision.models.efficientnet_b0(weights=None, num_classes=outputs)
+    model.__class__ = EfficientNet
+    return model
 
 
 def with_extra(features, extra):
     return features if extra is None else torch.cat([features, extra.to(features.dtype)], 1)
 
 
-def build_model(arch, outputs, inputs=0):
+def build_model(arch, outputs, inputs=0, width=None):
     """A network from random init with `outputs` outputs, its head also taking `inputs` photo
-    inputs (0: the pixels only, the recipe)."""
+    inputs (0: the pixels only, the recipe); a ResNet's first stage `width` channels wide (None:
+    WIDTH, the recipe's)."""
+    width = width or WIDTH
     if arch not in ARCHS:
         common.fail(f"--arch {arch}: choose one of {ARCHS}")
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=outputs)
-    model.__class__ = ResNet if arch.startswith("resnet") else EfficientNet
+    if arch in RESNET_BLOCKS:
+        model = ResNet(RESNET_BLOCKS[arch], outputs, width)
+    elif width != WIDTH:
+        common.fail(f"--width {width}: {arch} has the one width ({WIDTH}); widths are for ResNets")
+    else:
+        model = efficientnet_b0(outputs)
     if inputs:       # a wider head (drawn after the backbone: a network without inputs is unchanged)
         _, linear = head(model)
         wider = torch.nn.Linear(linear.in_features + inputs, outputs)
@@ -167,25 +228,36 @@ def load_backbone(model, state):
 # -----------------------------------------------------------------------------
 # Device and DDP: the same script runs alone or under torchrun; only rank 0 logs and saves.
 class Dist:
+    """This process's device and rank. GPUs asked for (a CUDA_VISIBLE_DEVICES that names any)
+    and none usable is an error, never a quiet fall-back to the CPU. Ranks outnumbering the
+    visible GPUs share them round-robin, over gloo (NCCL refuses two ranks on one GPU)."""
+
     def __init__(self):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        asked = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        self.backend = "gloo"
         if torch.cuda.is_available():
-            self.device = torch.device("cuda", local)
+            count = torch.cuda.device_count()
+            self.device = torch.device("cuda", local % count)
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True      # fixed input shapes: pick the fastest kernels once
+            self.backend = "nccl" if local_world <= count else "gloo"
+        elif asked and asked != "-1":
+            common.fail(no_cuda_reason(asked))
         else:
             self.device = torch.device("cpu")
         if self.world > 1:
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            torch.distributed.init_process_group(self.backend)
         self.main = self.rank == 0
 
     def wrap(self, model):
         if self.world == 1:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(sync_batchnorm(model, self.device), device_ids=ids)
+        return torch.nn.parallel.DistributedDataParallel(sync_batchnorm(model, self.backend), device_ids=ids)
 
     def reduce_sum(self, values):
         """values (a 1-d float tensor) summed over the ranks; as is in one process."""
@@ -204,13 +276,23 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
-def sync_batchnorm(model, device):
-    """On GPUs, BatchNorm over the whole global batch (SyncBatchNorm, in place: the same
-    parameters and keys), so N GPUs train the function one GPU trains on the same batch. gloo
-    has no SyncBatchNorm: on CPU ranks each BatchNorm sees its rank's share of the batch."""
-    if device.type == "cuda":
+def sync_batchnorm(model, backend):
+    """Under NCCL, BatchNorm over the whole global batch (SyncBatchNorm, in place: the same
+    parameters and keys), so N GPUs train the function one GPU trains on the same batch. Under
+    gloo (CPU ranks, or ranks sharing a GPU) each BatchNorm sees its rank's share of the batch."""
+    if backend == "nccl":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def no_cuda_reason(gpus):
+    """Why CUDA is unusable on these GPU ids, in one line (devices.py check, in a process of its
+    own: the driver reads CUDA_VISIBLE_DEVICES once)."""
+    p = subprocess.run([sys.executable, str(Path(__file__).with_name("devices.py")), "check", "--gpus", gpus],
+                       capture_output=True, text=True, env=dict(os.environ, WORLD_SIZE="1"))
+    lines = [l.removeprefix("error: ") for l in p.stderr.splitlines() if l.strip()]
+    return (lines[-1] if p.returncode and lines else
+            f"CUDA_VISIBLE_DEVICES={gpus} asks for GPUs, and torch finds none usable")
 
 
 # -----------------------------------------------------------------------------
@@ -288,6 +370,11 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
     net = dist.wrap(model)
     compiling = None
     if config.get("compile"):
+        missing = compile_needs(device)
+        if missing:
+            common.fail(f"--compile: torch.compile builds its kernels with {' and '.join(missing)}, and "
+                        f"this machine has none (the CUDA runtime image ships no compiler); run "
+                        f"without --compile, or install them")
         net = torch.compile(net)
         compiling = time.time()     # the kernels compile during the first step: its time is reported
     log_path = run_dir / "loss.csv"
@@ -354,6 +441,22 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
             if on_epoch_end:
                 on_epoch_end(epoch, model)
     return model
+
+
+def compile_needs(device):
+    """What torch.compile lacks here to build kernels ([] when nothing): Inductor compiles C++
+    for a CPU, and Triton builds a C launcher, against Python's headers, for a GPU."""
+    import shutil
+    import sysconfig
+    if device.type == "cpu":
+        compilers, what = (os.environ.get("CXX"), "c++", "g++", "clang++"), "a C++ compiler (g++, clang++ or $CXX)"
+    else:
+        compilers, what = (os.environ.get("CC"), "cc", "gcc", "clang"), "a C compiler (cc, gcc, clang or $CC)"
+    missing = [] if any(c and shutil.which(c) for c in compilers) else [what]
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if device.type == "cuda" and not headers.exists():
+        missing.append(f"Python's headers ({headers})")
+    return missing
 
 
 def make_optimizer(model, config):

@@ -12,7 +12,8 @@ Per stage:
 Demo data: 00_demo_data.py at the tests' size (128 train, 48 test objects; `make demo` makes
 480/240, too slow for a bench on 2 cores), timed as stage `demo`, then given to make as DATA.
 Real data (`--real`): the competition directory as DATA, PROFILE=cpu by default (~45 minutes on
-2 cores).
+2 cores). `--until GOAL` stops after that stage, its rerun then `make GOAL`: the script's own
+check at a few seconds' cost (tests/test_bench.py), no figure of the pipeline.
 
     python bench/end_to_end.py --profile smoke                 # demo data
     python bench/end_to_end.py --real --data ../shared/atmacup11 --profile cpu
@@ -46,6 +47,8 @@ p.add_argument("--demo-test", type=int, default=DEMO_SIZE[1])
 p.add_argument("--tmp", default=None, help="parent of the fresh WORK (default: the system's temp dir)")
 p.add_argument("--keep", action="store_true", help="keep the WORK and its logs")
 p.add_argument("--prefix", default=None, help="name prefix of the printed lines (default e2e_<data>_<profile>)")
+p.add_argument("--until", default=GOALS[-1], choices=GOALS,
+               help="the last stage timed (default: all of them); the rerun is then `make UNTIL`")
 
 
 def children(pid):
@@ -127,16 +130,18 @@ def main():
                                     "--train", str(args.demo_train), "--test", str(args.demo_test)]))
         make = ["make", "-C", str(benchlib.ROOT), "--no-print-directory"]
         variables = [f"WORK={work}", f"DATA={data}", f"PROFILE={args.profile}", "GPUS="]
-        stages += [(goal, [*make, goal, *variables]) for goal in GOALS]
-        stages.append(("rerun_all", [*make, "all", *variables]))
+        goals = GOALS[: GOALS.index(args.until) + 1]
+        stages += [(goal, [*make, goal, *variables]) for goal in goals]
+        rerun = "all" if goals == GOALS else args.until
+        stages.append((f"rerun_{rerun}", [*make, rerun, *variables]))
         prefix = args.prefix or f"e2e_{kind}_{args.profile}"
-        benchlib.note(f"{prefix}: make all in {work}, data {data}; logs {logs}"
+        benchlib.note(f"{prefix}: make {rerun} in {work}, data {data}; logs {logs}"
                       f"{'' if args.keep else ' (removed at the end)'}; {os.cpu_count()} cores, "
                       f"load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
         total = 0.0
         changed = set()
         for name, cmd in stages:
-            before = snapshot(work) if name == "rerun_all" else None
+            before = snapshot(work) if name.startswith("rerun_") else None
             with open(logs / f"{name}.log", "w") as log:
                 code, wall, peak = measured(cmd, log, env=env, cwd=benchlib.ROOT)
             if code != 0:
@@ -146,7 +151,7 @@ def main():
                 if args.keep:
                     keep_outputs(tmp)
                 sys.exit(1)
-            if name == "rerun_all":
+            if name.startswith("rerun_"):
                 after = snapshot(work)
                 changed = {f for f in before.keys() | after.keys() if before.get(f) != after.get(f)}
             else:
@@ -155,7 +160,7 @@ def main():
             benchlib.emit(f"{prefix}_{name}_peak_rss", peak / 2 ** 20, "MiB")
         benchlib.emit(f"{prefix}_total_wall", total, "s")
         if changed:
-            benchlib.note(f"{prefix}: the rerun of make all changed {len(changed)} file(s) in WORK, "
+            benchlib.note(f"{prefix}: the rerun of make {rerun} changed {len(changed)} file(s) in WORK, "
                           f"e.g. {sorted(changed)[:3]}")
         if args.keep:
             keep_outputs(tmp)

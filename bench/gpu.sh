@@ -1,44 +1,46 @@
 #!/usr/bin/env bash
-# bench/gpu.sh: the benchmark for a machine with one GPU (made for an H200), prepared here and run
-# there in one go; and its CPU rehearsal at tiny sizes, which `make bench` runs.
+# bench/gpu.sh: one check of the GPU path on a machine with one GPU (sized for an H200: at most 8
+# minutes), from a folder that travels with the working tree; and its dry run on a CPU, at toy
+# size, which `make test` and `make bench` run so that the script cannot rot.
 #
-#   bench/gpu.sh prep [--cpu] [--dir DIR] [--data DATA] [--python PY]   # here (needs .venv)
-#   bench/gpu.sh run  [--cpu] [--dir DIR] [--python PY] [--log FILE]    # there
+#   bench/gpu.sh prep [--cpu] [--dir DIR] [--data DATA] [--python PY]   # where the data is
+#   bench/gpu.sh run  [--cpu] [--dir DIR] [--python PY] [--log FILE]    # on the GPU machine
 #
-# prep fills DIR (default work-gpu/, which .gitignore ignores) with what the GPU machine needs and
-# the working tree does not hold: DIR/raw, a copy of the real data (DATA, default $ATMA11_DATA or
+# prep fills DIR (default work-gpu/, which .gitignore ignores) with what the GPU machine needs
+# besides the working tree: DIR/raw, a copy of the real data (DATA, default $ATMA11_DATA or
 # ../shared/atmacup11: 9856 photos, 60 MiB, and the CSVs), and DIR/work/00_validate and
-# DIR/work/01_sgkfold, made here by make (01's word2vec needs gensim, which a GPU image may lack).
-# It fails when the working tree and DIR together exceed 64 MiB (what such a machine receives).
-# With --cpu: demo data (00_demo_data.py, the tests' size) instead of the real data.
+# DIR/work/01_sgkfold made by make (01's word2vec needs gensim, which a GPU image may lack).
+# It fails when the working tree and DIR together exceed 64 MiB.
+# With --cpu: the demo data (00_demo_data.py, the tests' size) and PROFILE=rehearsal, its 03
+# epoch cut to 1 view and 2 permutations per photo.
 #
-# run, PROFILE=full (--cpu: PROFILE=smoke, 32 px, a few steps; figures named gpu_sh_cpu_*):
-#   0. Python: the machine's own when it imports torch, torchvision, numpy, pandas, pillow, tqdm,
-#      matplotlib and pyarrow; else requirements.txt into DIR/venv (that needs a network).
-#      ImageMagick for 02: present, else apt-get (root, package lists present), else
-#      bench/pil_store.py makes the same store with PIL (said in the output).
-#   1. (a) the GPU's name; ResNet34 training and inference images/s at 224 px, fp32 and bf16,
-#      channels_last (bench/model_throughput.py); on the GPU also figures 1-3 of `make bench`:
-#      input path, jigsaw batches, training-loop overhead and host syncs per step.
-#   2. (b) the real stages on the real photos: 02 (decode once), 03 for one epoch, 04 (task
-#      target, fold 0) for one epoch with its evaluator, 05 on that model; wall time of each.
-#   3. per-epoch times and the projected wall time of the whole recipe (bench/gpu_project.py).
-# Budget: under 8 minutes on one H200 (BUDGET_S, default 450 s): 03's epoch gets what is left
-# after the rest is reserved, and when stopped early its epoch time is extrapolated from its log
-# (04 then starts from random init: said in the output).
-#
-# Every figure is a line `name: value unit`; stage logs go to DIR/logs, and a failing stage's tail
-# is printed. Nothing is written outside DIR (and $OUT-style --log FILE).
-set -euo pipefail
+# run, PROFILE=full (--cpu: PROFILE=rehearsal; figures named gpu_sh_cpu_*). Each check prints
+# `check_<name>: ok|FAILED`; a failed check does not stop the others, and the exit status is 1
+# when any failed. Figures are lines `name: value unit`; stage logs go to DIR/logs.
+#   device       the driver, the compute mode and torch's CUDA (devices.py check)
+#   throughput   ResNet34 at 224 px, training and inference images/s, fp32 and bf16,
+#                channels_last (bench/model_throughput.py); on the GPU also bench/train_loop.py
+#   pipeline     02 (the store) -> 03 for one epoch -> 04 (target, fold 0) for one epoch with its
+#                evaluator as a process on the GPU -> 05 on that network; wall time of each
+#   resume       04 (target, fold 1, 2 epochs) killed with -9 once it has a checkpoint, then
+#                rerun: it resumes from it, and every epoch is trained and evaluated
+#   ddp          03 under torchrun with 2 ranks on the one GPU (gloo: NCCL refuses two ranks on
+#                one GPU), a short epoch
+#   projection   the whole profile's wall time on one GPU and on four (bench/gpu_project.py)
+# Budget: BUDGET_S (default 450 s) for the whole run: 03's epoch gets what the rest leaves, and
+# when stopped early its epoch time is extrapolated from its log (04 then starts from random
+# init, said in the output).
+set -uo pipefail
 
 # ---- defaults -------------------------------------------------------------------------------
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=work-gpu            # ignored by .gitignore (work-*/): carried to the GPU machine explicitly
 data=""                 # prep: the real data (empty: $ATMA11_DATA, else ../shared/atmacup11)
 python=${PYTHON:-python3}
-cpu=0                   # --cpu: the rehearsal at tiny sizes
+cpu=0                   # --cpu: the dry run at toy size
 log=""                  # run: also append every line to this file
-budget=${BUDGET_S:-450} # run: seconds for the whole run (GPU); 03 gets what the rest leaves
+budget=${BUDGET_S:-450} # run: seconds for the whole run; 03 gets what the rest leaves
+reserve=200             # run: seconds kept for what follows 03 (04, 05, resume, ddp, projection)
 limit_mib=64            # what the GPU machine receives: working tree + DIR
 
 mode=${1:-}
@@ -53,15 +55,16 @@ while [ $# -gt 0 ]; do
     *) echo "bench/gpu.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-cd "$root"
+cd "$root" || exit 2
 case "$dir" in /*) ;; *) dir="$root/$dir" ;; esac
 work=$dir/work
 raw=$dir/raw
-if [ "$cpu" = 1 ]; then profile=smoke; tag=gpu_sh_cpu; else profile=full; tag=gpu; fi
+if [ "$cpu" = 1 ]; then profile=rehearsal; tag=gpu_sh_cpu; else profile=full; tag=gpu; fi
 say() { echo "+ $*" >&2; }
 
-# ---- prep (here) ----------------------------------------------------------------------------
+# ---- prep (where the data is) ---------------------------------------------------------------
 prep() {
+  set -e
   mkdir -p "$dir"
   if [ "$cpu" = 1 ]; then
     [ -f "$raw/DONE" ] || "$python" 00_demo_data.py --out "$raw" --train 128 --test 48 >/dev/null
@@ -78,7 +81,7 @@ prep() {
   # a make of its own: nothing inherited from a make that runs this script (make bench)
   env -u MAKEFLAGS -u MFLAGS -u MAKEOVERRIDES -u MAKELEVEL \
     make --no-print-directory validate folds WORK="$work" DATA="$raw" PROFILE=$profile GPUS= >&2
-  rm -rf "$work/.gpu_locks"
+  rm -rf "$work/.gpu_locks" "$work/.lock"
   local tree bytes
   tree=$(git ls-files -co --exclude-standard -z | xargs -0 -r du -b 2>/dev/null | awk '{s += $1} END {print s + 0}')
   bytes=$(du -sb "$dir" | cut -f1)
@@ -86,14 +89,17 @@ prep() {
   if [ "$cpu" = 0 ] && [ $((bytes + tree)) -gt $((limit_mib * 1048576)) ]; then
     echo "prep: over the $limit_mib MiB a GPU machine receives" >&2; exit 1
   fi
-  echo "prep: done. On the GPU machine, carrying ${dir#"$root"/}: bench/gpu.sh run --dir ${dir#"$root"/} [--log FILE]"
+  echo "prep: done. On the GPU machine, with ${dir#"$root"/} beside the working tree: bench/gpu.sh run --dir ${dir#"$root"/} [--log FILE]"
 }
 
-# ---- run (there) ----------------------------------------------------------------------------
+# ---- run (on the GPU machine) ---------------------------------------------------------------
+failed=()
 line() { echo "$1: $2${3:+ $3}"; }
 elapsed() { echo $(( $(date +%s) - t_start )); }
+check() { if [ "$2" = ok ]; then line "check_$1" ok; else line "check_$1" FAILED; failed+=("$1"); fi; }
 
-# stage NAME CMD...: run with its log in DIR/logs; print its wall time; the tail on failure.
+# stage NAME CMD...: run with its log in DIR/logs; its wall time in $wall and a figure line; the
+# tail of the log when it fails (status 124, a timeout, is the caller's to judge).
 stage() {
   local name=$1; shift
   say "$*"
@@ -104,27 +110,23 @@ stage() {
   wall=$((ms / 1000)).$(printf %03d $((ms % 1000)))
   if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then
     tail -20 "$dir/logs/$name.log" >&2
-    echo "bench/gpu.sh: $name exited $rc (log: $dir/logs/$name.log)" >&2
-    exit $rc
+    echo "# $name exited $rc (log: $dir/logs/$name.log)" >&2
   fi
   line "${tag}_${name}_wall" "$((ms / 1000)).$((ms % 1000 / 100))" s
   return $rc
 }
 
 setup_python() {
-  local need="import torch, torchvision, numpy, pandas, PIL, tqdm, matplotlib, pyarrow"
+  local need="import torch, numpy, pandas, PIL, tqdm, matplotlib, pyarrow"
   if ! "$python" -c "$need" 2>/dev/null; then
     echo "# $python lacks packages: installing requirements.txt into $dir/venv (needs a network)" >&2
     "$python" -m venv "$dir/venv"
     "$dir/venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt
     python=$dir/venv/bin/python
-    "$python" -c "$need"
+    "$python" -c "$need" || return 1
   fi
-  "$python" - <<'PY' >&2
-import sys, torch, torchvision, numpy
-print(f"# python {sys.version.split()[0]}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-      f"numpy {numpy.__version__}; CUDA {torch.version.cuda}, GPU available: {torch.cuda.is_available()}")
-PY
+  torchrun=$(dirname "$python")/torchrun
+  [ -x "$torchrun" ] || torchrun="$python -m torch.distributed.run"
 }
 
 setup_imagemagick() {
@@ -136,81 +138,150 @@ setup_imagemagick() {
     decoder=imagemagick
   else
     decoder=pil
-    echo "# no ImageMagick here: 02's store is made by bench/pil_store.py (same files, PIL's resize);" \
-         "the recipe's ImageMagick references are not measured" >&2
+    echo "# no ImageMagick here: 02's store is made by bench/pil_store.py (same files, PIL's resize)" >&2
   fi
+}
+
+ft_args() {   # 04's arguments for a run of task target in $work (fold $1, then extra options)
+  local fold=$1; shift
+  echo --task target --fold "$fold" --folds "$work/01_sgkfold" --hvr "$work/02_hvr" \
+    --jigsaw "$work/03_jigsaw" --out "$work/04_finetune" --profile "$profile" "$@"
+}
+
+check_device() {
+  if [ "$cpu" = 1 ]; then
+    line "${tag}_device" "cpu ($(nproc) cores)" ""
+    echo "# --cpu: the driver and compute-mode checks need a GPU (tests/test_devices.py checks their verdicts)" >&2
+    return
+  fi
+  local out
+  if out=$("$python" devices.py check --gpus 0 2>&1); then
+    echo "# $out" >&2
+    line "${tag}_device" "$("$python" -c 'import torch; print(torch.cuda.get_device_name(0))')" ""
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=driver_version,compute_mode,clocks.max.sm \
+      --format=csv,noheader | sed 's/^/# driver, compute mode, max SM clock: /' >&2
+    check device ok
+  else
+    echo "$out" >&2
+    check device FAILED
+    echo "# without a usable GPU the rest cannot run" >&2
+    return 1
+  fi
+}
+
+check_throughput() {
+  local rc=0
+  if [ "$cpu" = 1 ]; then
+    "$python" bench/model_throughput.py --device cpu --size 32 --train-batch 4 --infer-batch 8 \
+      --warm 1 --steps 2 --prefix "$tag" || rc=$?
+  else
+    "$python" bench/model_throughput.py --device cuda --prefix "$tag" ${GPU_BENCH_COMPILE:+--compile} || rc=$?
+    "$python" bench/train_loop.py --device cuda --sizes 224 --batch 256 --rounds 1 --tmp "$dir" |
+      sed "s/^train_loop_/${tag}_train_loop_/" || rc=$?
+  fi
+  check throughput "$([ $rc = 0 ] && echo ok)"
+}
+
+check_pipeline() {
+  local size rc=0 left init=jigsaw
+  size=$("$python" -c "import common; print(common.PROFILES['$profile']['02']['size'])")
+  if [ "$decoder" = imagemagick ]; then
+    stage 02_hvr ./02_hvr_augment.sh --photos "$raw/photos" --ids "$work/00_validate/photos.csv" \
+      --out "$work/02_hvr" --size "$size" --python "$python" || rc=$?
+  else
+    stage 02_hvr "$python" bench/pil_store.py --photos "$raw/photos" --ids "$work/00_validate/photos.csv" \
+      --out "$work/02_hvr" --size "$size" || rc=$?
+  fi
+  [ $rc = 0 ] || { check pipeline FAILED; return 1; }
+  walls="02=$wall"
+  left=$((budget - $(elapsed) - reserve))
+  [ $left -ge 60 ] || left=60
+  echo "# 03: one epoch, at most ${left}s" >&2
+  # shellcheck disable=SC2046
+  stage 03_jigsaw_1_epoch timeout "$left" "$python" 03_jigsaw.py --hvr "$work/02_hvr" --out "$work/03_jigsaw" \
+    --profile "$profile" --epochs 1 $([ "$cpu" = 1 ] && echo --views 1 --perms 2) || rc=$?
+  walls="$walls,03=$wall"
+  if [ $rc = 124 ]; then
+    init=scratch
+    echo "# 03 stopped at its time limit: 04 starts from random init (--init scratch)" >&2
+  elif [ $rc != 0 ]; then
+    check pipeline FAILED; return 1
+  fi
+  rc=0
+  # shellcheck disable=SC2046
+  stage 04_finetune_1_epoch "$python" 04_finetune.py $(ft_args 0 --epochs 1 --init $init) || rc=$?
+  walls="$walls,04=$wall"
+  local expect=process
+  [ "$cpu" = 1 ] && expect=inline
+  grep -q "evaluator placement: $expect" "$dir/logs/04_finetune_1_epoch.log" ||
+    { echo "# 04's evaluator was not placed as expected ($expect)" >&2; rc=1; }
+  stage 05_features "$python" 05_features.py --task target --fold 0 --folds "$work/01_sgkfold" \
+    --hvr "$work/02_hvr" --runs "$work/04_finetune" --out "$work/05_features" --profile "$profile" || rc=$?
+  walls="$walls,05=$wall"
+  check pipeline "$([ $rc = 0 ] && [ -f "$work/05_features/target_0/DONE" ] && echo ok)"
+  init_used=$init
+}
+
+check_resume() {
+  local run="$work/04_finetune/target_1" pid rc=0 waited=0
+  rm -rf "$run"
+  say "04 (target, fold 1, 2 epochs): kill -9 once it has a checkpoint, then again"
+  # shellcheck disable=SC2046
+  setsid "$python" 04_finetune.py $(ft_args 1 --epochs 2 --init "$init_used") > "$dir/logs/resume_killed.log" 2>&1 &
+  pid=$!
+  while ! ls "$run"/ckpt_e*.pt >/dev/null 2>&1 && kill -0 $pid 2>/dev/null && [ $waited -lt 1200 ]; do
+    sleep 0.1; waited=$((waited + 1))
+  done
+  kill -9 -- -$pid 2>/dev/null; wait $pid 2>/dev/null
+  # shellcheck disable=SC2046
+  stage 04_resumed "$python" 04_finetune.py $(ft_args 1 --epochs 2 --init "$init_used") || rc=$?
+  grep -q "resuming from ckpt_e" "$dir/logs/04_resumed.log" || { echo "# the rerun did not resume" >&2; rc=1; }
+  "$python" - "$run" <<'PY' || rc=1
+import sys, pandas as pd
+ev = pd.read_csv(f"{sys.argv[1]}/eval.csv")
+assert list(ev["epoch"]) == [1, 2], f"eval.csv epochs {list(ev['epoch'])}"
+PY
+  check resume "$([ $rc = 0 ] && [ -f "$run/DONE" ] && echo ok)"
+}
+
+check_ddp() {
+  local out="$work/03_ddp" rc=0
+  # shellcheck disable=SC2086
+  stage ddp_2_ranks env CUDA_VISIBLE_DEVICES="$([ "$cpu" = 1 ] || echo 0)" $torchrun --standalone --nproc_per_node=2 \
+    03_jigsaw.py --hvr "$work/02_hvr" --out "$out" --profile "$profile" --epochs 1 --views 1 --perms 1 || rc=$?
+  "$python" - "$out" <<'PY' || rc=1
+import json, sys, pandas as pd
+config = json.load(open(f"{sys.argv[1]}/provenance.json"))["config"]
+assert config["ranks"] == 2, config["ranks"]
+assert pd.read_csv(f"{sys.argv[1]}/loss.csv")["step"].is_unique
+PY
+  grep -h "device=" "$dir/logs/ddp_2_ranks.log" | head -1 | sed 's/^/# /' >&2
+  check ddp "$([ $rc = 0 ] && echo ok)"
 }
 
 run() {
   t_start=$(date +%s)
   [ -f "$work/01_sgkfold/DONE" ] && [ -d "$raw/photos" ] ||
-    { echo "run: $dir holds no prepared data: run bench/gpu.sh prep$([ "$cpu" = 1 ] && echo " --cpu") here first" >&2; exit 2; }
+    { echo "run: $dir holds no prepared data: run bench/gpu.sh prep$([ "$cpu" = 1 ] && echo " --cpu") first" >&2; exit 2; }
   mkdir -p "$dir/logs"
-  rm -rf "$work/02_hvr" "$work/03_jigsaw" "$work/04_finetune" "$work/05_features"
-  setup_python
+  rm -rf "$work/02_hvr" "$work/03_jigsaw" "$work/03_ddp" "$work/04_finetune" "$work/05_features"
+  setup_python || { echo "run: no Python with the pipeline's packages" >&2; exit 2; }
   setup_imagemagick
-  local device
-  if [ "$cpu" = 1 ]; then device=cpu; else device=cuda; fi
-  if [ "$device" = cuda ]; then
-    "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' ||
-      { echo "run: no CUDA GPU visible (use --cpu for the rehearsal)" >&2; exit 2; }
-    local gpu
-    gpu=$("$python" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs")')
-    line "${tag}_device" "$gpu" ""
-    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=driver_version,clocks.max.sm --format=csv,noheader | sed 's/^/# driver, max SM clock: /' >&2
-  else
-    line "${tag}_device" "cpu ($(nproc) cores)" ""
+  if [ "$cpu" = 1 ]; then export CUDA_VISIBLE_DEVICES=; else export CUDA_VISIBLE_DEVICES=0; fi
+  walls="" init_used=jigsaw
+  check_device || exit 1
+  check_throughput
+  if check_pipeline; then
+    check_resume
+    check_ddp
+    "$python" bench/gpu_project.py --work "$work" --profile "$profile" --walls "$walls" --prefix "$tag" ||
+      failed+=(projection)
   fi
-
-  # (a) the network alone, then figures 1-3 on the GPU
-  if [ "$cpu" = 1 ]; then
-    "$python" bench/model_throughput.py --device cpu --size 32 --train-batch 4 --infer-batch 8 \
-      --warm 1 --steps 2 --prefix "$tag"
-    echo "# --cpu: figures 1-3 on the GPU are skipped (make bench measures them on the CPU)" >&2
-  else
-    "$python" bench/model_throughput.py --device cuda --prefix "$tag" ${GPU_BENCH_COMPILE:+--compile}
-    "$python" bench/input_path.py --device cuda --sizes 224 --data "$raw" --photos 1024 --batches 50 --rounds 1 \
-      --tmp "$dir" --prefix "${tag}_input"
-    "$python" bench/jigsaw_batches.py --device cuda --sizes 224 --data "$raw" --photos 256 --puzzles 320 \
-      --batches 50 --rounds 1 --tmp "$dir" --prefix "${tag}_jigsaw"
-    "$python" bench/train_loop.py --device cuda --sizes 224 --batch 256 --rounds 1 --tmp "$dir" |
-      sed "s/^train_loop_/${tag}_train_loop_/"
-  fi
-
-  # (b) the real stages
-  local size
-  size=$("$python" -c "import common; print(common.PROFILES['$profile']['02']['size'])")
-  local walls=""
-  if [ "$decoder" = imagemagick ]; then
-    stage 02_hvr ./02_hvr_augment.sh --photos "$raw/photos" --ids "$work/00_validate/photos.csv" \
-      --out "$work/02_hvr" --size "$size" --python "$python"
-  else
-    stage 02_hvr "$python" bench/pil_store.py --photos "$raw/photos" --ids "$work/00_validate/photos.csv" \
-      --out "$work/02_hvr" --size "$size"
-  fi
-  walls="02=$wall"
-  # 03 gets what is left of the budget, less ~100 s for 04, 05 and the projection (GPU only)
-  local left=$((budget - $(elapsed) - 100)) rc=0
-  [ "$cpu" = 1 ] || [ $left -ge 60 ] || left=60
-  [ "$cpu" = 0 ] || left=600
-  echo "# 03: one epoch, at most ${left}s" >&2
-  stage 03_jigsaw_1_epoch timeout "$left" "$python" 03_jigsaw.py --hvr "$work/02_hvr" --out "$work/03_jigsaw" \
-    --profile "$profile" --epochs 1 || rc=$?
-  walls="$walls,03=$wall"
-  local init=jigsaw
-  if [ $rc -eq 124 ]; then
-    init=scratch
-    echo "# 03 stopped at its time limit: 04 starts from random init (--init scratch)" >&2
-  fi
-  stage 04_finetune_1_epoch "$python" 04_finetune.py --task target --fold 0 --folds "$work/01_sgkfold" \
-    --hvr "$work/02_hvr" --jigsaw "$work/03_jigsaw" --out "$work/04_finetune" --profile "$profile" \
-    --epochs 1 --init $init
-  walls="$walls,04=$wall"
-  stage 05_features "$python" 05_features.py --task target --fold 0 --folds "$work/01_sgkfold" \
-    --hvr "$work/02_hvr" --runs "$work/04_finetune" --out "$work/05_features" --profile "$profile"
-  walls="$walls,05=$wall"
-  "$python" bench/gpu_project.py --work "$work" --profile "$profile" --walls "$walls" --prefix "$tag"
   line "${tag}_bench_wall" "$(elapsed)" s
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "bench/gpu.sh: failed: ${failed[*]} (logs in $dir/logs)" >&2
+    exit 1
+  fi
 }
 
 case "$mode" in
@@ -219,6 +290,7 @@ case "$mode" in
     if [ -n "$log" ]; then
       mkdir -p "$(dirname "$log")"
       run 2>&1 | tee -a "$log"
+      exit "${PIPESTATUS[0]}"
     else
       run
     fi ;;

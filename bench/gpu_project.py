@@ -1,19 +1,25 @@
-"""bench/gpu.sh's last step: per-epoch times of the 03 and 04 runs it made, and the projected wall
-time of the whole recipe (PROFILE's epochs, 16 fine-tunes, 16 feature runs) on this machine.
+"""bench/gpu.sh's last step: per-epoch rates of the 03 and 04 runs it made, and the projected wall
+time of the whole profile (its epochs, 4 tasks x 4 folds of fine-tunes, 16 feature runs) on one
+GPU like this one and on four.
 
 Measured (by gpu.sh, in WORK): 02 over every photo; 03 for one epoch (or part of one, when its
 time limit stopped it); one 04 run (task target, fold 0) for one epoch with its evaluator; one 05
-run on that model. An epoch's time is its samples over the mean rate that fit logged in loss.csv
-(every interval's images over its wall time, checkpoint writes included); a run's fixed cost
-(start, store load, last evaluation, files) is its wall time less the logged time.
+run on that model. A rate is the logged images over the logged seconds of loss.csv (every
+interval's images over its wall time, checkpoint writes included); a run's fixed cost (start,
+store load, last evaluation, files) is its wall time less the logged time.
 
-Projection, one GPU, the Makefile's order (stages in turn, the 16 fine-tunes one at a time):
-  02 + [03 fixed + E03 x epochs] + sum over 16 runs [04 fixed + E04 x epochs x rows / fold-0 rows]
-  + 16 x (05 wall). 06/07 (LightGBM, on the CPU) are not in it: `make bench` measures them.
+What is counted is what the profile trains on (devices.profile_images: 03 on every photo where
+the profile says holdout_trains, as `full` does; each fold's own train rows for 04; 05 over every
+object for every network). Four GPUs: 03 under DDP at four times the rate (an upper bound: no
+communication cost), the 16 fine-tunes and 16 feature runs four at a time, longest first, as
+make -j4 would at best. The evaluators run beside their trainers and are not counted; 06/07
+(LightGBM, on the CPU) are not in it: `make bench` measures them.
 
     python bench/gpu_project.py --work WORK --profile full --walls 02=12.1,03=250,04=40,05=9
 """
 import argparse
+import heapq
+import json
 from pathlib import Path
 
 import benchlib
@@ -39,40 +45,54 @@ def logged(run_dir, batch, samples):
     return images.sum(), seconds, images.sum() / seconds
 
 
+def makespan(jobs, gpus):
+    """Wall time of `jobs` (seconds each) on `gpus` GPUs, longest first onto the first free one."""
+    free = [0.0] * gpus
+    for job in sorted(jobs, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + job)
+    return max(free)
+
+
 def main():
     args = p.parse_args()
+    import devices
     import pandas as pd
     work = Path(args.work)
     walls = {k: float(v) for k, v in (kv.split("=") for kv in args.walls.split(","))}
     prof = common.PROFILES[args.profile]
-    photos = len((work / "02_hvr" / "ids.txt").read_text().split())
     c3, c4 = prof["03"], prof["04"]
-    epoch03 = (photos - c3["holdout"]) * c3["views"] * c3["perms"]
-    done03, secs03, rate03 = logged(work / "03_jigsaw", c3["batch"], epoch03)
-    e03 = epoch03 / rate03
-    fixed03 = max(walls["03"] - secs03, 0.0)
+    photos = len((work / "02_hvr" / "ids.txt").read_text().split())
     rows = {f: len(pd.read_csv(common.fold_csv(work / "01_sgkfold", f, "train"))) for f in common.FOLDS}
+    images = devices.profile_images(args.profile, photos, photos, rows)
+    trained03 = photos if c3["holdout_trains"] else photos - c3["holdout"]
+    ran03 = work / "03_jigsaw" / "provenance.json"      # absent when its time limit stopped it
+    ran03 = json.loads(ran03.read_text())["config"] if ran03.exists() else c3
+    epoch03 = trained03 * ran03["views"] * ran03["perms"]        # the epoch 03 ran (--cpu: shorter)
+    done03, secs03, rate03 = logged(work / "03_jigsaw", c3["batch"], epoch03)
+    fixed03 = max(walls["03"] - secs03, 0.0)
     _, secs04, rate04 = logged(work / "04_finetune" / "target_0", c4["batch"], rows["0"] * c4["views"])
-    e04 = rows["0"] * c4["views"] / rate04
     fixed04 = max(walls["04"] - secs04, 0.0)
     t = args.prefix
     benchlib.emit(f"{t}_jigsaw_rate", rate03, "images/s")
-    benchlib.emit(f"{t}_jigsaw_epoch", e03, "s")
+    benchlib.emit(f"{t}_jigsaw_epoch", trained03 * c3["views"] * c3["perms"] / rate03, "s")
     if done03 < epoch03:
-        benchlib.note(f"03 was stopped after {done03:.0f} of {epoch03} samples: its epoch time is extrapolated")
+        benchlib.note(f"03 was stopped after {done03:.0f} samples of its epoch: its epoch time is extrapolated")
     benchlib.emit(f"{t}_finetune_rate", rate04, "images/s")
-    benchlib.emit(f"{t}_finetune_epoch_fold0", e04, "s")
+    benchlib.emit(f"{t}_finetune_epoch_fold0", rows["0"] * c4["views"] / rate04, "s")
     benchlib.emit(f"{t}_finetune_run_fixed", fixed04, "s")
     benchlib.emit(f"{t}_features_run", walls["05"], "s")
-    t03 = fixed03 + c3["epochs"] * e03
-    t04 = sum(fixed04 + c4["epochs"] * e04 * rows[f] / rows["0"] for f in common.FOLDS) * len(common.TASKS)
-    t05 = walls["05"] * len(common.TASKS) * len(common.FOLDS)
-    total = walls["02"] + t03 + t04 + t05
-    benchlib.emit(f"{t}_projected_02_hvr", walls["02"] / 60, "min")
-    benchlib.emit(f"{t}_projected_03_jigsaw_{c3['epochs']}_epochs", t03 / 60, "min")
-    benchlib.emit(f"{t}_projected_04_finetune_16_runs_{c4['epochs']}_epochs", t04 / 60, "min")
-    benchlib.emit(f"{t}_projected_05_features_16_runs", t05 / 60, "min")
-    benchlib.emit(f"{t}_projected_full_recipe", total / 60, "min")
+    runs04 = [fixed04 + rows[f] * c4["views"] * c4["epochs"] / rate04 for _ in common.TASKS for f in common.FOLDS]
+    assert abs(sum(runs04) - len(runs04) * fixed04 - images["04"][0] / rate04) < 1e-6 * sum(runs04)
+    runs05 = [walls["05"]] * (len(common.TASKS) * len(common.FOLDS))
+    for gpus in (1, 4):
+        t03 = fixed03 + images["03"][0] / (rate03 * gpus)
+        t04, t05 = makespan(runs04, gpus), makespan(runs05, gpus)
+        total = walls["02"] + t03 + t04 + t05
+        tag = f"{t}_projected_{gpus}gpu"
+        benchlib.emit(f"{tag}_03_jigsaw_{c3['epochs']}_epochs", t03 / 60, "min")
+        benchlib.emit(f"{tag}_04_finetune_16_runs_{c4['epochs']}_epochs", t04 / 60, "min")
+        benchlib.emit(f"{tag}_05_features_16_runs", t05 / 60, "min")
+        benchlib.emit(f"{tag}_{args.profile}_profile", total / 60, "min")
 
 
 if __name__ == "__main__":

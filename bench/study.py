@@ -92,6 +92,9 @@ p.add_argument("--photos", required=True, help="DATA/photos")
 p.add_argument("--out", required=True, help="the study's directory")
 p.add_argument("--python", default=sys.executable)
 p.add_argument("--only", nargs="*", default=None, help="configuration names to run (default: all)")
+p.add_argument("--epochs", type=int, default=None,
+               help="fine-tune epochs of every configuration instead of its own: a check of the script "
+                    "at toy cost (tests/test_bench.py), whose rows then compare nothing")
 
 
 def sh(cmd):
@@ -178,6 +181,8 @@ def ensemble_rmse(args, run_dirs, hvr):
 
 def run_config(args, name, axis, changes):
     cfg = dict(BASE, **changes)
+    if args.epochs:
+        cfg["epochs"] = args.epochs
     hvr = store(args, cfg["size"])
     jig, jig_minutes = jigsaw(args, cfg["jigsaw"]) if cfg["jigsaw"] else (None, 0.0)
     row = dict(name=name, axis=axis, **{k: v for k, v in cfg.items() if k not in ("betas", "seed0")})

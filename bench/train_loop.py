@@ -5,16 +5,17 @@ Ours is the real code path: training.fit (Adam with the recipe's betas, the plan
 batches, rows to the device, loss scaling, the per-step statistics, the loss.csv row every
 `log_every` steps: every step on CPU, 04's LOG_EVERY on CUDA) with the batch_loss that
 04_finetune.py uses for the `target` task, line for line: rows of the packed-pixel store gathered, a
-view each, normalised by pixels.to_input, bf16 autocast and channels_last on CUDA, 04's
-per_sample_loss (MSE) weighted and summed. It is timed from the call of batch_loss that starts
-the first timed step to the one that starts the step after the last (whole steps, fit's own work
-between them included; on CUDA with a device sync at both marks); `warm` steps before are left
-out (allocation, lazy init), and so is the epoch-end checkpoint after.
+view each, normalised by pixels.to_input into channels_last (04's layout on every device), bf16
+autocast on CUDA (04's `auto` precision there; float32 on CPU, as PROFILE=cpu), 04's head_losses
+(the target head's per-sample MSE) weighted per head and summed. It is timed from the call of
+batch_loss that starts the first timed step to the one that starts the step after the last (whole
+steps, fit's own work between them included; on CUDA with a device sync at both marks); `warm`
+steps before are left out (allocation, lazy init), and so is the epoch-end checkpoint after.
 
 The bare loop: torchvision resnet34(weights=None), the same Adam, F.mse_loss, and the same inputs
 already made (plain float tensors in memory: the same rows and views, normalised once, up
-front); on CUDA the same bf16 autocast and channels_last, so both do the same arithmetic. Timed
-over the same steps after the same warm-up.
+front); the same channels_last layout, and on CUDA the same bf16 autocast, so both do the same
+arithmetic. Timed over the same steps after the same warm-up.
 
 Both start from the same seed and run the same steps of the same batch size. On CPU the two run
 in lockstep, paired step by step (the wrapper of our batch_loss runs the bare loop's step k
@@ -85,10 +86,10 @@ def ours(ft, arch, data, device, batch, warm, steps, log_every, run_dir, paired=
     cuda = device.type == "cuda"
 
     def batch_loss(net, rows):            # 04_finetune.py train().batch_loss, task target
-        x = pixels.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=cuda)
+        x = pixels.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             out = net(x).float()
-        return (ft.per_sample_loss("target", "mse", out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
+        return (ft.head_losses("target", "mse", out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
 
     marks, calls, caught, other = {}, [], [], [0.0, 0.0]
 
@@ -109,7 +110,7 @@ def ours(ft, arch, data, device, batch, warm, steps, log_every, run_dir, paired=
     torch.manual_seed(0)
     model = training.build_model(arch, 1)
     config = dict(benchlib.common.RECIPE_OPTIM, epochs=1, batch=batch, views=8, seed=0, log_every=log_every,
-                  ckpt_every=10 ** 9, channels_last=cuda)
+                  ckpt_every=10 ** 9, channels_last=True)
     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null), \
             contextlib.ExitStack() as stack:                    # tqdm's bar to /dev/null
         if count_syncs:
@@ -134,9 +135,8 @@ def bare_stepper(ft, arch, x_all, y_all, device, batch):
     import torchvision
     cuda = device.type == "cuda"
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=1).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=1)
+    model = model.to(device, memory_format=torch.channels_last)
     recipe = benchlib.common.RECIPE_OPTIM
     opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"], betas=recipe["betas"])
     model.train()
@@ -185,11 +185,11 @@ def main():
         pos = torch.arange(n, device=device)
         plan = torch.stack([torch.arange(n), torch.randint(0, 8, (n,), generator=g)], 1)
         y = torch.rand(n, 1, generator=g).mul(3).to(device)
-        w = torch.ones(n, device=device)
+        w = torch.ones(n, 1, device=device)         # (N, heads), as 04's targets()
         vidx = pixels.view_index(size).to(device)
         data = (store, pos, plan, y, w, vidx)
         with torch.no_grad():               # the bare loop's inputs: made once, kept in memory
-            x_all = torch.cat([pixels.to_input(store[pos[r[:, 0]]], r[:, 1], vidx, channels_last=cuda)
+            x_all = torch.cat([pixels.to_input(store[pos[r[:, 0]]], r[:, 1], vidx, channels_last=True)
                                for r in plan.to(device).split(256)])
         timed_ours, timed_bare = [], []
         for _ in range(1 if not cuda else args.rounds):

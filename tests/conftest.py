@@ -61,11 +61,11 @@ def run_make(*args, work, data, check=True, env=None, timeout=600, jobs=1, **var
     return p
 
 
-def kill_make(target, work, data, ready, *, max_delay=0.0, seed=0, timeout=300, **variables):
-    """Start `make target` (clean environment, as run_make), wait until ready() holds and then a
-    random 0..max_delay seconds more, kill -9 its whole process group (make, python, the
-    evaluator, convert); return whether it was still running when killed."""
-    env = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
+def kill_make(target, work, data, ready, *, max_delay=0.0, seed=0, timeout=300, env=None, **variables):
+    """Start `make target` (clean environment, as run_make, plus `env`), wait until ready() holds
+    and then a random 0..max_delay seconds more, kill -9 its whole process group (make, python,
+    the evaluator, convert); return whether it was still running when killed."""
+    env = {**{k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}, **(env or {})}
     cmd = ["make", "-C", str(REPO), "--no-print-directory", target, f"WORK={work}", f"DATA={data}",
            *(f"{k}={v}" for k, v in variables.items())]
     proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL,
@@ -187,9 +187,13 @@ def smoke_run(demo_data, tmp_path_factory):
 
 
 def smoke_copy(smoke_run, dst, keep=None):
-    """A copy of the smoke WORK that shares the files' bytes (hard links: the stages replace
-    files, never write into them), without its lock; `keep`: only these stage folders."""
-    src = smoke_run[0]
+    """A copy of the smoke WORK (link_work); `keep`: only these stage folders."""
+    return link_work(smoke_run[0], dst, keep)
+
+
+def link_work(src, dst, keep=None):
+    """A copy of a WORK that shares the files' bytes (hard links: the stages replace files, never
+    write into them), without its lock; `keep`: only these stage folders."""
     dst.mkdir(parents=True)
     for entry in src.iterdir():
         if entry.name == ".lock" or (keep is not None and entry.is_dir() and entry.name not in keep):

@@ -222,9 +222,9 @@ def test_gpu_slot_stays_held_while_a_process_of_the_run_lives(tmp_path):
     main process keeps the GPU until the helper ends too."""
     locks = tmp_path / "locks"
     log = tmp_path / "log"
-    first = [PY, str(REPO / "common.py"), "on-gpu", "--gpus", "a", "--locks", str(locks), "--",
+    first = [PY, str(REPO / "devices.py"), "on-gpu", "--gpus", "7", "--locks", str(locks), "--",
              "sh", "-c", f"(sleep 3; echo helper-end $(date +%s.%N) >> {log}) & exit 0"]
-    second = [PY, str(REPO / "common.py"), "on-gpu", "--gpus", "a", "--locks", str(locks), "--",
+    second = [PY, str(REPO / "devices.py"), "on-gpu", "--gpus", "7", "--locks", str(locks), "--",
               "sh", "-c", f"echo second-start $(date +%s.%N) >> {log}"]
     assert subprocess.call(first, stdout=subprocess.DEVNULL) == 0      # returns at once
     assert subprocess.call(second, stdout=subprocess.DEVNULL, timeout=60) == 0

@@ -1,7 +1,7 @@
 """The recipe, exactly where a CPU can show it: ten fine-tune epochs in `full`, the recipe's own
 submission on request (make all SUBMIT=recipe), float32 outputs under bf16 autocast, the logged
-loss of the whole DDP batch, the optimizer's state on the host after a resume, and SyncBatchNorm
-on GPUs."""
+loss of the whole DDP batch, the optimizer's state on the host after a resume, SyncBatchNorm
+under NCCL, and ResNets that are torchvision's."""
 import io
 import os
 import socket
@@ -49,11 +49,30 @@ def torchvision_keys():
     return torchvision.models.resnet18(weights=None, num_classes=1).state_dict().keys()
 
 
-def test_syncbatchnorm_on_cuda_only():
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_our_resnets_are_torchvisions_bit_for_bit(arch):
+    """training.py builds the ResNets itself (no torchvision import in a stage): the same modules,
+    keys and init drawn in the same order as torchvision's, so the same seed gives the same
+    network; a narrower one (the rehearsal's) has the same keys."""
+    import torchvision
+    torch.manual_seed(7)
+    theirs = getattr(torchvision.models, arch)(weights=None, num_classes=3).eval()
+    torch.manual_seed(7)
+    ours = training.build_model(arch, 3).eval()
+    a, b = theirs.state_dict(), ours.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 3, 40, 40)
+    with torch.inference_mode():
+        assert torch.equal(theirs(x), ours(x))
+    narrow = training.build_model(arch, 3, width=16)
+    assert list(narrow.state_dict()) == list(b) and narrow.fc.in_features == 8 * 16
+
+
+def test_syncbatchnorm_under_nccl_only():
     model = training.build_model("resnet18", 4)
     weight = model.bn1.weight
-    assert training.sync_batchnorm(model, torch.device("cpu")) is model and type(model.bn1) is torch.nn.BatchNorm2d
-    synced = training.sync_batchnorm(model, torch.device("cuda", 0))       # conversion needs no GPU
+    assert training.sync_batchnorm(model, "gloo") is model and type(model.bn1) is torch.nn.BatchNorm2d
+    synced = training.sync_batchnorm(model, "nccl")                      # conversion needs no GPU
     kinds = {type(m) for m in synced.modules()}
     assert torch.nn.SyncBatchNorm in kinds and torch.nn.BatchNorm2d not in kinds
     assert synced.bn1.weight is weight                                       # same parameters: the optimizer's

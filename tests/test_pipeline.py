@@ -198,7 +198,7 @@ def test_gpu_slots_never_share_a_gpu_and_use_them_all(tmp_path):
     log = tmp_path / "log"
     job = f"echo $CUDA_VISIBLE_DEVICES start $(date +%s.%N) >> {log}; sleep 3; " \
           f"echo $CUDA_VISIBLE_DEVICES end $(date +%s.%N) >> {log}"
-    cmd = [PY, str(REPO / "common.py"), "on-gpu", "--gpus", "a,b,c", "--locks", str(tmp_path / "locks"),
+    cmd = [PY, str(REPO / "devices.py"), "on-gpu", "--gpus", "3,5,7", "--locks", str(tmp_path / "locks"),
            "--", "sh", "-c", job]
     procs = []
     for _ in range(6):
@@ -207,8 +207,8 @@ def test_gpu_slots_never_share_a_gpu_and_use_them_all(tmp_path):
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
     assert all(p.wait(timeout=60) == 0 for p in procs)
     events = [l.split() for l in log.read_text().splitlines()]
-    assert {g for g, *_ in events} == {"a", "b", "c"}
-    for gpu in "abc":
+    assert {g for g, *_ in events} == {"3", "5", "7"}
+    for gpu in "357":
         spans = [float(t) for g, _, t in events if g == gpu]
         kinds = [k for g, k, _ in events if g == gpu]
         assert kinds == ["start", "end"] * (len(kinds) // 2)     # strictly one at a time
@@ -223,7 +223,7 @@ def test_make_fans_finetunes_out_one_per_gpu(make, demo_data, tmp_path):
         starts = re.findall(script + r" --task (\w+) --fold (\w+)", p.stdout)
         assert sorted(starts) == sorted((t, f) for t in common.TASKS for f in common.FOLDS), script
     p = make("-n", "finetune", work=tmp_path, data=demo_data, GPUS="0,1,2,3", PROFILE="smoke", check=False)
-    assert p.stdout.count("on-gpu --gpus '0,1,2,3'") == 16
+    assert p.stdout.count("on-gpu --gpus 0,1,2,3") == 16
     p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="smoke", check=False)
     assert p.stdout.count("CUDA_VISIBLE_DEVICES= .venv/bin/python 04_finetune.py") == 16    # GPUS empty: CPU
     p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="cpu", check=False)   # SEEDS=2

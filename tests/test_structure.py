@@ -8,7 +8,8 @@ import pytest
 from conftest import REPO
 
 PY = str(REPO / ".venv" / "bin" / "python")
-SCRIPTS = sorted(p.name for p in REPO.glob("0*_*.py")) + ["common.py", "rawdata.py", "pixels.py", "reporting.py", "store_pack.py"]
+SCRIPTS = sorted(p.name for p in REPO.glob("0*_*.py")) + ["common.py", "devices.py", "rawdata.py", "pixels.py", "reporting.py",
+                                                              "store_pack.py"]
 ROOMS = ("", "bench/", "sync/")    # where the repository's Python modules live
 LONG = 400          # lines; a longer module says why in its docstring ("Longer than ...")
 
@@ -56,6 +57,7 @@ def test_shared_modules_form_no_cycle_and_stages_import_no_stage():
         visit(m, [])
     assert imports["common"] == set() and imports["reporting"] == {"common"} and imports["rawdata"] == {"common"}
     assert imports["pixels"] == {"common"} and imports["training"] == {"common", "pixels"}
+    assert imports["devices"] == {"common", "training"}     # training only to measure a CPU
     assert imports["store_pack"] == {"common", "photo_stats"}       # 02 loads no torch
     assert imports["sync"] == {"common", "remote", "units"} and imports["units"] == {"remote"}
 

@@ -1,0 +1,322 @@
+"""The machine a run asks for: whether CUDA is usable on GPUS before any stage starts, where a
+fine-tune's evaluator can run, GPU slots for Make's fan-out, and what a profile costs on a CPU.
+
+    python devices.py check --gpus 0,1,2,3           # CUDA usable on those GPUs, or one line why
+    python devices.py estimate --profile full --data DATA [--folds DIR]   # its time on this CPU
+    python devices.py on-gpu --gpus 0,1 --locks DIR -- CMD ...            # CMD holding a free GPU
+
+The driver is asked directly (libcuda through ctypes, NVML where present), before torch touches
+it: torch's own `cuda.is_available()` says only False, and the stages would then train on the
+CPU. Nothing here writes under WORK except the slot locks of on-gpu.
+"""
+import argparse
+import ctypes
+import fcntl
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common
+
+# -----------------------------------------------------------------------------
+GPU_ID_RE = re.compile(r"^(\d{1,3}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})$")   # an index or a UUID
+COMPUTE_MODES = {0: "Default", 1: "Exclusive_Thread", 2: "Prohibited", 3: "Exclusive_Process"}
+CU_DEVICE_ATTRIBUTE_COMPUTE_MODE = 20
+CUDA_ERROR_NO_DEVICE = 100
+ESTIMATE_SECONDS = 3.0   # estimate: seconds of measured training (and as many of inference)
+
+
+def parse_gpus(text):
+    """GPUS as a list of ids; a malformed list is an error naming the bad id."""
+    ids = [g.strip() for g in text.split(",") if g.strip()]
+    bad = [g for g in ids if not GPU_ID_RE.match(g)]
+    if bad or not ids:
+        common.fail(f"GPUS={text}: GPU ids are numbers or GPU-/MIG- UUIDs, comma-separated (0,1,2,3)")
+    if len(set(ids)) < len(ids):
+        common.fail(f"GPUS={text} names a GPU twice: each id once (the runs would share it)")
+    return ids
+
+
+# -----------------------------------------------------------------------------
+# What the driver says: facts first (cuda_facts), the verdict from them alone (diagnose).
+def cuda_version(number):
+    """The driver API's integer (13000) as 13.0."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def nvml_facts():
+    """{driver: "580.65.06", gpus_total: N} from NVML (it sees every GPU, whatever CUDA_VISIBLE_DEVICES
+    says), or {} where libnvidia-ml is absent."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+        if nvml.nvmlInit_v2() != 0:
+            return {}
+        buf, count = ctypes.create_string_buffer(96), ctypes.c_uint()
+        facts = {}
+        if nvml.nvmlSystemGetDriverVersion(buf, 96) == 0:
+            facts["driver"] = buf.value.decode()
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0:
+            facts["gpus_total"] = count.value
+        nvml.nvmlShutdown()
+        return facts
+    except (OSError, AttributeError):
+        return {}
+
+
+def load_libcuda():
+    try:
+        return ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+
+
+def compute_modes(cuda=None):
+    """[compute mode name] of every device this process sees (CUDA_VISIBLE_DEVICES applied), in
+    CUDA's order; [] when the driver cannot tell."""
+    cuda = cuda or load_libcuda()
+    if cuda is None or cuda.cuInit(0) != 0:
+        return []
+    count, modes = ctypes.c_int(), []
+    cuda.cuDeviceGetCount(ctypes.byref(count))
+    for i in range(count.value):
+        dev, mode = ctypes.c_int(), ctypes.c_int()
+        if cuda.cuDeviceGet(ctypes.byref(dev), i) != 0 or \
+                cuda.cuDeviceGetAttribute(ctypes.byref(mode), CU_DEVICE_ATTRIBUTE_COMPUTE_MODE, dev) != 0:
+            return []
+        modes.append(COMPUTE_MODES.get(mode.value, str(mode.value)))
+    return modes
+
+
+def cuda_facts(gpus):
+    """What the driver and torch say about these GPU ids. Run in a process of its own: the
+    driver reads CUDA_VISIBLE_DEVICES once, at cuInit."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    import torch
+    facts = dict(gpus=gpus, torch=torch.__version__, torch_cuda=torch.version.cuda, **nvml_facts())
+    cuda = load_libcuda()
+    facts["libcuda"] = cuda is not None
+    if cuda is None:
+        return facts
+    version = ctypes.c_int()
+    if cuda.cuDriverGetVersion(ctypes.byref(version)) == 0:
+        facts["driver_cuda"] = version.value
+    facts["init"] = cuda.cuInit(0)
+    if facts["init"] == 0:
+        facts["modes"] = compute_modes(cuda)
+    return facts
+
+
+def diagnose(facts):
+    """(error: one line naming the cause, or None; what to report when it is usable)."""
+    gpus, label = facts["gpus"], "GPUS=" + ",".join(facts["gpus"])
+    if not facts.get("torch_cuda"):
+        return (f"{label}: torch {facts['torch']} in .venv is built without CUDA; install a CUDA "
+                f"build (requirements.txt pins the default one, built for CUDA 13.0), or leave GPUS "
+                f"empty to run on the CPU"), None
+    if not facts.get("libcuda"):
+        return (f"{label}: no NVIDIA driver here (libcuda.so.1 cannot be loaded); install the driver, "
+                f"or in a container start it with --gpus (make docker-all GPUS=... does)"), None
+    need = tuple(int(x) for x in facts["torch_cuda"].split(".")[:2])
+    found = facts.get("driver_cuda", 0)
+    driver = f" {facts['driver']}" if facts.get("driver") else ""
+    if found and (found // 1000, 0) < (need[0], 0):
+        return (f"{label}: the NVIDIA driver{driver} is too old: it supports CUDA {cuda_version(found)}, "
+                f"and torch {facts['torch']} needs a driver for CUDA {need[0]}.0 or newer (built for "
+                f"CUDA {facts['torch_cuda']}); update the driver"), None
+    seen = f"this machine shows {facts['gpus_total']} GPU(s)" if "gpus_total" in facts else ""
+    modes = facts.get("modes", [])
+    if facts.get("init") not in (0, None) or len(modes) < len(gpus):
+        first = gpus[len(modes)] if len(modes) < len(gpus) else gpus[0]
+        why = f"cuInit error {facts['init']}" if facts.get("init") not in (0, CUDA_ERROR_NO_DEVICE) else ""
+        detail = "; ".join(x for x in (seen, why) if x)
+        return (f"{label}: GPU {first} is not visible{f' ({detail})' if detail else ''}; use the ids "
+                f"nvidia-smi lists, and in a container pass them with --gpus"), None
+    prohibited = [g for g, m in zip(gpus, modes) if m == "Prohibited"]
+    if prohibited:
+        return (f"{label}: GPU {prohibited[0]} is in compute mode Prohibited: no process may use it "
+                f"(nvidia-smi -c DEFAULT, or other GPUS)"), None
+    exclusive = [g for g, m in zip(gpus, modes) if m in ("Exclusive_Process", "Exclusive_Thread")]
+    report = (f"{label}: CUDA {cuda_version(found)} driver{driver}, torch {facts['torch']}; compute mode "
+              + ", ".join(f"{g} {m}" for g, m in zip(gpus, modes))
+              + (f"; GPU {','.join(exclusive)} takes one process at a time: the fine-tunes' evaluators "
+                 f"run inline there" if exclusive else ""))
+    return None, report
+
+
+def cmd_check(args):
+    gpus = parse_gpus(args.gpus)
+    facts = cuda_facts(gpus)
+    error, report = diagnose(facts)
+    if error:
+        common.fail(error)
+    import torch
+    try:          # a context on each: what the driver allows is what a stage will get
+        names = [torch.cuda.get_device_name(torch.zeros(1, device=f"cuda:{i}").device) for i in range(len(gpus))]
+    except RuntimeError as e:
+        common.fail(f"GPUS={args.gpus}: CUDA fails on first use: {str(e).strip().splitlines()[0]}")
+    print(f"{report}; {', '.join(names)}", flush=True)
+
+
+def evaluator_placement(device, asked):
+    """(process | inline, why) for a fine-tune's evaluator: `asked` (process, inline, auto).
+    auto: a process on a GPU (the recipe: training never waits for it), inline on a CPU (a second
+    process would take one of its cores for the whole run) and on a GPU that takes one process
+    at a time (compute mode Exclusive_Process: the second could not start)."""
+    if asked != "auto":
+        return asked, "asked for"
+    if device.type != "cuda":
+        return "inline", "on a CPU"
+    modes = compute_modes()
+    mode = modes[device.index] if device.index is not None and device.index < len(modes) else "Default"
+    if mode != "Default":
+        return "inline", f"the GPU is in compute mode {mode}: a second process cannot use it"
+    return "process", "on a GPU"
+
+
+# -----------------------------------------------------------------------------
+# What a profile costs: images trained and inferred per stage, and its time at measured rates.
+def profile_images(profile, photos, objects, fold_rows, nets=len(common.TASKS), seeds=1):
+    """{stage: (images trained, images inferred)} of a whole run: `photos` in the store, `objects`
+    those with a row in train.csv or test.csv, fold_rows {fold: train rows}. 03 trains on every
+    photo where the profile says holdout_trains, else on all but the held-out ones."""
+    c3, c4, c5 = (common.PROFILES[profile][s] for s in ("03", "04", "05"))
+    trained03 = photos if c3["holdout_trains"] else photos - c3["holdout"]
+    runs = nets * seeds
+    epochs4 = c4["epochs"]
+    train4 = runs * sum(rows * c4["views"] * epochs4 for rows in fold_rows.values())
+    held = {f: (objects - rows if f != "all" else 0) for f, rows in fold_rows.items()}
+    eval4 = runs * sum((epochs4 - 1) * c4["eval_views"] * (c4["eval_rows"] or held[f] or 1024) + 8 * (held[f] or 1024)
+                       for f in fold_rows)
+    folds_test = c5["fold_test"] == "yes"
+    infer5 = nets * seeds * 8 * sum(objects if (f == "all" or folds_test) else fold_rows[f] for f in fold_rows)
+    return {"03": (c3["epochs"] * trained03 * c3["views"] * c3["perms"], 0), "04": (train4, eval4),
+            "05": (0, infer5)}
+
+
+def measure_rates(profile, seconds=ESTIMATE_SECONDS):
+    """(training, inference) images/s of the profile's 04 network at its size on this CPU,
+    measured for about `seconds` each after one step of warm-up."""
+    import torch
+    import training
+    training.configure_threads()
+    c2, c4 = common.PROFILES[profile]["02"], common.PROFILES[profile]["04"]
+    model = training.build_model(c4["arch"], 1, width=c4.get("width", training.WIDTH)).to(memory_format=torch.channels_last)
+    batch = 8
+    x = torch.randn(batch, 3, c2["size"], c2["size"]).contiguous(memory_format=torch.channels_last)
+    optim = torch.optim.Adam(model.parameters())
+    device = torch.device("cpu")
+
+    def timed(step):
+        step()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or n < 1:
+            step()
+            n += 1
+        return n * batch / (time.perf_counter() - t0)
+
+    def train_step():
+        with training.autocast(device, c4["precision"]):
+            loss = model(x).float().square().mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    def infer_step():
+        with torch.inference_mode(), training.autocast(device, c4["precision"]):
+            model(x)
+
+    return timed(train_step), (model.eval(), timed(infer_step))[1]
+
+
+def cmd_estimate(args):
+    import pandas as pd
+    data = Path(args.data)
+    if (data / "train.csv").exists():
+        train = len(pd.read_csv(data / "train.csv", usecols=[0]))
+        test = len(pd.read_csv(data / "test.csv", usecols=[0])) if (data / "test.csv").exists() else 0
+        where = f"{train} train + {test} test photos in {data}"
+    else:
+        train, test = 3937, 5919
+        where = "the competition's 3937 train + 5919 test photos (DATA holds no train.csv yet)"
+    folds = Path(args.folds) if args.folds else None
+    if folds and all(common.fold_csv(folds, f, "train").exists() for f in common.FOLDS):
+        fold_rows = {f: len(pd.read_csv(common.fold_csv(folds, f, "train"), usecols=[0])) for f in common.FOLDS}
+    else:
+        fold_rows = {f: (train if f == "all" else train * 2 // 3) for f in common.FOLDS}
+    images = profile_images(args.profile, train + test, train + test, fold_rows, args.nets, args.seeds)
+    rate_train, rate_infer = measure_rates(args.profile)
+    seconds = {s: t / rate_train + i / rate_infer for s, (t, i) in images.items()}
+    total = sum(seconds.values())
+    c2, c4 = common.PROFILES[args.profile]["02"], common.PROFILES[args.profile]["04"]
+    print(f"PROFILE={args.profile} on this CPU: about {human(total)} of training and inference "
+          f"({', '.join(f'{s} {human(v)}' for s, v in seconds.items())}) for {where}, at the "
+          f"{rate_train:.1f} images/s training and {rate_infer:.1f} inference measured here just now "
+          f"({c4['arch']} at {c2['size']} px, {os.cpu_count()} cores)", flush=True)
+
+
+def human(seconds):
+    for unit, size in (("days", 86400), ("hours", 3600), ("min", 60)):
+        if seconds >= 2 * size or unit == "min":
+            return f"{seconds / size:.1f} {unit}" if unit != "min" else f"{seconds / size:.0f} min"
+
+
+# -----------------------------------------------------------------------------
+# GPU slots: Make runs up to len(GPUS) recipes at once (-j); each takes a free GPU here.
+def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
+    """Run `cmd` with CUDA_VISIBLE_DEVICES set to one GPU of `gpus` that no other run holds.
+
+    The hold is an flock on lock_dir/gpu<id>.lock, released by the kernel when the last process
+    holding its descriptor ends, however it ends: no stale locks after a kill. The command
+    inherits the descriptor (its number in $GPU_SLOT_FD) and passes it on to its own helpers
+    (04's evaluator), so the GPU stays held while any process of the run lives.
+    With no GPUs the command runs as is.
+    """
+    if not gpus:       # GPUS empty: the CPU, even on a machine that has GPUs
+        return subprocess.call(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    while True:
+        for gpu in gpus:
+            path = Path(lock_dir) / f"gpu{gpu}.lock"
+            f = open(path, "w")
+            if not common.lock(f, path, wait=False):
+                f.close()
+                continue
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), GPU_SLOT_FD=str(f.fileno()))
+            print(f"[gpu {gpu}] {' '.join(cmd)}", flush=True)
+            try:
+                return subprocess.call(cmd, env=env, pass_fds=(f.fileno(),))
+            finally:
+                f.close()
+        time.sleep(poll)
+
+
+def cmd_on_gpu(args):
+    gpus = parse_gpus(args.gpus) if args.gpus.strip() else []
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    sys.exit(on_free_gpu(gpus, args.locks, cmd))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="CUDA usable on every GPU of --gpus, or one line naming the cause")
+    c.add_argument("--gpus", required=True)
+    e = sub.add_parser("estimate", help="a profile's training and inference time on this CPU, measured")
+    e.add_argument("--profile", required=True, choices=sorted(common.PROFILES))
+    e.add_argument("--data", required=True, help="the raw data (its train.csv and test.csv are counted)")
+    e.add_argument("--folds", default=None, help="stage 01's directory, when it ran")
+    e.add_argument("--nets", type=int, default=len(common.TASKS), help="networks per fold")
+    e.add_argument("--seeds", type=int, default=1, help="seeds per network")
+    g = sub.add_parser("on-gpu", help="run a command on a free GPU of --gpus")
+    g.add_argument("--gpus", default="")
+    g.add_argument("--locks", required=True)
+    g.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = p.parse_args()
+    {"check": cmd_check, "estimate": cmd_estimate, "on-gpu": cmd_on_gpu}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
