@@ -13,7 +13,7 @@ GPUS ?=#                   comma-separated GPU ids (0,1,2,3); empty: CPU. CUDA i
 PROFILE ?= $(if $(GPUS),full,$(if $(DEMO_DATA),smoke,cpu))#  full (the recipe, GPUs) | cpu (the CPU hour) | smoke (seconds: tests, the demo data) | rehearsal (full's path at toy size, CPU)
 FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec multi
-NETS ?= $(if $(or $(filter cpu,$(PROFILE)),$(and $(DEMO_DATA),$(filter smoke,$(PROFILE)))),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe), or multi: one with four heads (cpu, and smoke on the demo)
+NETS ?= $(if $(filter cpu smoke,$(PROFILE)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe: full, rehearsal), or multi: one with four heads (cpu, smoke)
 SEEDS ?= $(if $(filter cpu,$(PROFILE)),2,1)#  networks per net and fold, of seeds 0..SEEDS-1, their outputs averaged by 05 (1: the recipe)
 EVAL ?= $(if $(filter rehearsal,$(PROFILE)),process)#  04's evaluator: process (the recipe; GPU default) | inline (CPU default; a GPU in an exclusive compute mode) | empty: that default
 RANKS ?= $(if $(filter rehearsal,$(PROFILE)),2,$(filter-out 0,$(NGPUS)))#  03's processes under torchrun (DDP): one per GPU; rehearsal: 2 on the CPU
@@ -277,7 +277,7 @@ report: submit ## the report, WORK/07_submit/report.md (written with the submiss
 views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
 	$(PY) pixels.py views --store $(DIR_HVR) --id $(ID)
 status: | $(VENV_STAMP) ## every 03/04 run (epoch, loss, held-out RMSE, images/s, state), CV per task
-	@$(PY) reporting.py status --jigsaw $(DIR_JIG) --finetune $(DIR_FT)
+	@$(PY) reporting.py status --jigsaw $(DIR_JIG) --finetune $(DIR_FT) --nets $(NETS)
 cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_finetune/cv_<task>.png
 	$(PY) reporting.py cv-plot --runs $(DIR_FT)
 

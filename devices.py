@@ -11,7 +11,6 @@ CPU. Nothing here writes under WORK except the slot locks of on-gpu.
 """
 import argparse
 import ctypes
-import fcntl
 import os
 import re
 import subprocess

@@ -88,15 +88,16 @@ def seed_runs(finetune, net, fold):
     return [(0, Path(finetune) / common.run_name(net, fold))] + sorted(others)
 
 
-def status(jigsaw, finetune):
-    """One table of the 03 run and every 04 run (stage 03's and 04's directories); safe to read
-    while they write."""
+def status(jigsaw, finetune, nets=common.TASKS):
+    """One table of the 03 run and every 04 run (stage 03's and 04's directories): those of `nets`
+    (the make's NETS), whether started or not, and any other that exists; safe to read while they
+    write."""
     import pandas as pd
     finetune = Path(finetune)
     runs = [("jigsaw", "-", Path(jigsaw))]
     runs += [(t, f if seed == 0 else f"{f} s{seed}", d) for t in common.NETS for f in common.FOLDS
              for seed, d in seed_runs(finetune, t, f)
-             if t in common.TASKS or d.exists()]
+             if t in nets or d.exists()]
     rows = []
     for task, fold, d in runs:
         log = last_row(d / "loss.csv")
@@ -186,11 +187,13 @@ def main():
     s = sub.add_parser("status", help="table of the 03 run and every 04 run")
     s.add_argument("--jigsaw", required=True, help="stage 03's directory")
     s.add_argument("--finetune", required=True, help="stage 04's directory")
+    s.add_argument("--nets", nargs="+", default=list(common.TASKS), choices=common.NETS,
+                   help="the networks per fold a run will train (make's NETS), listed before they start")
     c = sub.add_parser("cv-plot", help="WORK/04_finetune/cv_<net>.png")
     c.add_argument("--runs", required=True)
     args = p.parse_args()
     if args.command == "status":
-        return status(args.jigsaw, args.finetune)
+        return status(args.jigsaw, args.finetune, args.nets)
     for path in cv_plot(args.runs):
         print(f"wrote {path}")
 

@@ -179,10 +179,26 @@ def smoke_run(demo_data, tmp_path_factory):
     """The whole pipeline once, PROFILE=smoke, on the small demo set: (WORK, make's result).
     Session-wide and read-only: tests that rerun stages do so on a copy (smoke_copy)."""
     def build(d):
-        p = run_make("all", work=d / "work", data=demo_data, PROFILE="smoke", timeout=900, jobs=2)
+        p = run_make("all", work=d / "work", data=demo_data, PROFILE="smoke", timeout=900, jobs=2)   # NETS=multi
         return dict(work=str(d / "work"),
                     make=dict(args=p.args, returncode=p.returncode, stdout=p.stdout, stderr=p.stderr))
     run = built_once(tmp_path_factory, "smoke", build)
+    return Path(run["work"]), subprocess.CompletedProcess(**run["make"])
+
+
+REHEARSE = dict(PROFILE="rehearsal", SUBMIT="recipe")
+
+
+@pytest.fixture(scope="session")
+def rehearsal(demo_data, tmp_path_factory):
+    """`make -j2 all PROFILE=rehearsal SUBMIT=recipe` on the small demo set, once: PROFILE=full's
+    own path at toy size (tests/test_rehearsal.py). (WORK, make's result); read-only: tests that
+    rerun stages do so on a copy (link_work)."""
+    def build(d):
+        p = run_make("all", work=d / "work", data=demo_data, timeout=900, jobs=2, **REHEARSE)
+        return dict(work=str(d / "work"),
+                    make=dict(args=p.args, returncode=p.returncode, stdout=p.stdout, stderr=p.stderr))
+    run = built_once(tmp_path_factory, "rehearsal", build)
     return Path(run["work"]), subprocess.CompletedProcess(**run["make"])
 
 
@@ -200,3 +216,13 @@ def link_work(src, dst, keep=None):
             continue
         subprocess.run(["cp", "-al", str(entry), str(dst / entry.name)], check=True)
     return dst
+
+
+# The files whose session-wide pipelines take longest start first: under pytest-xdist (--dist
+# loadfile) the others then fill the workers around them, instead of one worker finishing alone.
+FIRST = ("test_rehearsal.py", "test_pipeline.py", "test_gpu_sh.py", "test_cpu_hour.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))     # stable: files keep their order

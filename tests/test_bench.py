@@ -130,10 +130,10 @@ def test_pil_store_matches_02s_store(demo_data, tmp_path):
 
 
 def test_stack_params_reproduces_06s_cv(smoke_run):
-    """06's stacks rebuilt under other booster settings, on the smoke WORK (NETS: the four tasks'
-    networks, as DATA given to make selects); its row of the recipe's settings is 06's cv.csv."""
+    """06's stacks rebuilt under other booster settings, on the smoke WORK (NETS=multi, smoke's
+    default); its row of the recipe's settings is 06's cv.csv."""
     work = smoke_run[0]
-    p = run_bench("stack_params.py", "--work", work, "--nets", "tasks", "--sets", "recipe", "small")
+    p = run_bench("stack_params.py", "--work", work, "--nets", "multi", "--sets", "recipe", "small")
     got = figures(p.stdout)
     heads = {f"target_head_fold{k}_{side}_rmse" for k in ("0", "1", "2") for side in ("train", "heldout")}
     stacks = {f"stack_{mode}{meta}_{name}_rmse" for mode in ("seed", "oof") for meta in ("", "_meta")

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 import common
 import training
-from conftest import smoke_copy
+from conftest import link_work
 
 
 def test_full_profile_is_the_recipe():
@@ -145,14 +145,12 @@ def test_resume_keeps_the_optimizer_state_on_the_host(tmp_path, monkeypatch):
 
 # -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def recipe_run(make, demo_data, smoke_run, tmp_path_factory):
-    """The smoke pipeline's WORK (a copy), made again with SUBMIT=recipe, then the default again."""
-    work = smoke_copy(smoke_run, tmp_path_factory.mktemp("recipe") / "work")
-    first = make("all", work=work, data=demo_data, PROFILE="smoke", SUBMIT="recipe")
+def recipe_run(make, demo_data, rehearsal, tmp_path_factory):
+    """The rehearsal's WORK (made with SUBMIT=recipe; a copy), made again with the default SUBMIT."""
+    work = link_work(rehearsal[0], tmp_path_factory.mktemp("recipe") / "work")
     recipe = (work / "07_submit" / "submission.csv").read_bytes()
     recipe_report = (work / "07_submit" / "report.md").read_text()
-    p = make("all", work=work, data=demo_data, PROFILE="smoke")
-    assert "04_finetune.py" not in first.stdout + p.stdout and "06_stack.py" in first.stdout
+    p = make("all", work=work, data=demo_data, PROFILE="rehearsal")
     return work, recipe, recipe_report, p
 
 

@@ -20,6 +20,7 @@ import pixels
 import training
 
 PY = str(REPO / ".venv" / "bin" / "python")
+TASK_NETS = " ".join(common.TASKS)      # NETS: the four tasks' networks per fold (smoke's default: multi)
 OPS = {"id": [], "h": ["-flop"], "v": ["-flip"], "hv": ["-flop", "-flip"], "r": ["-rotate", "90"],
        "hr": ["-flop", "-rotate", "90"], "vr": ["-flip", "-rotate", "90"],
        "hvr": ["-flop", "-flip", "-rotate", "90"]}
@@ -136,13 +137,12 @@ def test_all_ends_with_a_valid_submission_and_report(smoke_run, demo_data):
     work, p = smoke_run
     for stage in ("00_validate", "01_sgkfold", "02_hvr", "03_jigsaw", "06_stack", "07_submit"):
         assert (work / stage / "DONE").exists(), stage
-    for t in common.TASKS:
-        for f in common.FOLDS:
-            run = work / "04_finetune" / common.run_name(t, f)
-            assert (run / "DONE").exists() and (work / "05_features" / common.run_name(t, f) / "DONE").exists()
-            ev = pd.read_csv(run / "eval.csv")
-            assert list(ev["epoch"]) == [1, 2]                  # each epoch evaluated exactly once
-            assert set(ev["split"]) == {"train" if f == "all" else "heldout"}
+    for f in common.FOLDS:                                  # smoke: one four-head network per fold
+        run = work / "04_finetune" / common.run_name("multi", f)
+        assert (run / "DONE").exists() and (work / "05_features" / common.run_name("multi", f) / "DONE").exists()
+        ev = pd.read_csv(run / "eval.csv")
+        assert list(ev["epoch"]) == [1, 2]                  # each epoch evaluated exactly once
+        assert set(ev["split"]) == {"train" if f == "all" else "heldout"}
     test = pd.read_csv(demo_data / "test.csv")
     sub = pd.read_csv(work / "07_submit" / "submission.csv")
     assert list(sub.columns) == ["target"] and len(sub) == len(test)
@@ -155,12 +155,12 @@ def test_all_ends_with_a_valid_submission_and_report(smoke_run, demo_data):
                 "stack_oof_meta", "blend", "final", "final_recipe_post"):
         assert cv[col].between(0, 3).all(), col
     report = (work / "07_submit" / "report.md").read_text()
-    for picture in ("jigsaw_loss.png", "cv_target.png", "importance.png", "confusion.png"):
+    for picture in ("jigsaw_loss.png", "cv_multi.png", "importance.png", "confusion.png"):
         assert f"]({picture})" in report and (work / "07_submit" / picture).exists()
-    feats = pd.read_parquet(work / "05_features" / "onehot_0" / "heldout.parquet")
-    assert feats.shape[1] == 1 + 4 * 4 and feats["object_id"].is_unique
-    raw = np.load(work / "05_features" / "word2vec_all" / "test.npz", allow_pickle=False)
-    assert raw["outputs"].shape == (len(test), 8, 20)
+    feats = pd.read_parquet(work / "05_features" / "multi_0" / "heldout.parquet")
+    assert feats.shape[1] == 1 + 26 * 4 and feats["object_id"].is_unique
+    raw = np.load(work / "05_features" / "multi_all" / "test.npz", allow_pickle=False)
+    assert raw["outputs"].shape == (len(test), 8, 26)
 
 
 def test_second_make_all_does_nothing(smoke_run, make, demo_data):
@@ -169,7 +169,7 @@ def test_second_make_all_does_nothing(smoke_run, make, demo_data):
     p = make("all", work=work, data=demo_data, PROFILE="smoke")
     assert not any(s in p.stdout for s in ("03_jigsaw.py", "04_finetune.py", "05_features.py", "06_stack.py"))
     assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("DONE")}
-    again = make("fold", work=work, data=demo_data, PROFILE="smoke", FOLD="2", TASK="word2vec")
+    again = make("fold", work=work, data=demo_data, PROFILE="smoke", FOLD="2", TASK="multi")
     assert "04_finetune.py" not in again.stdout
 
 
@@ -177,10 +177,10 @@ def test_status_reads_every_run(smoke_run, make, demo_data):
     work, _ = smoke_run
     out = make("status", work=work, data=demo_data).stdout
     lines = [l for l in out.splitlines()[1:] if l.strip() and not l.startswith("CV ")]
-    assert len(lines) == 1 + 16 and all(l.rstrip().endswith("done") for l in lines)
+    assert len(lines) == 1 + 4 and all(l.rstrip().endswith("done") for l in lines)
     cv = [l for l in out.splitlines() if l.startswith("CV ")]
-    assert [l.split()[1] for l in cv] == ["target", "onehot", "sortingdate"]     # word2vec has no era
-    ev = [pd.read_csv(work / "04_finetune" / f"target_{k}" / "eval.csv").iloc[-1] for k in "012"]
+    assert [l.split()[1] for l in cv] == ["multi/target", "multi/onehot", "multi/sortingdate"]   # word2vec: no era
+    ev = [pd.read_csv(work / "04_finetune" / f"multi_{k}" / "eval.csv").iloc[-1] for k in "012"]
     pooled = np.sqrt(sum(e["n"] * e["rmse"] ** 2 for e in ev) / sum(e["n"] for e in ev))
     assert f"held-out RMSE {pooled:.4f}" in cv[0]
 
@@ -218,18 +218,19 @@ def test_gpu_slots_never_share_a_gpu_and_use_them_all(tmp_path):
 def test_make_fans_finetunes_out_one_per_gpu(make, demo_data, tmp_path):
     """One make level: under -j4 every fine-tune and feature run starts exactly once (a recursive
     make once started each up to 3 times); GPUS pins each to a free GPU."""
-    p = make("-n", "-j4", "all", work=tmp_path, data=demo_data, PROFILE="smoke", check=False)
+    p = make("-n", "-j4", "all", work=tmp_path, data=demo_data, PROFILE="smoke", NETS=TASK_NETS, check=False)
     for script in ("04_finetune.py", "05_features.py"):
         starts = re.findall(script + r" --task (\w+) --fold (\w+)", p.stdout)
         assert sorted(starts) == sorted((t, f) for t in common.TASKS for f in common.FOLDS), script
-    p = make("-n", "finetune", work=tmp_path, data=demo_data, GPUS="0,1,2,3", PROFILE="smoke", check=False)
-    assert p.stdout.count("on-gpu --gpus 0,1,2,3") == 16
+    p = make("-n", "finetune", work=tmp_path, data=demo_data, GPUS="0,1,2,3", PROFILE="full", check=False)
+    assert p.stdout.count("on-gpu --gpus 0,1,2,3") == 16                                     # full: 4 tasks x 4 folds
+    assert "devices.py check --gpus 0,1,2,3" in p.stdout                                    # before any stage
     p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="smoke", check=False)
-    assert p.stdout.count("CUDA_VISIBLE_DEVICES= .venv/bin/python 04_finetune.py") == 16    # GPUS empty: CPU
+    assert p.stdout.count("CUDA_VISIBLE_DEVICES= .venv/bin/python 04_finetune.py --task multi") == 4   # GPUS empty: CPU
     p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="cpu", check=False)   # SEEDS=2
     assert p.stdout.count("04_finetune.py --task multi") == 8 and "--task target" not in p.stdout
     assert p.stdout.count("--seed 1") == 4 and "--seed 2" not in p.stdout
-    p = make("-n", "-j4", "all", work=tmp_path, data=demo_data, PROFILE="smoke", SEEDS=3, check=False)
+    p = make("-n", "-j4", "all", work=tmp_path, data=demo_data, PROFILE="smoke", NETS=TASK_NETS, SEEDS=3, check=False)
     runs = re.findall(r"04_finetune.py --task (\w+) --fold (\w+) \\\n.*\n  --profile smoke (?:--seed (\d))?", p.stdout)
     assert sorted(runs) == sorted((t, f, s) for t in common.TASKS for f in common.FOLDS for s in ("", "1", "2"))
     assert len(re.findall(r"05_features.py --task \w+ --fold \w+ \\\n.*\n  --seeds 3\n", p.stdout)) == 16
@@ -242,11 +243,11 @@ def test_evaluator_waits_for_complete_checkpoints(smoke_run, tmp_path):
     """A checkpoint being written (a temp name, or a final name with half the bytes) is never
     evaluated; once complete, it is, exactly once."""
     work, _ = smoke_run
-    src = work / "04_finetune" / "target_0"
+    src = work / "04_finetune" / "multi_0"
     runs = tmp_path / "runs"
-    run = runs / "target_0"
+    run = runs / "multi_0"
     run.mkdir(parents=True)
-    cmd = [PY, "04_finetune.py", "--task", "target", "--fold", "0", "--folds", str(work / "01_sgkfold"),
+    cmd = [PY, "04_finetune.py", "--task", "multi", "--fold", "0", "--folds", str(work / "01_sgkfold"),
            "--hvr", str(work / "02_hvr"), "--jigsaw", str(work / "03_jigsaw"), "--out", str(runs),
            "--profile", "smoke", "--role", "evaluate", "--epochs", "2"]
     evaluator = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -18,25 +18,15 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
-from conftest import kill_make, link_work, run_make
+from conftest import REHEARSE, kill_make, link_work, run_make
 
 import common
 import training
 
-REHEARSE = dict(PROFILE="rehearsal", SUBMIT="recipe")
 RUNS = [common.run_name(t, f) for t in common.TASKS for f in common.FOLDS]
 KILLED = "onehot_1"          # the run the kill test interrupts
-
-
-@pytest.fixture(scope="module")
-def rehearsal(demo_data, tmp_path_factory):
-    """make -j2 all PROFILE=rehearsal SUBMIT=recipe on the demo data: (WORK, make's result)."""
-    work = tmp_path_factory.mktemp("rehearsal") / "work"
-    p = run_make("all", work=work, data=demo_data, jobs=2, timeout=900, **REHEARSE)
-    return work, p
 
 
 def read_json(path):
