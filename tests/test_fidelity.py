@@ -1,8 +1,6 @@
-"""The recipe, exactly where a CPU can show it: ten fine-tune epochs in `full`, the recipe's own
-submission on request (make all SUBMIT=recipe), float32 outputs under bf16 autocast, the logged
-loss of the whole DDP batch, the optimizer's state on the host after a resume, SyncBatchNorm
+"""The recipe, exactly where a CPU can show it: ten fine-tune epochs in `full`, float32 outputs
+under bf16 autocast, the logged loss of the whole DDP batch, the optimizer's state on the host after a resume, SyncBatchNorm
 under NCCL, and ResNets that are torchvision's."""
-import io
 import os
 import socket
 
@@ -14,7 +12,6 @@ import torch.multiprocessing as mp
 
 import common
 import training
-from conftest import link_work
 
 
 def test_full_profile_is_the_recipe():
@@ -141,30 +138,3 @@ def test_resume_keeps_the_optimizer_state_on_the_host(tmp_path, monkeypatch):
     steps = [s["step"] for s in optims[0].state.values()]
     assert steps and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in steps)
     assert all(t.item() == 2 * ROWS // BATCH for t in steps)        # resumed, then one more epoch
-
-
-# -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def recipe_run(make, demo_data, rehearsal, tmp_path_factory):
-    """The rehearsal's WORK (made with SUBMIT=recipe; a copy), made again with the default SUBMIT."""
-    work = link_work(rehearsal[0], tmp_path_factory.mktemp("recipe") / "work")
-    recipe = (work / "07_submit" / "submission.csv").read_bytes()
-    recipe_report = (work / "07_submit" / "report.md").read_text()
-    p = make("all", work=work, data=demo_data, PROFILE="rehearsal")
-    return work, recipe, recipe_report, p
-
-
-def test_submit_recipe_submits_the_recipes_stack(recipe_run, demo_data):
-    work, recipe, recipe_report, again = recipe_run
-    assert "04_finetune.py" not in again.stdout and "06_stack.py" in again.stdout   # only restacked
-    best = (work / "07_submit" / "submission.csv").read_bytes()
-    params = pd.read_json(work / "06_stack" / "params.json", typ="series")
-    assert params["submit"] == "best" and recipe != best
-    test = pd.read_csv(work / "06_stack" / "test.csv")
-    sub = pd.read_csv(io.BytesIO(recipe))
-    order = pd.read_csv(demo_data / "test.csv")["object_id"]
-    assert np.allclose(sub["target"], test.set_index("object_id").loc[order, "recipe"], atol=1e-5)
-    recipe_cv = params["cv_overall"]["recipe"]
-    for report, submitted in ((recipe_report, "SUBMIT=recipe"), ((work / "07_submit" / "report.md").read_text(), "SUBMIT=best")):
-        assert submitted in report and "the recipe's own submission" in report
-        assert f"{recipe_cv:.4f}" in report

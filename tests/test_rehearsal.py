@@ -5,19 +5,21 @@ step counts), run through the real make on the demo data as the GPU path runs it
 - four single-task networks per fold, 4 folds, each evaluated by a process of its own;
 - 8-view epochs with the recipe's halving of the learning rate after each;
 - 03 under torchrun with 2 ranks (gloo);
-- SUBMIT=recipe on those networks;
+- SUBMIT=recipe on those networks, then the default SUBMIT=best, which only restacks;
 - a kill -9 in 04, then a rerun that ends identical to the uninterrupted rehearsal.
 
 What a CPU cannot rehearse: CUDA kernels (bf16 autocast and cudnn on a GPU), NCCL, SyncBatchNorm's
 forward (it needs NCCL: gloo ranks normalise their own share), a GPU's compute mode and the
 slots' pinning of runs to GPUs. bench/gpu.sh checks those on a GPU.
 """
+import io
 import json
 import math
 import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from conftest import REHEARSE, kill_make, link_work, run_make
@@ -110,3 +112,29 @@ def test_a_kill_in_04_then_a_rerun_ends_identical(rehearsal, demo_data, tmp_path
                 np.load(work / "05_features" / KILLED / f"{split}.npz") as b:
             assert np.array_equal(a["outputs"], b["outputs"]), split
     assert (work / "07_submit" / "submission.csv").read_bytes() == (ref / "07_submit" / "submission.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def recipe_run(make, demo_data, rehearsal, tmp_path_factory):
+    """The rehearsal's WORK (made with SUBMIT=recipe; a copy), made again with the default SUBMIT."""
+    work = link_work(rehearsal[0], tmp_path_factory.mktemp("recipe") / "work")
+    recipe = (work / "07_submit" / "submission.csv").read_bytes()
+    recipe_report = (work / "07_submit" / "report.md").read_text()
+    p = make("all", work=work, data=demo_data, PROFILE="rehearsal")
+    return work, recipe, recipe_report, p
+
+
+def test_submit_best_after_recipe_only_restacks_and_the_report_names_both(recipe_run, demo_data):
+    work, recipe, recipe_report, again = recipe_run
+    assert "04_finetune.py" not in again.stdout and "06_stack.py" in again.stdout   # only restacked
+    best = (work / "07_submit" / "submission.csv").read_bytes()
+    params = pd.read_json(work / "06_stack" / "params.json", typ="series")
+    assert params["submit"] == "best" and recipe != best
+    test = pd.read_csv(work / "06_stack" / "test.csv")
+    sub = pd.read_csv(io.BytesIO(recipe))
+    order = pd.read_csv(demo_data / "test.csv")["object_id"]
+    assert np.allclose(sub["target"], test.set_index("object_id").loc[order, "recipe"], atol=1e-5)
+    recipe_cv = params["cv_overall"]["recipe"]
+    for report, submitted in ((recipe_report, "SUBMIT=recipe"), ((work / "07_submit" / "report.md").read_text(), "SUBMIT=best")):
+        assert submitted in report and "the recipe's own submission" in report
+        assert f"{recipe_cv:.4f}" in report
