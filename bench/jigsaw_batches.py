@@ -31,7 +31,7 @@ import pixels
 
 # -----------------------------------------------------------------------------
 PHOTOS = 64         # photos sampled (ours gathers from their store; the reference renders from them)
-PUZZLES = 50        # puzzles the reference renders (the brief: a sample, extrapolated)
+PUZZLES = 50        # puzzles the reference renders: a sample, extrapolated to an epoch
 
 p = benchlib.batch_parser(__doc__, PHOTOS, "jigsaw")
 p.add_argument("--puzzles", type=int, default=PUZZLES)
