@@ -62,7 +62,6 @@ LOG_EVERY = 10         # steps between loss.csv rows
 EVAL_POLL = 1.0        # seconds between the evaluator's looks for a new checkpoint
 EVAL_GIVE_UP = 120.0   # seconds a checkpoint may stay unreadable before the evaluator fails
 EVAL_LOG = "evaluator.log"   # the evaluator process's stderr
-EVAL_TRAIN_ROWS = 1024 # fold `all`: train rows the evaluator scores (it has no held-out side)
 MIXUP_UNIT = 1_000_000  # mixup weights travel in the (integer) epoch plan, in millionths
 TRAINABLE_WHEN_FROZEN = ("layer3.", "layer4.", "fc.")   # the recipe's --freeze experiment
 
@@ -122,7 +121,7 @@ def task_data(args):
     """(train frame, evaluation frame, its split name: heldout, or train for fold all)."""
     train = pd.read_csv(common.fold_csv(args.folds, args.fold, "train"), dtype={"object_id": str})
     if args.fold == "all":
-        held, split = train.iloc[:EVAL_TRAIN_ROWS], "train"
+        held, split = train.iloc[:common.EVAL_TRAIN_ROWS], "train"
     else:
         held, split = pd.read_csv(common.fold_csv(args.folds, args.fold, "test"), dtype={"object_id": str}), "heldout"
     return train, held, split

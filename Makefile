@@ -268,7 +268,7 @@ folds: $(DIR_FOLDS)/DONE ## 3 grouped stratified folds + fold all, and the word2
 hvr: $(DIR_HVR)/DONE ## decode and resize every photo once into WORK/02_hvr (02; RESIZE=stretch|pad)
 jigsaw: $(DIR_JIG)/DONE ## 3x3 jigsaw pretraining (03); torchrun across GPUS when several
 fold: $(DIR_FT)/$(TASK)_$(FOLD)/DONE ## one fine-tune run and its evaluator: FOLD=0|1|2|all TASK=...
-finetune: $(foreach r,$(FT_RUNS),$(DIR_FT)/$(r)/DONE) ## every fine-tune run (04: NETS x 4 folds x SEEDS), one per GPU at a time
+finetune: $(FT_STAMPS) ## every fine-tune run (04: NETS x 4 folds x SEEDS), one per GPU at a time
 features: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) ## 8-view outputs of every network on every object stacking needs (05)
 stack: $(DIR_STACK)/DONE ## LightGBM stacking: four stacks scored, the best (or SUBMIT=recipe) submitted (06)
 submit: $(DIR_SUB)/DONE ## WORK/07_submit/submission.csv, validated, and report.md (07)
@@ -282,7 +282,7 @@ cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_
 	$(PY) reporting.py cv-plot --runs $(DIR_FT)
 
 # ---- checks and housekeeping ----------------------------------------------------------------
-test: setup ## run the test suite (sets itself up; uses ../shared/atmacup11 when present)
+test: setup ## run the test suite (sets itself up; the real-data tests skip where ATMA11_DATA holds none)
 	$(PY) -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile tests
 
 clean: ## delete WORK (never the raw data, never .venv)

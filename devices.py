@@ -177,20 +177,21 @@ def evaluator_placement(device, asked):
 
 # -----------------------------------------------------------------------------
 # What a profile costs: images trained and inferred per stage, and its time at measured rates.
-def profile_images(profile, photos, objects, fold_rows, nets=len(common.TASKS), seeds=1):
-    """{stage: (images trained, images inferred)} of a whole run: `photos` in the store, `objects`
-    those with a row in train.csv or test.csv, fold_rows {fold: train rows}. 03 trains on every
-    photo where the profile says holdout_trains, else on all but the held-out ones."""
+def profile_images(profile, photos, fold_rows, nets=len(common.TASKS), seeds=1):
+    """{stage: (images trained, images inferred)} of a whole run: `photos` (train.csv's and
+    test.csv's), fold_rows {fold: train rows} (fold all's: every labelled row). 03 trains on every
+    photo where the profile says holdout_trains, else on all but the held-out ones; a fold's
+    evaluator scores its held-out side (fold all: common.EVAL_TRAIN_ROWS of its own rows); 05
+    describes the labelled rows, and test.csv with fold all's networks (every fold's with
+    fold_test)."""
     c3, c4, c5 = (common.PROFILES[profile][s] for s in ("03", "04", "05"))
     trained03 = photos if c3["holdout_trains"] else photos - c3["holdout"]
-    runs = nets * seeds
-    epochs4 = c4["epochs"]
-    train4 = runs * sum(rows * c4["views"] * epochs4 for rows in fold_rows.values())
-    held = {f: (objects - rows if f != "all" else 0) for f, rows in fold_rows.items()}
-    eval4 = runs * sum((epochs4 - 1) * c4["eval_views"] * (c4["eval_rows"] or held[f] or 1024) + 8 * (held[f] or 1024)
-                       for f in fold_rows)
-    folds_test = c5["fold_test"] == "yes"
-    infer5 = nets * seeds * 8 * sum(objects if (f == "all" or folds_test) else fold_rows[f] for f in fold_rows)
+    runs, labelled = nets * seeds, fold_rows["all"]
+    train4 = runs * sum(rows * c4["views"] * c4["epochs"] for rows in fold_rows.values())
+    scored = {f: labelled - rows if f != "all" else min(rows, common.EVAL_TRAIN_ROWS) for f, rows in fold_rows.items()}
+    eval4 = runs * sum((c4["epochs"] - 1) * c4["eval_views"] * min(c4["eval_rows"] or n, n) + 8 * n
+                       for n in scored.values())
+    infer5 = runs * 8 * sum(photos if (f == "all" or c5["fold_test"] == "yes") else labelled for f in fold_rows)
     return {"03": (c3["epochs"] * trained03 * c3["views"] * c3["perms"], 0), "04": (train4, eval4),
             "05": (0, infer5)}
 
@@ -227,7 +228,9 @@ def measure_rates(profile, seconds=ESTIMATE_SECONDS):
         with torch.inference_mode(), training.autocast(device, c4["precision"]):
             model(x)
 
-    return timed(train_step), (model.eval(), timed(infer_step))[1]
+    train_rate = timed(train_step)
+    model.eval()
+    return train_rate, timed(infer_step)
 
 
 def cmd_estimate(args):
@@ -245,7 +248,7 @@ def cmd_estimate(args):
         fold_rows = {f: len(pd.read_csv(common.fold_csv(folds, f, "train"), usecols=[0])) for f in common.FOLDS}
     else:
         fold_rows = {f: (train if f == "all" else train * 2 // 3) for f in common.FOLDS}
-    images = profile_images(args.profile, train + test, train + test, fold_rows, args.nets, args.seeds)
+    images = profile_images(args.profile, train + test, fold_rows, args.nets, args.seeds)
     rate_train, rate_infer = measure_rates(args.profile)
     seconds = {s: t / rate_train + i / rate_infer for s, (t, i) in images.items()}
     total = sum(seconds.values())

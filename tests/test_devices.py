@@ -120,12 +120,13 @@ def test_full_without_gpus_stops_before_training_with_a_measured_estimate(demo_d
 
 def test_the_estimate_counts_what_the_profile_trains_on():
     rows = {"0": 2624, "1": 2624, "2": 2624, "all": 3937}
-    images = devices.profile_images("full", 9856, 9856, rows)
+    images = devices.profile_images("full", 9856, rows)
     assert images["03"][0] == 5 * 9856 * 8 * 8               # holdout_trains: every photo
     assert images["04"][0] == 4 * 10 * 8 * sum(rows.values())
     assert images["05"][1] == 4 * 8 * 4 * 9856
-    cpu = devices.profile_images("cpu", 9856, 9856, rows, nets=1, seeds=2)
-    assert cpu["03"][0] == 0 and cpu["05"][1] == 2 * 8 * (3 * 2624 + 9856)    # no fold test side
+    assert images["04"][1] == 4 * 8 * 10 * (3 * (3937 - 2624) + 1024)      # held-out sides, 8 views each epoch
+    cpu = devices.profile_images("cpu", 9856, rows, nets=1, seeds=2)
+    assert cpu["03"][0] == 0 and cpu["05"][1] == 2 * 8 * (3 * 3937 + 9856)    # no fold test side
 
 
 # -----------------------------------------------------------------------------
