@@ -185,10 +185,8 @@ def build(args, outputs, device, inputs=0):
     if args.init == "xavier":
         training.xavier_init(model)
     if args.init == "jigsaw":
-        ckpts = [c for c in training.list_checkpoints(args.jigsaw) if c[1] is None]
-        if not common.is_done(args.jigsaw) or not ckpts:
-            common.fail(f"{args.jigsaw}: no finished jigsaw run (make jigsaw), or use --init scratch")
-        state = training.load_checkpoint(ckpts[-1][2])
+        _, path = training.finished_checkpoint(args.jigsaw, "04 --init jigsaw")
+        state = training.load_checkpoint(path)
         trained = (state["config"].get("arch"), state["config"].get("width", training.WIDTH))
         if trained != (args.arch, args.width):
             common.fail(f"--arch {args.arch} --width {args.width} but {args.jigsaw} trained {trained[0]} "
@@ -347,7 +345,7 @@ def evaluate(args, run_dir, dist):
             continue
         try:
             state = training.load_checkpoint(ckpt, dist.device)
-        except (RuntimeError, EOFError, OSError) as e:   # a writer that skipped the atomic rename
+        except training.UnreadableCheckpoint as e:   # a writer that skipped the atomic rename
             unreadable[ckpt] = unreadable.get(ckpt, 0) + 1
             if unreadable[ckpt] * EVAL_POLL > EVAL_GIVE_UP:
                 common.fail(f"{ckpt}: unreadable for {EVAL_GIVE_UP:.0f}s ({e})")
@@ -449,6 +447,23 @@ class Evaluation:
             self.proc.wait()
 
 
+# A run's results, removed with its checkpoints when it starts over (training.settle_checkpoints).
+RUN_OUTPUTS = ("loss.csv", "eval.csv", training.HELDOUT_VIEWS, "loss.png", "provenance.json")
+
+
+def settle(args, run_dir):
+    """Keep only what this run may continue from (the same options, 01, 02 and 03 as built now),
+    and forget the evaluations of any epoch it will train again."""
+    done = training.settle_checkpoints(run_dir, vars(args), RUN_OUTPUTS)
+    rows = common.read_epoch_rows(run_dir / "eval.csv")
+    if any(e > done for e in rows):
+        header = (run_dir / "eval.csv").read_text().splitlines()[0]
+        common.write_text(run_dir / "eval.csv", header + "\n" + "".join(rows[e] + "\n" for e in sorted(rows) if e <= done))
+    views = run_dir / training.HELDOUT_VIEWS
+    if views.exists() and done < args.epochs:
+        views.unlink()
+
+
 def run(args, run_dir, dist):
     """Training and its evaluation (EVAL: a second process, or inline at epoch ends); DONE when
     both succeeded."""
@@ -482,6 +497,10 @@ def run(args, run_dir, dist):
 
 def main():
     args = common.parse(p, "04")
+    # what the run is built from, in its checkpoints: another build of them is another setup
+    args.input_folds = training.input_identity(args.folds)
+    args.input_hvr = training.input_identity(args.hvr)
+    args.input_jigsaw = training.input_identity(args.jigsaw) if args.init == "jigsaw" else "none"
     training.configure_threads()
     dist = training.Dist()
     run_dir = Path(args.out) / common.run_name(args.task, args.fold, args.seed)
@@ -491,6 +510,7 @@ def main():
     else:
         if dist.main:
             common.start_stage(run_dir)
+            settle(args, run_dir)
         (train if args.role == "train" else run)(args, run_dir, dist)
     dist.close()
 

@@ -145,12 +145,12 @@ def main():
 
 
 def last_checkpoint(run_dir, args):
-    """(epoch, path) of a finished fine-tune run's last epoch-end checkpoint, or a clear error."""
-    ckpts = [c for c in training.list_checkpoints(run_dir) if c[1] is None]
-    if not common.is_done(run_dir) or not ckpts:
+    """(epoch, path) of a finished fine-tune run's last epoch's checkpoint (never an earlier
+    epoch's), or a clear error."""
+    if not common.is_done(run_dir):
         common.fail(f"{run_dir}: the fine-tune run is not finished (make finetune, or make fold "
                     f"TASK={args.task} FOLD={args.fold})")
-    return ckpts[-1][0], ckpts[-1][2]
+    return training.finished_checkpoint(run_dir, "05")
 
 
 def task_units(outputs, config):

@@ -103,9 +103,56 @@ UNSAFE_CHARS := ( ) ; & | < > ' " ` * ? [ ] { } ! $$ \ \#
 ifneq ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK)))),)
 $(error DATA and WORK must be paths without shell characters ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK))))): DATA=$(DATA) WORK=$(WORK))
 endif
+# Every variable a user sets is checked before anything runs. Those with a fixed set of values
+# against it; option lists and commands against the characters a shell (or Make) would act on; the
+# free text (REMOTE, RUN, ID) reaches its recipe as one quoted word (quoted).
+define NEWLINE
+
+
+endef
+set_by_user = $(filter command% environment% override,$(origin $(1)))
+# $(1)'s text as typed (unexpanded), checked for shell characters, a newline, Make's $
+shell_chars_in = $(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(value $(1)))) \
+  $(if $(findstring $(NEWLINE),$(value $(1))),newline))
+SCREENED := PYTHON JIGSAW_ARGS FINETUNE_ARGS STACK_ARGS STUDY_ARGS DOCKER IMAGE DOCKER_RUN_ARGS
+unsafe_vars := $(strip $(foreach v,$(SCREENED),$(if $(call set_by_user,$(v)),$(if $(call shell_chars_in,$(v)),$(v)))))
+ifneq ($(unsafe_vars),)
+$(error $(firstword $(unsafe_vars)) holds characters a shell would act on \
+  ($(call shell_chars_in,$(firstword $(unsafe_vars)))): options are plain words (letters, digits, - _ . , = : / + %))
+endif
+unsafe_text := $(strip $(foreach v,REMOTE RUN ID,$(if $(call set_by_user,$(v)),$(if $(or \
+  $(findstring $$,$(value $(v))),$(findstring $(NEWLINE),$(value $(v)))),$(v)))))
+ifneq ($(unsafe_text),)
+$(error $(firstword $(unsafe_text)) holds a $$ or a line break: a name or a path has neither)
+endif
+# free text as one shell word: in single quotes, each ' written as '\'' (nothing else is special there)
+quoted = '$(subst ','\'',$(1))'
+# name, the value, its allowed values (words)
+one_of = $(if $(filter-out 1,$(words $(2)))$(filter-out $(3),$(2)),$(error $(1)=$(2): one of $(3)))
+PROFILE_NAMES := full cpu smoke rehearsal#   common.PROFILES' keys (tests/test_structure.py)
+$(call one_of,PROFILE,$(PROFILE),$(PROFILE_NAMES))
+$(call one_of,FOLD,$(FOLD),0 1 2 all)
+$(call one_of,TASK,$(TASK),$(TASKS) multi)
+$(call one_of,SUBMIT,$(SUBMIT),best recipe)
+$(call one_of,RESIZE,$(RESIZE),stretch pad)
+ifneq ($(filter-out $(TASKS) multi,$(NETS))$(if $(NETS),,empty),)
+$(error NETS=$(NETS): multi, or some of $(TASKS))
+endif
+ifneq ($(filter-out auto 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,$(TEST_JOBS)),)
+$(error TEST_JOBS=$(TEST_JOBS): auto, or a number of workers from 0 to 16)
+endif
+non_digits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst \
+  7,,$(subst 8,,$(subst 9,,$(1)))))))))))
+ifneq ($(if $(MAX_PIXELS),$(call non_digits,$(MAX_PIXELS)),empty),)
+$(error MAX_PIXELS=$(MAX_PIXELS): a whole number of pixels)
+endif
 # GPU ids: numbers or GPU-/MIG- UUIDs, comma-separated; devices.py check reads them closely.
 ifneq ($(strip $(words $(GPUS)) $(foreach c,$(UNSAFE_CHARS) = : ~ %,$(findstring $(c),$(GPUS)))),$(if $(GPUS),1,0))
 $(error GPUS=$(GPUS): GPU ids are numbers or GPU-/MIG- UUIDs, comma-separated, no spaces (GPUS=0,1,2,3))
+endif
+# WORK holds the stages' folders (and make clean removes them): the checkout is no WORK.
+ifneq ($(filter $(abspath $(WORK)) $(abspath $(WORK))/%,$(CURDIR)),)
+$(error WORK=$(WORK) holds this checkout ($(CURDIR)): use a folder of its own, like WORK=work)
 endif
 # Stages write only under WORK; inside DATA they would write into the raw data.
 ifneq ($(filter $(abspath $(DATA)) $(abspath $(DATA))/%,$(abspath $(WORK))),)
@@ -127,7 +174,7 @@ RAW_STAMP := $(if $(wildcard $(DATA)/train.csv),$(DATA)/train.csv,$(DIR_DEMO)/DO
 # sub-makes inherit it. A dry run (make -n) takes none: MAKEFLAGS's first word holds the
 # one-letter flags (n), unless it is a long option (--no-builtin-rules, which holds an n too).
 DRY_RUN := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
-ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views study,$(MAKECMDGOALS)),)
+ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views study clean,$(MAKECMDGOALS)),)
 ifeq ($(DRY_RUN),)
 ifndef ATMA11_WORK_LOCK
 ATMA11_WORK_LOCK := $(shell { mkdir -p $(WORK) && exec 9>>$(WORK)/.lock; } 2>/dev/null || { echo unwritable; exit; }; \
@@ -142,6 +189,13 @@ else ifneq ($(ATMA11_WORK_LOCK),held)
 $(error WORK=$(WORK) is on a filesystem ($(word 2,$(ATMA11_WORK_LOCK) unknown)) that cannot lock files (flock); put WORK on one that can (a local disk, Lustre mounted with -o flock))
 endif
 export ATMA11_WORK_LOCK
+# A WORK whose 02, 03 and 04 finished before they recorded their options (options.txt beside DONE):
+# they are taken as built with these options, and their files get DONE's time, so nothing is redone.
+stamp_options = [ -f $(1)/DONE ] && [ ! -f $(1)/options.txt ] && echo '$(2)' > $(1)/options.txt.tmp && \
+  touch -r $(1)/DONE $(1)/options.txt.tmp && mv $(1)/options.txt.tmp $(1)/options.txt;
+$(if $(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),$(shell $(call stamp_options,$(DIR_HVR),--mode $(RESIZE)) \
+  $(call stamp_options,$(DIR_JIG),$(JIGSAW_ARGS)) $(foreach r,$(wildcard $(DIR_FT)/*/DONE),$(call \
+  stamp_options,$(patsubst %/,%,$(dir $(r))),$(FINETUNE_ARGS))) true))
 endif
 endif
 endif
@@ -199,6 +253,11 @@ else
 endif
 
 # ---- stages ---------------------------------------------------------------------------------
+# An options file ($@) holds a stage's options ($(1)) and is rewritten only when they change: its
+# mtime tells Make whether they did. Replaced, never written in place.
+keep_options = @mkdir -p $(@D); { [ -f $@ ] && [ "$$(cat $@)" = '$(1)' ]; } || \
+  { echo '$(1)' > $@.tmp && mv $@.tmp $@; }
+
 $(DIR_DEMO)/DONE: | $(VENV_STAMP) preflight
 	$(PY) 00_demo_data.py --out $(DIR_DEMO)
 
@@ -213,34 +272,43 @@ $(DIR_VALID)/DONE: $(DIR_VALID)/source.txt
 $(DIR_FOLDS)/DONE: $(DIR_VALID)/DONE
 	$(PY) 01_sgkfold.py --data $(RAW) --out $(DIR_FOLDS)
 
-$(DIR_HVR)/DONE: $(DIR_VALID)/DONE
+# Every option that shapes a stage's result is a prerequisite of it, in an options file beside its
+# DONE (keep_options): another RESIZE redoes 02 and all after it, another JIGSAW_ARGS 03 on, another
+# FINETUNE_ARGS the fine-tunes on; the stages themselves continue only from checkpoints of the same
+# options and inputs (training.settle_checkpoints).
+$(DIR_HVR)/options.txt: FORCE | preflight
+	$(call keep_options,--mode $(RESIZE))
+
+$(DIR_HVR)/DONE: $(DIR_VALID)/DONE $(DIR_HVR)/options.txt
 	@test "$$(cat $(WORK)/profile.txt 2>/dev/null)" = $(PROFILE) || echo $(PROFILE) > $(WORK)/profile.txt || { \
 	  echo "error: could not write $(WORK)/profile.txt: the disk holding $(WORK) is full, or not writable (df -h $(WORK))" >&2; exit 1; }
 	./02_hvr_augment.sh --photos $(RAW)/photos --ids $(DIR_VALID)/photos.csv --out $(DIR_HVR) \
 	  --mode $(RESIZE) --python $(PY) --profile $(PROFILE)
 
-$(DIR_JIG)/DONE: $(DIR_HVR)/DONE
+$(DIR_JIG)/options.txt: FORCE | preflight
+	$(call keep_options,$(JIGSAW_ARGS))
+
+$(DIR_JIG)/DONE: $(DIR_HVR)/DONE $(DIR_JIG)/options.txt
 	$(LAUNCH) 03_jigsaw.py --hvr $(DIR_HVR) --out $(DIR_JIG) --profile $(PROFILE) $(JIGSAW_ARGS)
 
-$(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE
+.PRECIOUS: $(DIR_FT)/%/options.txt $(DIR_FEAT)/%/options.txt   # made by pattern rules: not intermediate files to delete
+$(DIR_FT)/%/options.txt: FORCE | preflight
+	$(call keep_options,$(FINETUNE_ARGS))
+
+$(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE $(DIR_FT)/%/options.txt
 	mkdir -p $(@D)
 	$(ON_GPU) $(PY) 04_finetune.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --jigsaw $(DIR_JIG) --out $(DIR_FT) \
 	  --profile $(PROFILE) $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) \
 	  $(if $(EVAL),--eval $(EVAL)) $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
 
-# An options file ($@) holds a stage's options ($(1)) and is rewritten only when they change: its
-# mtime tells Make whether they did. Replaced, never written in place.
-keep_options = @mkdir -p $(@D); { [ -f $@ ] && [ "$$(cat $@)" = '$(1)' ]; } || \
-  { echo '$(1)' > $@.tmp && mv $@.tmp $@; }
 
 # 05's options are a prerequisite too: another SEEDS (how many networks a net and fold's features
 # average) or FOLD_TEST redoes 05 (and what follows), the same nothing. Kept in the run's own
 # directory (archived with it); FOLD_TEST concerns folds 0-2 only.
 feature_options = $(strip $(if $(SEED_IDS),--seeds $(SEEDS)) \
   $(if $(and $(FOLD_TEST),$(filter-out all,$(call fold_of,$(1)))),--fold-test $(FOLD_TEST)))
-.PRECIOUS: $(DIR_FEAT)/%/options.txt   # made by a pattern rule: not an intermediate file to delete
-$(DIR_FEAT)/%/options.txt: FORCE
+$(DIR_FEAT)/%/options.txt: FORCE | preflight
 	$(call keep_options,$(call feature_options,$*))
 
 .SECONDEXPANSION:   # 05 of a net and fold waits for every seed's run of it
@@ -251,7 +319,7 @@ $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_F
 
 # 06's options are a prerequisite too: another SUBMIT or STACK_ARGS restacks (seconds), nothing more.
 STACK_OPTIONS := $(strip --nets $(NETS) --submit $(SUBMIT) $(STACK_ARGS))
-$(DIR_STACK)/options.txt: FORCE
+$(DIR_STACK)/options.txt: FORCE | preflight
 	$(call keep_options,$(STACK_OPTIONS))
 
 $(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) $(DIR_STACK)/options.txt
@@ -275,7 +343,7 @@ submit: $(DIR_SUB)/DONE ## WORK/07_submit/submission.csv, validated, and report.
 report: submit ## the report, WORK/07_submit/report.md (written with the submission)
 
 views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
-	$(PY) pixels.py views --store $(DIR_HVR) --id $(ID)
+	$(PY) pixels.py views --store $(DIR_HVR) --id $(call quoted,$(ID))
 status: | $(VENV_STAMP) ## every 03/04 run (epoch, loss, held-out RMSE, images/s, state), CV per task
 	@$(PY) reporting.py status --jigsaw $(DIR_JIG) --finetune $(DIR_FT) --nets $(NETS)
 cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_finetune/cv_<task>.png
@@ -285,8 +353,15 @@ cv-plot: | $(VENV_STAMP) ## held-out RMSE per epoch per fold, per task: WORK/04_
 test: setup ## run the test suite (sets itself up; the real-data tests skip where ATMA11_DATA holds none)
 	$(PY) -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile tests
 
-clean: ## delete WORK (never the raw data, never .venv)
-	rm -rf $(WORK)
+# Only what the stages and make write in WORK: its stage folders and its own files. DATA, the
+# checkout and anything else a user keeps in WORK stay; so does a stage folder holding DATA (a
+# link is removed, never what it points to). Under the WORK lock: never while a make runs there.
+CLEAN_PATHS = $(foreach d,$(DIR_DEMO) $(DIR_VALID) $(DIR_FOLDS) $(DIR_HVR) $(DIR_JIG) $(DIR_FT) $(DIR_FEAT) \
+  $(DIR_STACK) $(DIR_SUB) $(WORK)/bench $(WORK)/study $(WORK)/profile.txt $(WORK)/.gpu_locks $(WORK)/.sync,$(wildcard $(d)))
+holds_data = $(filter $(realpath $(1)) $(realpath $(1))/%,$(realpath $(DATA)))
+clean: ## delete WORK's stage folders, bench/, study/ and own files (never DATA or other files)
+	@$(foreach d,$(CLEAN_PATHS),$(if $(call holds_data,$(d)),echo "kept $(d): it holds DATA=$(DATA)";,rm -rf $(d);)) \
+	  rm -f $(WORK)/.lock; rmdir $(WORK) 2>/dev/null || echo "kept $(WORK): it holds other files ($$(ls -A $(WORK) | head -3 | xargs))"
 
 FORCE:
 

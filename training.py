@@ -4,6 +4,8 @@ deterministic training loop with its optimizers and learning-rate schedules, and
 the 8 views. Longer than 400 lines: the loop, its checkpoints and its schedules are read together
 when a resume is in question; splitting them would scatter one contract over files.
 """
+import hashlib
+import json
 import math
 import os
 import re
@@ -271,6 +273,10 @@ class Dist:
             return f"{self.world} x {torch.cuda.get_device_name(self.device)}"
         return f"{self.world} x cpu ({torch.get_num_threads()} threads)"
 
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
     def close(self):
         if self.world > 1:
             torch.distributed.destroy_process_group()
@@ -324,7 +330,110 @@ def save_checkpoint(path, state):
 
 
 def load_checkpoint(path, device="cpu"):
-    return torch.load(path, map_location=device, weights_only=True)
+    """A checkpoint's state; one that cannot be read (truncated, overwritten) is an error that
+    names it, not a traceback from deep inside torch."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:      # torch's zip reader, its unpickler, a short read: all mean unreadable
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({str(e).strip().splitlines()[0][:160]})") from e
+
+
+class UnreadableCheckpoint(Exception):
+    pass
+
+
+def finished_checkpoint(run_dir, what):
+    """(epoch, path) of the network a finished run (03, 04: DONE written) ended with: its last
+    epoch as its provenance.json records it, never an earlier one; a clear error (naming the file
+    and how to redo it) when that checkpoint is gone or unreadable. `what`: the stage, for the
+    message (e.g. "05")."""
+    run_dir = Path(run_dir)
+    if not common.is_done(run_dir):
+        common.fail(f"{run_dir}: no finished run there (no DONE); {what} needs it: make all runs it first")
+    try:
+        epochs = int(json.loads((run_dir / "provenance.json").read_text())["config"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        common.fail(f"{run_dir / 'provenance.json'}: cannot tell which epoch the run ended with ({e}); "
+                    f"redo the run: rm {run_dir / 'DONE'}, then the same make command")
+    path = run_dir / common.ckpt_name(epochs)
+    redo = (f"{what} uses the network of the run's last epoch, {epochs}, and no other. To redo it: "
+            f"rm {run_dir / 'DONE'}, then the same make command (the run continues from its newest "
+            f"good checkpoint, or starts again)")
+    if not path.exists():
+        common.fail(f"{path} is missing: {redo}")
+    try:
+        load_checkpoint(path)
+    except UnreadableCheckpoint as e:
+        common.fail(f"{e}: {redo}")
+    return epochs, path
+
+
+# What a checkpoint may be resumed by: a run of the same setup. Options that change only where a
+# run reads and writes, how it is watched or how often it saves are not part of it.
+SETUP_NEUTRAL = frozenset({"profile", "role", "eval", "eval_stall", "compile", "out", "hvr", "folds", "jigsaw",
+                           "ckpt_every", "keep_epochs", "ranks"})
+
+
+def input_identity(stage_dir):
+    """A short hash of a finished input stage's provenance.json (its options, revision and start
+    time): it changes whenever that stage is rebuilt, and travels with it (sync-down)."""
+    path = Path(stage_dir) / "provenance.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else "none"
+
+
+def setup_differences(saved, setup):
+    """[(key, saved value, this run's value)] where a checkpoint's config and this run's setup
+    disagree, on the keys both have (a key new to this code is not held against old checkpoints).
+    The number of epochs is the schedule's only under onecycle and cosine: halving continues."""
+    def plain(v):
+        return json.loads(json.dumps(list(v) if isinstance(v, tuple) else v))
+    both = set(saved) & set(setup) - SETUP_NEUTRAL
+    if saved.get("schedule") == setup.get("schedule") == "halve":
+        both.discard("epochs")
+    return sorted((k, saved[k], setup[k]) for k in both if plain(saved[k]) != plain(setup[k]))
+
+
+def settle_checkpoints(run_dir, setup, outputs=()):
+    """Before a (re)run, leave in run_dir only what it may continue from; returns the epochs the
+    kept checkpoint completed (0: it starts over). Rank 0 only, before any other process reads
+    the directory.
+
+    Removed, and said: temporary files a kill left; checkpoints that cannot be read (a newer one
+    unreadable: the run continues from an older one and redoes the rest); and, when the newest
+    readable checkpoint was trained with another setup (other options, or an input stage rebuilt
+    since: `setup` holds their input_identity), holds no optimizer state to continue from, or ran
+    past this run's epochs, every checkpoint and the run's `outputs` (its logs and results).
+    """
+    run_dir = Path(run_dir)
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    why = None
+    for epoch, step, path in reversed(list_checkpoints(run_dir)):
+        try:
+            state = load_checkpoint(path)
+        except UnreadableCheckpoint as e:
+            print(f"{e}: removed; the run redoes it", flush=True)
+            path.unlink()
+            continue
+        differ = setup_differences(state.get("config", {}), setup)
+        if differ:
+            why = "trained with another setup: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in differ[:4])
+        elif "optim" not in state:
+            why = f"{path.name} keeps no optimizer state to continue from"
+        elif epoch > setup.get("epochs", epoch):
+            why = f"{path.name} is past this run's {setup['epochs']} epochs"
+        else:
+            return epoch if step is None else epoch - 1
+        break
+    stale = [p for _, _, p in list_checkpoints(run_dir)] + [run_dir / o for o in outputs if (run_dir / o).exists()]
+    if stale:
+        print(f"{run_dir}: starting over{f' ({why})' if why else ''}; removed {len(stale)} files of the "
+              f"earlier run", flush=True)
+        for path in stale:
+            path.unlink()
+    return 0
 
 
 def epoch_generator(seed, epoch):

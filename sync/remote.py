@@ -113,8 +113,10 @@ def verify(src, dst, paths, tmp):
 # -----------------------------------------------------------------------------
 # The remote: a configured name and a path; reachable, or a clear failure within seconds.
 def under(remote, *parts):
+    """remote:path/part/...; an absolute path (local:/data/runs, sftp's /home/...) stays absolute."""
     name, path = remote.split(":", 1)
-    return f"{name}:" + "/".join(p for p in (path.strip("/"), *parts) if p)
+    root = "/" if path.startswith("/") else ""
+    return f"{name}:{root}" + "/".join(p for p in (path.strip("/"), *parts) if p)
 
 
 def check_remote(remote):
@@ -124,7 +126,7 @@ def check_remote(remote):
              f"gdrive:atma11. Connection strings (':s3,...:' or 'name,key=value:') are refused: "
              f"credentials belong in rclone's config or RCLONE_CONFIG_<NAME>_* variables.")
     name, path = m.groups()
-    remote = f"{name}:{path.rstrip('/')}"
+    remote = f"{name}:{path.rstrip('/') or path[:1]}"      # loc:/ stays the root
     env = f"RCLONE_CONFIG_{re.sub(r'[^A-Z0-9]', '_', name.upper())}_"   # rclone's variables
     listed = subprocess.run([rclone_bin(), "listremotes"], capture_output=True, text=True)
     if f"{name}:" not in listed.stdout.split():
