@@ -61,6 +61,15 @@ def run_make(*args, work, data, check=True, env=None, timeout=600, jobs=1, **var
     return p
 
 
+def plain_make(*args, env=None, timeout=300, cwd=REPO):
+    """`make ARGS` as a user types it in the checkout (cwd): no -C, no --no-print-directory (which
+    once hid a misread MAKEFLAGS), a clean environment plus `env`."""
+    full = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
+    full.update(env or {})
+    return subprocess.run(["make", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          env=full, timeout=timeout)
+
+
 def kill_make(target, work, data, ready, *, max_delay=0.0, seed=0, timeout=300, env=None, **variables):
     """Start `make target` (clean environment, as run_make, plus `env`), wait until ready() holds
     and then a random 0..max_delay seconds more, kill -9 its whole process group (make, python,

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, MAKE_ENV_DROP
+from conftest import REPO, plain_make
 
 import common
 import devices
@@ -34,14 +34,6 @@ def has_driver():
         return True
     except OSError:
         return False
-
-
-def plain_make(*args, env=None, timeout=300):
-    """`make ARGS` as a user types it in the checkout: no extra flags, a clean environment."""
-    full = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
-    full.update(env or {})
-    return subprocess.run(["make", *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          env=full, timeout=timeout)
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""What `make` guards, typed as a user types it (plain `make` in the checkout, no extra flags):
+every option that shapes a result is a prerequisite of what it shapes, and a run continues only
+from checkpoints of its own setup; a finished run's network is its last epoch's or none; `make
+clean` removes only what the stages wrote; no Make variable can run a command; a remote's absolute
+path stays absolute.
+
+The WORKs are copies of the session's smoke pipeline (tests/conftest.py: smoke_run), sharing its
+bytes, with one torch thread per stage as it was built with, so a redone run is bit-identical.
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, plain_make, smoke_copy
+
+SMOKE = ("PROFILE=smoke",)
+ONE_THREAD = {"TORCH_THREADS": "1"}
+
+
+def stamps(work):
+    """{stage or run: its DONE's mtime}."""
+    return {str(p.parent.relative_to(work)): p.stat().st_mtime_ns for p in work.rglob("DONE")}
+
+
+def redone(before, work):
+    after = stamps(work)
+    return sorted(k for k in after if after[k] != before.get(k))
+
+
+def make_in(work, data, *args, check=True):
+    p = plain_make(*args, f"WORK={work}", f"DATA={data}", *SMOKE, env=ONE_THREAD, timeout=600)
+    if check:
+        assert p.returncode == 0, f"make {' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+@pytest.fixture
+def work(smoke_run, tmp_path):
+    return smoke_copy(smoke_run, tmp_path / "work")
+
+
+# ---- options shape results: each redoes what depends on it, and nothing else ---------------------
+def test_each_option_redoes_what_it_shapes_and_nothing_else(work, demo_data):
+    fold = ("fold", "FOLD=0", "TASK=multi")
+    before = stamps(work)
+    p = make_in(work, demo_data, *fold, "FINETUNE_ARGS=--lr 0.002")
+    assert redone(before, work) == ["04_finetune/multi_0"]
+    assert "multi_0: starting over (trained with another setup: lr 0.001 -> 0.002)" in p.stdout, p.stdout
+    assert "resuming" not in p.stdout
+
+    before = stamps(work)
+    p = make_in(work, demo_data, *fold, "FINETUNE_ARGS=--lr 0.002", "JIGSAW_ARGS=--epochs 1")
+    assert redone(before, work) == ["03_jigsaw", "04_finetune/multi_0"]
+    assert "03_jigsaw: starting over" in p.stdout and "multi_0: starting over (trained with another setup: input_jigsaw" in p.stdout
+
+    before = stamps(work)
+    make_in(work, demo_data, *fold, "FINETUNE_ARGS=--lr 0.002", "JIGSAW_ARGS=--epochs 1", "RESIZE=pad")
+    assert redone(before, work) == ["02_hvr", "03_jigsaw", "04_finetune/multi_0"]
+    assert '"mode": "pad"' in (work / "02_hvr" / "meta.json").read_text()
+
+    before = stamps(work)                     # the same options again: nothing
+    p = make_in(work, demo_data, *fold, "FINETUNE_ARGS=--lr 0.002", "JIGSAW_ARGS=--epochs 1", "RESIZE=pad")
+    assert redone(before, work) == [] and "python" not in p.stdout, p.stdout
+
+
+def test_a_rerun_with_other_options_after_a_kill_starts_over(work, demo_data):
+    """A kill leaves checkpoints without DONE: a rerun of other options must not continue them.
+    More epochs of the recipe's halving schedule do continue: its rate does not depend on them."""
+    run = work / "04_finetune" / "multi_1"
+    (run / "DONE").unlink()
+    (run / ".ckpt_e002.pt.k1ll3d.tmp").write_bytes(b"\0" * 1000)       # what a kill mid-write leaves
+    p = make_in(work, demo_data, "fold", "FOLD=1", "TASK=multi", "FINETUNE_ARGS=--lr 0.002")
+    assert "multi_1: starting over" in p.stdout and "resuming" not in p.stdout, p.stdout
+    assert not list(run.glob(".*.tmp"))
+
+    p = make_in(work, demo_data, "fold", "FOLD=1", "TASK=multi", "FINETUNE_ARGS=--lr 0.002 --epochs 3")
+    assert "resuming from ckpt_e002.pt" in p.stdout and "starting over" not in p.stdout, p.stdout
+    assert [r.split(",")[0] for r in (run / "eval.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
+
+
+# ---- a finished run's network is its last epoch's ---------------------------------------------------
+def test_a_deleted_or_truncated_last_checkpoint_is_named_then_redone_never_replaced(work, demo_data):
+    submission = (work / "07_submit" / "submission.csv").read_bytes()
+    gone, cut = work / "04_finetune" / "multi_0" / "ckpt_e002.pt", work / "04_finetune" / "multi_1" / "ckpt_e002.pt"
+    gone.unlink()
+    data = cut.read_bytes()
+    cut.unlink()                              # a new file: the hard-linked original stays whole
+    cut.write_bytes(data[: len(data) // 3])
+    for run in ("multi_0", "multi_1"):
+        (work / "05_features" / run / "DONE").unlink()          # 05 to be redone
+    p = make_in(work, demo_data, "-k", "all", check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert f"{gone} is missing: 05 uses the network of the run's last epoch, 2, and no other" in p.stderr, p.stderr
+    assert f"{cut}: unreadable checkpoint" in p.stderr
+    assert f"rm {gone.parent / 'DONE'}" in p.stderr
+    assert not (work / "05_features" / "multi_0" / "DONE").exists()
+
+    for run in ("multi_0", "multi_1"):                            # the way out the message gives
+        (work / "04_finetune" / run / "DONE").unlink()
+    p = make_in(work, demo_data, "all")
+    assert f"{cut}: unreadable checkpoint" in p.stdout and "removed; the run redoes it" in p.stdout
+    assert (work / "07_submit" / "submission.csv").read_bytes() == submission
+
+
+# ---- make clean ----------------------------------------------------------------------------------
+def test_clean_keeps_data_inside_work_and_every_file_it_did_not_write(work, demo_data):
+    data = Path(shutil.copytree(demo_data, work / "raw"))
+    (work / "notes.txt").write_text("mine")
+    p = plain_make("clean", f"WORK={work}", f"DATA={data}")
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in work.iterdir()) == ["notes.txt", "raw"], p.stdout
+    assert sorted(f.name for f in data.iterdir()) == sorted(f.name for f in demo_data.iterdir())
+    assert f"kept {work}: it holds other files" in p.stdout
+
+    inside = Path(shutil.copytree(demo_data, work / "02_hvr" / "raw"))       # DATA in a stage folder
+    p = plain_make("clean", f"WORK={work}", f"DATA={inside}")
+    assert p.returncode == 0 and (inside / "train.csv").exists(), p.stdout + p.stderr
+    assert f"kept {work / '02_hvr'}: it holds DATA" in p.stdout
+
+
+def test_clean_never_removes_the_checkout(tmp_path):
+    """`make clean WORK=$PWD` in a copy of the checkout: refused, every file still there."""
+    copy = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, copy / name)
+    for where in (str(copy), ".", ".."):
+        p = plain_make("clean", f"WORK={where}", cwd=copy)
+        assert p.returncode != 0 and "holds this checkout" in p.stderr, p.stderr
+    assert all((copy / name).exists() for name in files)
+
+
+# ---- no Make variable runs a command ---------------------------------------------------------------
+INJECTED = "INJECTED_BY_A_VARIABLE"
+
+
+@pytest.mark.parametrize("goal,variable", [
+    ("all", f"GPUS=0;touch {INJECTED};echo"),
+    ("all", f"PROFILE=x||touch {INJECTED}||x"),
+    ("all", f"NETS=multi;touch {INJECTED}"),
+    ("all", f"SUBMIT=best;touch {INJECTED}"),
+    ("all", f"FINETUNE_ARGS=--lr 1;touch {INJECTED}"),
+    ("all", f"JIGSAW_ARGS=$(shell touch {INJECTED})"),
+    ("all", f"STACK_ARGS=`touch {INJECTED}`"),
+    ("all", f"PYTHON=python3;touch {INJECTED}"),
+    ("views", f"ID=x||touch {INJECTED}"),
+    ("views", f"ID=$(shell touch {INJECTED})"),
+    ("sync-down", f"RUN=x'||touch {INJECTED}||'"),
+    ("sync-list", f"REMOTE=arc:x';touch {INJECTED};'"),
+    ("sync-list", f"REMOTE=arc:x\ntouch {INJECTED}"),
+])
+def test_no_variable_can_run_a_command(goal, variable, work, demo_data):
+    p = plain_make(goal, f"WORK={work}", f"DATA={demo_data}", *SMOKE, variable, timeout=120)
+    assert p.returncode != 0, p.stdout[-2000:]
+    assert "Traceback" not in p.stderr, p.stderr
+    assert not (REPO / INJECTED).exists() and not (work / INJECTED).exists(), p.stdout[-2000:]
+
+
+def test_a_bad_profile_or_choice_is_refused_before_anything_is_written(demo_data, tmp_path):
+    for variable in ("PROFILE=bogus", "SUBMIT=bogus", "NETS=multi bogus", "FOLD=3", "TASK=era", "RESIZE=crop"):
+        p = plain_make("all", variable, f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
+        assert p.returncode != 0 and f"{variable}:" in p.stderr, p.stderr
+        assert not (tmp_path / "work").exists()
+
+
+# ---- remotes -----------------------------------------------------------------------------------------
+def test_an_absolute_remote_path_stays_absolute_and_a_quote_in_it_is_text(demo_folds, tmp_path):
+    work = shutil.copytree(demo_folds, tmp_path / "work", ignore=shutil.ignore_patterns(".lock"))
+    archive = tmp_path / "Tom's runs"
+    env = {"RCLONE_CONFIG": str(tmp_path / "rclone.conf"), "RCLONE_CONFIG_LOC_TYPE": "local"}
+    (tmp_path / "rclone.conf").write_text("")
+    p = plain_make("sync-up", f"REMOTE=loc:{archive}", "RUN=abs", f"WORK={work}", env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (archive / "runs" / "abs" / "01_sgkfold" / "DONE").exists()
+    assert not (REPO / str(archive).lstrip("/")).exists() and not (REPO / "tmp").exists()
+    p = plain_make("sync-list", f"REMOTE=loc:{archive}", env=env, timeout=120)
+    assert p.returncode == 0 and "abs" in p.stdout, p.stdout + p.stderr
