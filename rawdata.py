@@ -270,6 +270,15 @@ def validate_raw(data_dir, max_pixels=MAX_PIXELS):
     return photos, summary
 
 
+def entry_stat(entry):
+    """A photos/ entry's stat; a dangling link's own (validation names it, if an id refers to it;
+    unreferenced photos are ignored)."""
+    try:
+        return entry.stat()
+    except FileNotFoundError:
+        return entry.stat(follow_symlinks=False)
+
+
 def data_fingerprint(data_dir, cache=None):
     """sha256 of the CSVs and of every photo's bytes: content, not paths or times, so a WORK
     restored on another machine still matches its data, and a photo replaced by another of the
@@ -292,7 +301,7 @@ def data_fingerprint(data_dir, cache=None):
         h.update(f.encode() + b"\0" + file_digest(path, os.stat(path)))
     photos = data_dir / "photos"
     entries = sorted(os.scandir(photos), key=lambda e: e.name) if photos.is_dir() else []
-    stats = [(e, e.stat()) for e in entries]
+    stats = [(e, entry_stat(e)) for e in entries]
     listing = hashlib.sha256("".join(f"{e.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_mode}\n"
                                      for e, st in stats).encode()).hexdigest()
     known = json.loads(Path(cache).read_text()) if cache and Path(cache).is_file() else {}

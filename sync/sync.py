@@ -262,6 +262,10 @@ def cmd_down(args, tmp):
     top = [p for p in files if "/" not in p]      # WORK's own files, e.g. profile.txt
     partial = sorted({unit_dir(p) for p in files if "/" in p and unit_of(p, units) is None})
     content = [p for u in units for p in by_unit[u] if p != f"{u}/{STAMP}"] + top
+    if not units:
+        unfinished = f"; unfinished: {', '.join(partial)}" if partial else ""
+        fail(f"run {run} on {remote} holds no finished stage (no {STAMP} in it{unfinished}): nothing "
+             f"to restore. Its sync-up did not finish: rerun it where the run lives")
     print(f"sync-down: {len(units)} unit(s) of {src} -> {work}", flush=True)
     if partial:
         print(f"  not restored: {', '.join(partial)} (no {STAMP} in the archive: its upload "

@@ -343,6 +343,15 @@ def test_uneven_fold_message_names_the_class_and_the_cause(demo_data):
     assert "target 3" in msg and "'big'" in msg and "series" in msg, msg
 
 
+def test_an_unreferenced_dangling_link_among_the_photos_is_ignored(demo_copy, tmp_path):
+    (demo_copy / "photos" / ("f" * 20 + ".jpg")).symlink_to(tmp_path / "gone.jpg")
+    run_make("validate", work=tmp_path / "work", data=demo_copy, **SMOKE)
+    (demo_copy / "photos" / f"{ids(demo_copy)[0]}.jpg").unlink()
+    (demo_copy / "photos" / f"{ids(demo_copy)[0]}.jpg").symlink_to(tmp_path / "gone.jpg")
+    p = run_make("validate", work=tmp_path / "work", data=demo_copy, check=False, **SMOKE)
+    refused(p, f"{ids(demo_copy)[0]}.jpg: missing photo")
+
+
 def test_photos_that_is_a_file_is_said_to_be_no_directory(demo_copy, tmp_path):
     shutil.rmtree(demo_copy / "photos")
     (demo_copy / "photos").write_text("not a folder\n")

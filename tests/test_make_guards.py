@@ -179,3 +179,8 @@ def test_an_absolute_remote_path_stays_absolute_and_a_quote_in_it_is_text(demo_f
     assert not (REPO / str(archive).lstrip("/")).exists() and not (REPO / "tmp").exists()
     p = plain_make("sync-list", f"REMOTE=loc:{archive}", env=env, timeout=120)
     assert p.returncode == 0 and "abs" in p.stdout, p.stdout + p.stderr
+    unfinished = archive / "runs" / "unfinished" / "04_finetune" / "target_0"    # an upload cut short
+    unfinished.mkdir(parents=True)
+    (unfinished / "ckpt_e001.pt").write_bytes(b"half")
+    p = plain_make("sync-down", f"REMOTE=loc:{archive}", "RUN=unfinished", f"WORK={tmp_path / 'down'}", env=env, timeout=120)
+    assert p.returncode != 0 and "holds no finished stage" in p.stderr and "restored" not in p.stdout, p.stdout + p.stderr
