@@ -256,7 +256,8 @@ endif
 # An options file ($@) holds a stage's options ($(1)) and is rewritten only when they change: its
 # mtime tells Make whether they did. Replaced, never written in place.
 keep_options = @mkdir -p $(@D); { [ -f $@ ] && [ "$$(cat $@)" = '$(1)' ]; } || \
-  { echo '$(1)' > $@.tmp && mv $@.tmp $@; }
+  { echo '$(1)' 2>/dev/null > $@.tmp && mv $@.tmp $@; } || { rm -f $@.tmp; echo "error: could not write $@:" \
+  "the disk holding $(WORK) is full, or not writable (df -h $(WORK))" >&2; exit 1; }
 
 $(DIR_DEMO)/DONE: | $(VENV_STAMP) preflight
 	$(PY) 00_demo_data.py --out $(DIR_DEMO)

@@ -67,9 +67,9 @@ PROFILES = {
     },
     "smoke": {
         "02": dict(size=24),
-        "03": dict(arch="resnet18", width=64, epochs=2, batch=32, views=1, perms=2, holdout=16,
+        "03": dict(arch="resnet18", width=16, epochs=2, batch=32, views=1, perms=2, holdout=16,
                    holdout_trains=False, ckpt_every=4, precision="fp32", **dict(RECIPE_OPTIM, halve_views=1)),
-        "04": dict(arch="resnet18", width=64, epochs=2, batch=16, views=1, shift=0, ckpt_every=1000, init="jigsaw",
+        "04": dict(arch="resnet18", width=16, epochs=2, batch=16, views=1, shift=0, ckpt_every=1000, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # ckpt_every 1000: epoch ends only
                    precision="fp32", photo_inputs="none", mixup=0.0,
                    **dict(RECIPE_OPTIM, halve_views=1)),   # halved per (1-view) epoch: 8 steps at

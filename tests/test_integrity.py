@@ -202,7 +202,9 @@ def fill(disk, leave=0):
 def test_full_disk_is_named_not_blamed_on_the_photos(demo_copy, small_disk):
     work = small_disk / "work"
     run_make("validate", work=work, data=demo_copy, **SMOKE)
-    (work / "profile.txt").write_text("smoke\n")         # as 02's rule writes it: the decode fills the disk
+    (work / "profile.txt").write_text("smoke\n")         # as 02's rule writes them: the decode fills the disk
+    (work / "02_hvr").mkdir()
+    (work / "02_hvr" / "options.txt").write_text("--mode stretch\n")
     fill(small_disk)
     for goal, stage in (("folds", "01_sgkfold"), ("hvr", "02_hvr")):
         p = run_make(goal, work=work, data=demo_copy, check=False, **SMOKE)

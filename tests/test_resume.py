@@ -1,5 +1,6 @@
 """Kill -9 at a random point of every long stage (02, 03, 04, 05), run the same make target
-again, and compare with an uninterrupted run: bit-identical on this CPU. And a write that fails
+again, and compare with an uninterrupted run (the session's smoke pipeline, conftest.smoke_run,
+built with one torch thread per stage, as these runs are): bit-identical on this CPU. And a write that fails
 half-way (a file-size limit standing in for a full disk) leaves a clear error, no stamp, and the
 earlier stages' outputs intact."""
 import json
@@ -11,15 +12,21 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, kill_make, run_make
+from conftest import REPO, kill_make, run_make as make_with
 
 import training
 
 SMOKE = dict(PROFILE="smoke")
+ONE_THREAD = {"TORCH_THREADS": "1"}    # as the reference was built
+
+
+def run_make(*args, **kw):
+    return make_with(*args, env=ONE_THREAD, **kw)
 
 
 def copy_work(src, dst, stages):
-    """A new WORK holding copies (mtimes kept) of the given finished stages of `src`."""
+    """A new WORK holding copies (mtimes kept) of the given finished stages (or runs: 04_finetune/
+    multi_0) of `src`."""
     dst.mkdir(parents=True)
     for stage in stages:
         shutil.copytree(src / stage, dst / stage, copy_function=shutil.copy2)
@@ -29,7 +36,7 @@ def copy_work(src, dst, stages):
 
 def kill_when(target, work, data, ready, seed, timeout=300, **variables):
     """kill -9 `make target` a random 0-0.2 s after ready() holds (conftest.kill_make)."""
-    return kill_make(target, work, data, ready, max_delay=0.2, seed=seed, timeout=timeout,
+    return kill_make(target, work, data, ready, max_delay=0.2, seed=seed, timeout=timeout, env=ONE_THREAD,
                      **{**SMOKE, **variables})
 
 
@@ -43,14 +50,9 @@ def same_state(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference(demo_data, tmp_path_factory):
-    """Uninterrupted runs of everything the kill tests redo."""
-    work = tmp_path_factory.mktemp("reference") / "work"
-    run_make("folds", "hvr", "jigsaw", work=work, data=demo_data, **SMOKE)
-    run_make("fold", work=work, data=demo_data, FOLD="1", TASK="onehot", **SMOKE)
-    run_make("fold", work=work, data=demo_data, FOLD="0", TASK="target", **SMOKE)
-    run_make(f"{work}/05_features/target_0/DONE", work=work, data=demo_data, **SMOKE)
-    return work
+def reference(smoke_run):
+    """Uninterrupted runs of everything the kill tests redo (read-only)."""
+    return smoke_run[0]
 
 
 def test_kill_hvr_then_resume(reference, demo_data, tmp_path):
@@ -113,38 +115,38 @@ def test_kill_jigsaw_then_resume_bit_identical(reference, demo_data, tmp_path):
 
 def test_kill_fold_then_resume_bit_identical(reference, demo_data, tmp_path):
     work = copy_work(reference, tmp_path / "work", ["00_validate", "01_sgkfold", "02_hvr", "03_jigsaw"])
-    run = work / "04_finetune" / "onehot_1"
+    run = work / "04_finetune" / "multi_1"
     alive = kill_when("fold", work, demo_data, lambda: run.exists() and any(run.glob("ckpt_*.pt")), seed=4,
-                      FOLD="1", TASK="onehot")
+                      FOLD="1", TASK="multi")
     assert alive and not (run / "DONE").exists()
-    run_make("fold", work=work, data=demo_data, FOLD="1", TASK="onehot", **SMOKE)
-    assert same_state(run / "ckpt_e002.pt", reference / "04_finetune" / "onehot_1" / "ckpt_e002.pt")
+    run_make("fold", work=work, data=demo_data, FOLD="1", TASK="multi", **SMOKE)
+    assert same_state(run / "ckpt_e002.pt", reference / "04_finetune" / "multi_1" / "ckpt_e002.pt")
     ev = pd.read_csv(run / "eval.csv")
     assert list(ev["epoch"]) == [1, 2]                          # each epoch exactly once
-    ref = pd.read_csv(reference / "04_finetune" / "onehot_1" / "eval.csv")
+    ref = pd.read_csv(reference / "04_finetune" / "multi_1" / "eval.csv")
     assert np.array_equal(ev["rmse"].to_numpy(), ref["rmse"].to_numpy())
 
 
 def test_kill_features_then_resume_identical(reference, demo_data, tmp_path):
     work = copy_work(reference, tmp_path / "work",
-                     ["00_validate", "01_sgkfold", "02_hvr", "03_jigsaw", "04_finetune"])
-    target = f"{work}/05_features/target_0/DONE"
-    out = work / "05_features" / "target_0"
+                     ["00_validate", "01_sgkfold", "02_hvr", "03_jigsaw", "04_finetune/multi_0"])
+    target = f"{work}/05_features/multi_0/DONE"
+    out = work / "05_features" / "multi_0"
     kill_when(target, work, demo_data, lambda: out.exists(), seed=5)
     run_make(target, work=work, data=demo_data, **SMOKE)
     for split in ("train", "heldout", "test"):
         a = np.load(out / f"{split}.npz")
-        b = np.load(reference / "05_features" / "target_0" / f"{split}.npz")
+        b = np.load(reference / "05_features" / "multi_0" / f"{split}.npz")
         assert np.array_equal(a["object_id"], b["object_id"]) and np.array_equal(a["outputs"], b["outputs"])
         assert pd.read_parquet(out / f"{split}.parquet").equals(
-            pd.read_parquet(reference / "05_features" / "target_0" / f"{split}.parquet"))
+            pd.read_parquet(reference / "05_features" / "multi_0" / f"{split}.parquet"))
 
 
 def test_a_failed_write_leaves_no_stamp_and_upstream_intact(reference, demo_data, tmp_path):
     """A file-size limit (ulimit -f) makes the checkpoint write fail as a full disk would."""
     work = copy_work(reference, tmp_path / "work", ["00_validate", "02_hvr"])
     before = {p: p.read_bytes() for p in (work / "02_hvr").iterdir()}
-    cmd = f"ulimit -f 20000; make -C {REPO} --no-print-directory jigsaw WORK={work} DATA={demo_data} PROFILE=smoke"
+    cmd = f"ulimit -f 2000; make -C {REPO} --no-print-directory jigsaw WORK={work} DATA={demo_data} PROFILE=smoke"
     p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
     assert p.returncode != 0
     assert "could not write the checkpoint" in p.stderr and "03_jigsaw" in p.stderr, p.stderr[-2000:]
