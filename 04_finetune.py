@@ -59,7 +59,7 @@ import training
 # -----------------------------------------------------------------------------
 SEED = 0               # init of the new head; epoch RNGs derive from it too
 LOG_EVERY = 10         # steps between loss.csv rows
-EVAL_POLL = 1.0        # seconds between the evaluator's looks for a new checkpoint
+EVAL_POLL = 0.2        # seconds between the evaluator's looks for a new checkpoint (a stat: free)
 EVAL_GIVE_UP = 120.0   # seconds a checkpoint may stay unreadable before the evaluator fails
 EVAL_LOG = "evaluator.log"   # the evaluator process's stderr
 MIXUP_UNIT = 1_000_000  # mixup weights travel in the (integer) epoch plan, in millionths
@@ -511,6 +511,7 @@ def main():
         if dist.main:
             common.start_stage(run_dir)
             settle(args, run_dir)
+        dist.barrier()          # under torchrun (--role train), the other ranks read what rank 0 kept
         (train if args.role == "train" else run)(args, run_dir, dist)
     dist.close()
 

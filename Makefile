@@ -131,8 +131,10 @@ quoted = '$(subst ','\'',$(1))'
 one_of = $(if $(filter-out 1,$(words $(2)))$(filter-out $(3),$(2)),$(error $(1)=$(2): one of $(3)))
 PROFILE_NAMES := full cpu smoke rehearsal#   common.PROFILES' keys (tests/test_structure.py)
 $(call one_of,PROFILE,$(PROFILE),$(PROFILE_NAMES))
+ifneq ($(filter fold docker-fold,$(MAKECMDGOALS)),)     # read by these only (a shell may export TASK)
 $(call one_of,FOLD,$(FOLD),0 1 2 all)
 $(call one_of,TASK,$(TASK),$(TASKS) multi)
+endif
 $(call one_of,SUBMIT,$(SUBMIT),best recipe)
 $(call one_of,RESIZE,$(RESIZE),stretch pad)
 ifneq ($(filter-out $(TASKS) multi,$(NETS))$(if $(NETS),,empty),)

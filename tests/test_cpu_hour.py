@@ -112,7 +112,7 @@ def test_a_folds_features_are_its_seeds_networks_averaged(multi_run):
     outs = []
     for run in ("multi_1", "multi_1_s1"):
         state = training.load_checkpoint(training.list_checkpoints(work / "04_finetune" / run)[-1][2])
-        model = training.build_model(state["config"]["arch"], state["config"]["outputs"])
+        model = training.build_model(state["config"]["arch"], state["config"]["outputs"], width=state["config"]["width"])
         model.load_state_dict(state["model"])
         outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 64,
                                            precision=common.PROFILES["smoke"]["05"]["precision"]).numpy())

@@ -162,8 +162,9 @@ def test_no_variable_can_run_a_command(goal, variable, work, demo_data):
 
 
 def test_a_bad_profile_or_choice_is_refused_before_anything_is_written(demo_data, tmp_path):
-    for variable in ("PROFILE=bogus", "SUBMIT=bogus", "NETS=multi bogus", "FOLD=3", "TASK=era", "RESIZE=crop"):
-        p = plain_make("all", variable, f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
+    for goal, variable in (("all", "PROFILE=bogus"), ("all", "SUBMIT=bogus"), ("all", "NETS=multi bogus"),
+                           ("fold", "FOLD=3"), ("fold", "TASK=era"), ("all", "RESIZE=crop")):
+        p = plain_make(goal, variable, f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
         assert p.returncode != 0 and f"{variable}:" in p.stderr, p.stderr
         assert not (tmp_path / "work").exists()
 
