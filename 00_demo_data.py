@@ -1,6 +1,6 @@
 """Stage 00: the embedded default data set, generated deterministically from a seed.
 
-Reads nothing. Writes a raw-data directory in exactly the competition schema (DATA.md):
+Reads nothing. Writes a raw-data directory in exactly the competition's schema:
 train.csv, test.csv, materials.csv, techniques.csv, sample_submission.csv, photos/{id}.jpg.
 
     python 00_demo_data.py --out work/00_demo_data [--train 480 --test 240 --seed 11]

@@ -20,8 +20,8 @@ training image with another of the epoch (weight ~ Beta(A, A), drawn into the ep
 resumed run sees the same blends) and the two losses alike; `--photo-inputs shape|stats` gives
 the head the photo's size and aspect, or all of 02's per-photo statistics, beside the pooled
 features; `--precision` chooses bf16 autocast or float32.
-Longer than 400 lines: the trainer and its evaluator (one script, two roles, as the recipe) share
-the task's targets and heads.
+The trainer and its evaluator are one script in two roles, as in the recipe: they share the
+task's targets and heads.
 
 Evaluation scores each epoch's checkpoint on the fold's held-out side and appends a row to
 eval.csv: the loss, and the RMSE on the era target of every head that has one (target;

@@ -62,8 +62,9 @@ PROFILES = {
                    fold_test="no",         # test.csv through the fold networks is half of 05 and
                                            # only the oof stacks read it (0.822 / 0.816 against the
                                            # blend's 0.777 on the real data: docs/results.md)
-                   precision="fp32"),      # bf16 (--precision auto) infers 1.56x as fast here
-                                           # (bench/model_throughput.py); not yet measured in a whole run
+                   precision="fp32"),      # bf16 (--precision auto) infers 1.56x as fast on an
+                                           # AVX512-BF16 CPU (bench/model_throughput.py); the profile's
+                                           # figures are float32's
     },
     "smoke": {
         "02": dict(size=24),

@@ -1,4 +1,4 @@
-"""Per-photo statistics the square resize hides from the networks (DATA.md): the photo's size and
+"""Per-photo statistics the square resize hides from the networks: the photo's size and
 aspect, its JPEG's bytes (and per pixel: how much detail the encoder kept), its colour (RGB means
 and spreads, 8-bin HSV histograms, saturation's mean and spread, brightness percentiles, the share
 of grey and of paper-white pixels), its texture (edge strength; luma's mean step to the next pixel,
@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-BINS = 8            # per HSV channel: a small histogram (DATA.md's reference uses 8)
+BINS = 8            # per HSV channel: a small histogram
 EDGE_LEVEL = 0.125  # |8-neighbour Laplacian of luma| above this (32/255) counts as an edge pixel
 GREY_S = 0.08       # saturation below this: a grey pixel
 PAPER_V, PAPER_S = 0.85, 0.15    # brighter and less saturated than these: a paper-white pixel

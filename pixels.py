@@ -53,7 +53,7 @@ LOG_COLUMNS = (*SHAPE_COLUMNS, "file_bytes", "bytes_per_pixel")     # sizes: sta
 def photo_inputs(store_dir, wanted, kind):
     """(N, K) float32: what a network with photo inputs gets besides the pixels of the objects
     `wanted`, from 02's per-photo statistics (stats.csv): `shape`, the photo's log width, height
-    and aspect (the square resize hides them, DATA.md); `stats`, all of photo_stats.COLUMNS
+    and aspect (the square resize hides them); `stats`, all of photo_stats.COLUMNS
     (sizes and aspect in logs). Each column is standardised over every photo of the store
     (train and test alike: no labels), an unknown value (NaN) is its mean; None for `none`."""
     if kind == "none":

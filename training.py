@@ -1,8 +1,8 @@
 """What the torch stages (03 jigsaw, 04 fine-tune, 05 features) share besides the images
 (pixels.py): the networks, the device and DDP setup, safe checkpoints, one resumable,
 deterministic training loop with its optimizers and learning-rate schedules, and inference over
-the 8 views. Longer than 400 lines: the loop, its checkpoints and its schedules are read together
-when a resume is in question; splitting them would scatter one contract over files.
+the 8 views. The loop, its checkpoints and its schedules are read together when a resume is in
+question: one contract, one file.
 """
 import hashlib
 import json
@@ -26,8 +26,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 def bf16(device, precision):
     """Whether to compute in bfloat16 (torch.autocast): `bf16` always, `fp32` never, `auto` on
     GPUs and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX; elsewhere autocast would
-    emulate it, slower than float32). On this 2-core AVX512-BF16 CPU, ResNet18 at 48 px trains
-    1.44x and infers 1.56x as fast in bf16 (bench/model_throughput.py --arch resnet18 --size 48)."""
+    emulate it, slower than float32). On a 2-core AVX512-BF16 CPU, ResNet18 at 48 px trained
+    1.44x and inferred 1.56x as fast in bf16 (bench/model_throughput.py --arch resnet18 --size 48)."""
     if precision == "auto":
         return device.type == "cuda" or (device.type == "cpu" and (
             torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))

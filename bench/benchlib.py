@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))             # `import common, pixels` as the stage
 
 import common      # noqa: E402  (after the path)
 
-REAL_DATA_ENV = "ATMA11_DATA"            # the tests' convention: $ATMA11_DATA, else ../shared/atmacup11
+REAL_DATA_ENV = "ATMA11_DATA"            # where the real competition files are (also the tests')
 REAL_PHOTOS = 9856                       # train + test photos of the competition
 RECIPE_VIEWS = 8                         # the 8 symmetries of the square (SEED.md step 2)
 RECIPE_PERMS = 8                         # per image-view per epoch: 7 shuffled + the identity
@@ -59,8 +59,8 @@ def note(text):
 # -----------------------------------------------------------------------------
 def real_data_dir(data=None):
     """The real competition directory: `data` when it holds train.csv and photos/, else
-    $ATMA11_DATA, else ../shared/atmacup11 beside the checkout; None when none exists."""
-    for cand in (data, os.environ.get(REAL_DATA_ENV), ROOT.parent / "shared" / "atmacup11"):
+    $ATMA11_DATA, else data/raw (make's default DATA); None when none exists."""
+    for cand in (data, os.environ.get(REAL_DATA_ENV), ROOT / "data" / "raw"):
         if cand and (Path(cand) / "train.csv").exists() and (Path(cand) / "photos").is_dir():
             return Path(cand)
     return None
@@ -199,7 +199,7 @@ def pick_device(name):
 def batch_parser(doc, photos, prefix):
     """The options figures 1 and 2 share; each script adds those of its reference."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
-    p.add_argument("--data", default=None, help="raw data dir with photos/ (else $ATMA11_DATA, ../shared/atmacup11, demo)")
+    p.add_argument("--data", default=None, help="raw data dir with photos/ (else $ATMA11_DATA, data/raw, demo)")
     p.add_argument("--sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated S")
     p.add_argument("--photos", type=int, default=photos, help="photos sampled")
     p.add_argument("--batch", type=int, default=BATCH)

@@ -16,7 +16,7 @@ Real data (`--real`): the competition directory as DATA, PROFILE=cpu by default 
 check at a few seconds' cost (tests/test_bench.py), no figure of the pipeline.
 
     python bench/end_to_end.py --profile smoke                 # demo data
-    python bench/end_to_end.py --real --data ../shared/atmacup11 --profile cpu
+    python bench/end_to_end.py --real --data data/raw --profile cpu
 """
 import argparse
 import os
@@ -39,7 +39,7 @@ MAKE_ENV_DROP = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFL
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--profile", default="smoke", help="PROFILE for make (smoke, cpu)")
-p.add_argument("--real", action="store_true", help="the real data (--data, $ATMA11_DATA or ../shared/atmacup11)")
+p.add_argument("--real", action="store_true", help="the real data (--data, $ATMA11_DATA or data/raw)")
 p.add_argument("--data", default=None, help="real data directory (with --real)")
 p.add_argument("--skip-missing", action="store_true", help="--real without real data: say so and exit 0")
 p.add_argument("--demo-train", type=int, default=DEMO_SIZE[0])
@@ -118,7 +118,7 @@ def main():
         if args.real:
             data = benchlib.real_data_dir(args.data)
             if data is None:
-                where = f"--data, ${benchlib.REAL_DATA_ENV} or ../shared/atmacup11"
+                where = f"--data, ${benchlib.REAL_DATA_ENV} or data/raw"
                 if args.skip_missing:
                     benchlib.note(f"end to end on the real data: skipped, no real data ({where})")
                     return

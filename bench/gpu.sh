@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/gpu.sh: one check of the GPU path on a machine with one GPU (sized for an H200: at most 8
-# minutes), from a folder that travels with the working tree; and its dry run on a CPU, at toy
+# minutes), from a folder copied there with the working tree; and its dry run on a CPU, at toy
 # size, which `make test` and `make bench` run so that the script cannot rot.
 #
 #   bench/gpu.sh prep [--cpu] [--dir DIR] [--data DATA] [--python PY]   # where the data is
@@ -8,7 +8,7 @@
 #
 # prep fills DIR (default work-gpu/, which .gitignore ignores) with what the GPU machine needs
 # besides the working tree: DIR/raw, a copy of the real data (DATA, default $ATMA11_DATA or
-# ../shared/atmacup11: 9856 photos, 60 MiB, and the CSVs), and DIR/work/00_validate and
+# data/raw: 9856 photos, 60 MiB, and the CSVs), and DIR/work/00_validate and
 # DIR/work/01_sgkfold made by make (01's word2vec needs gensim, which a GPU image may lack).
 # It fails when the working tree and DIR together exceed 64 MiB.
 # With --cpu: the demo data (00_demo_data.py, the tests' size) and PROFILE=rehearsal, its 03
@@ -35,13 +35,13 @@ set -uo pipefail
 # ---- defaults -------------------------------------------------------------------------------
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=work-gpu            # ignored by .gitignore (work-*/): carried to the GPU machine explicitly
-data=""                 # prep: the real data (empty: $ATMA11_DATA, else ../shared/atmacup11)
+data=""                 # prep: the real data (empty: $ATMA11_DATA, else data/raw)
 python=${PYTHON:-python3}
 cpu=0                   # --cpu: the dry run at toy size
 log=""                  # run: also append every line to this file
 budget=${BUDGET_S:-450} # run: seconds for the whole run; 03 gets what the rest leaves
 reserve=200             # run: seconds kept for what follows 03 (04, 05, resume, ddp, projection)
-limit_mib=64            # what the GPU machine receives: working tree + DIR
+limit_mib=64            # prep: the most the working tree and DIR may weigh together (the copy's cap)
 
 mode=${1:-}
 [ $# -gt 0 ] && shift
@@ -69,7 +69,7 @@ prep() {
   if [ "$cpu" = 1 ]; then
     [ -f "$raw/DONE" ] || "$python" 00_demo_data.py --out "$raw" --train 128 --test 48 >/dev/null
   else
-    [ -n "$data" ] || data=${ATMA11_DATA:-$root/../shared/atmacup11}
+    [ -n "$data" ] || data=${ATMA11_DATA:-$root/data/raw}
     [ -f "$data/train.csv" ] && [ -d "$data/photos" ] || { echo "prep: no real data in $data" >&2; exit 2; }
     case "$dir" in "$root"/*)
       git check-ignore -q "$dir" || { echo "prep: $dir is not ignored by git: use a folder .gitignore names (work-gpu)" >&2; exit 2; } ;;
@@ -87,7 +87,7 @@ prep() {
   bytes=$(du -sb "$dir" | cut -f1)
   echo "prep: $dir holds $((bytes / 1048576)) MiB; with the working tree ($((tree / 1048576)) MiB): $(((bytes + tree) / 1048576)) MiB of $limit_mib"
   if [ "$cpu" = 0 ] && [ $((bytes + tree)) -gt $((limit_mib * 1048576)) ]; then
-    echo "prep: over the $limit_mib MiB a GPU machine receives" >&2; exit 1
+    echo "prep: over the $limit_mib MiB the working tree and $dir may weigh together" >&2; exit 1
   fi
   echo "prep: done. On the GPU machine, with ${dir#"$root"/} beside the working tree: bench/gpu.sh run --dir ${dir#"$root"/} [--log FILE]"
 }

@@ -13,7 +13,7 @@ import common
 import rawdata
 from conftest import DEMO_SIZE, MAKE_ENV_DROP, REPO, generate_demo
 
-REAL_CLASS_COUNTS = np.array([475, 896, 1511, 1055])   # DATA.md, the full train.csv
+REAL_CLASS_COUNTS = np.array([475, 896, 1511, 1055])   # the real train.csv's rows per era
 COMPETITION_FILES = {"train.csv", "test.csv", "materials.csv", "techniques.csv", "sample_submission.csv"}
 STAGE_FILES = {"DONE", "provenance.json"}               # 00's bookkeeping beside the raw files
 HEX20 = r"[0-9a-f]{20}"
@@ -90,7 +90,7 @@ def test_names_only_for_train_objects(demo_data):
 
 
 def test_photos_like_the_real_ones(demo_data):
-    """DATA.md: JFIF, RGB, baseline; long side exactly 224 px, short side 35-224."""
+    """As the real photos are: JFIF, RGB, baseline; long side exactly 224 px, short side 35-224."""
     facts = [photo_facts(p) for p in sorted((demo_data / "photos").glob("*.jpg"))]
     assert facts and all(f["format"] == "JPEG" and f["mode"] == "RGB" and f["jfif"]
                          and not f["progressive"] for f in facts)
@@ -155,3 +155,8 @@ def test_make_says_when_it_uses_demo_data(make, tmp_path):
     p = make("-n", "validate", work=tmp_path / "work", data=tmp_path / "empty", check=False)
     assert p.returncode != 0 and "demo" not in p.stdout, p.stdout
     assert f"DATA={tmp_path / 'empty'} holds no train.csv" in p.stderr, p.stderr
+
+
+def test_the_real_class_counts_are_the_ones_the_demo_follows(real_data):
+    counts = np.bincount(pd.read_csv(real_data / "train.csv")["target"], minlength=4)
+    assert counts.tolist() == REAL_CLASS_COUNTS.tolist()

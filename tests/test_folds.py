@@ -196,7 +196,7 @@ def test_row_moves_fail_clearly_without_a_movable_row(sgkfold, monkeypatch, caps
 
 
 def test_recipe_numbers_on_a_full_size_construction(sgkfold):
-    """DATA.md: on the full 3937-row train.csv StratifiedGroupKFold gives train 2624/2625/2625 and
+    """On the real, full 3937-row train.csv StratifiedGroupKFold gives train 2624/2625/2625 and
     the one-row move makes every fold 2624/1313. A train set with the real class counts and a
     similar series structure reproduces the first numbers; the move must then give the second."""
     rng = np.random.default_rng(0)

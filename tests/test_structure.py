@@ -1,5 +1,5 @@
 """The shape of the code: every script runs from any working directory, the shared modules import
-each other without cycles, and no module grows past about 400 lines without saying why."""
+each other without cycles, and no module grows past about 400 lines without a reason here."""
 import ast
 import subprocess
 
@@ -11,7 +11,12 @@ PY = str(REPO / ".venv" / "bin" / "python")
 SCRIPTS = sorted(p.name for p in REPO.glob("0*_*.py")) + ["common.py", "devices.py", "rawdata.py", "pixels.py", "reporting.py",
                                                               "store_pack.py"]
 ROOMS = ("", "bench/", "sync/")    # where the repository's Python modules live
-LONG = 400          # lines; a longer module says why in its docstring ("Longer than ...")
+LONG = 400          # lines; a longer module needs a reason in LONG_REASONS
+LONG_REASONS = {
+    "04_finetune.py": "the trainer and its evaluator, one script in two roles (the recipe's), share "
+                      "the task's data, targets and heads",
+    "training.py": "the training loop, its checkpoints and its schedules make one resume contract",
+}
 
 
 @pytest.mark.parametrize("script", SCRIPTS + ["02_hvr_augment.sh", "bench/study.py", "bench/results_doc.py",
@@ -63,10 +68,9 @@ def test_shared_modules_form_no_cycle_and_stages_import_no_stage():
 
 
 def test_no_module_over_400_lines_without_a_reason():
-    files = list(modules().values())
-    long = [f for f in files if len(f.read_text().splitlines()) > LONG
-            and "Longer than" not in (ast.get_docstring(ast.parse(f.read_text())) or "")]
-    assert not long, [str(f.relative_to(REPO)) for f in long]
+    long = {str(f.relative_to(REPO)) for f in modules().values() if len(f.read_text().splitlines()) > LONG}
+    assert long <= set(LONG_REASONS), f"over {LONG} lines without a reason in LONG_REASONS: {sorted(long - set(LONG_REASONS))}"
+    assert set(LONG_REASONS) <= long, f"reasons for modules no longer long: {sorted(set(LONG_REASONS) - long)}"
 
 
 def test_reporting_and_submit_do_not_load_torch():
