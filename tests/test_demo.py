@@ -13,7 +13,7 @@ import common
 import rawdata
 from conftest import DEMO_SIZE, MAKE_ENV_DROP, REPO, generate_demo
 
-REAL_CLASS_COUNTS = np.array([475, 896, 1511, 1055])   # the real train.csv's rows per era
+REAL_CLASS_COUNTS = np.array([475, 896, 1511, 1055])   # the competition's train.csv: rows per era
 COMPETITION_FILES = {"train.csv", "test.csv", "materials.csv", "techniques.csv", "sample_submission.csv"}
 STAGE_FILES = {"DONE", "provenance.json"}               # 00's bookkeeping beside the raw files
 HEX20 = r"[0-9a-f]{20}"
@@ -157,6 +157,7 @@ def test_make_says_when_it_uses_demo_data(make, tmp_path):
     assert f"DATA={tmp_path / 'empty'} holds no train.csv" in p.stderr, p.stderr
 
 
-def test_the_real_class_counts_are_the_ones_the_demo_follows(real_data):
+def test_the_real_class_shares_are_the_ones_the_demo_follows(real_data):
+    """The competition's train.csv, or a copy with some of its rows held back at random."""
     counts = np.bincount(pd.read_csv(real_data / "train.csv")["target"], minlength=4)
-    assert counts.tolist() == REAL_CLASS_COUNTS.tolist()
+    assert np.abs(counts / counts.sum() - REAL_CLASS_COUNTS / REAL_CLASS_COUNTS.sum()).max() < 0.01, counts
