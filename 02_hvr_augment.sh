@@ -50,7 +50,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -n "$profile" ] && [ -z "${size_given:-}" ]; then
-  size=$("$python" "$here/common.py" setting --profile "$profile" --stage 02 size) || exit 2
+  size=$("$python" "$here/profiles.py" setting --profile "$profile" --stage 02 size) || exit 2
 fi
 case "$mode" in
   stretch) geometry=() ;;

@@ -18,6 +18,7 @@ view and permutation each. They are kept out of training (an honest figure), exc
 profile says `holdout_trains` (full: the recipe pretrained on every photo; the figure is then
 one on photos seen in training, though never in that view and permutation together).
 """
+import argparse
 import time
 from pathlib import Path
 
@@ -30,8 +31,6 @@ import reporting
 import training
 
 # -----------------------------------------------------------------------------
-LR = 1e-3              # the recipe's Adam
-BETAS = (0.5, 0.999)   # the recipe's Adam betas
 SEED = 0               # model init and the epoch RNGs derive from it
 LOG_EVERY = 10         # steps between loss.csv rows (the only host syncs)
 TILES = pixels.JIGSAW_GRID ** 2
@@ -49,7 +48,9 @@ p.add_argument("--perms", type=int, default=None, help="permutations per image-v
 p.add_argument("--holdout", type=int, default=None, help="photos kept out to measure accuracy (profile)")
 p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
 p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="mse on the 81-vector (recipe) or per-tile cross-entropy")
-p.add_argument("--lr", type=float, default=LR)
+training.add_optimizer_options(p)
+p.add_argument("--holdout-trains", default=None, action=argparse.BooleanOptionalAction,
+               help="the held-out photos are trained on too (profile; the recipe pretrains on every photo)")
 p.add_argument("--seed", type=int, default=SEED)
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
 p.add_argument("--precision", default=None, choices=training.PRECISIONS,
@@ -139,7 +140,7 @@ def main():
 
     common.seed_everything(args.seed)
     model = training.build_model(args.arch, TILES * TILES, width=args.width)
-    config = dict(vars(args), lr=args.lr, betas=list(BETAS), log_every=LOG_EVERY,
+    config = dict(vars(args), log_every=LOG_EVERY,
                   channels_last=True, size=meta["size"], outputs=TILES * TILES, ranks=dist.world)
     model = training.fit(model, run_dir=out, dist=dist, config=config, epoch_plan=epoch_plan,
                          batch_loss=batch_loss, on_epoch_end=on_epoch_end)

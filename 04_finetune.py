@@ -88,13 +88,10 @@ p.add_argument("--shift", type=int, default=None, choices=range(0, 17), metavar=
 p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
 p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="ce: cross-entropy for onehot")
 p.add_argument("--freeze", action="store_true", help="train only layer3, layer4 and the head")
-p.add_argument("--optim", default=None, choices=["adam", "adamw"], help="optimizer (profile; the recipe: adam)")
-p.add_argument("--lr", type=float, default=None, help="learning rate, the peak for onecycle (profile)")
-p.add_argument("--betas", type=float, nargs=2, default=None, help="Adam betas (profile; the recipe: 0.5 0.999)")
-p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (profile)")
-p.add_argument("--schedule", default=None, choices=training.SCHEDULES, help="lr schedule (profile; the recipe: halve)")
-p.add_argument("--halve-views", type=int, default=None,
-               help="halve: views per image between halvings (profile; the recipe: 8, once per 8-view epoch)")
+training.add_optimizer_options(p)
+p.add_argument("--keep-epochs", default=None, choices=["all", "last"],
+               help="epoch-end checkpoints kept: all (the evaluator process and the recipe's later "
+                    "resumes read them) or the last (profile)")
 p.add_argument("--eval-views", type=int, default=None, choices=(1, 8), help="views scored per epoch (profile)")
 p.add_argument("--eval-rows", type=int, default=None, help="rows scored per epoch, 0: all (profile)")
 p.add_argument("--seed", type=int, default=SEED, choices=range(0, 10), metavar="0-9",

@@ -13,8 +13,8 @@ GPUS ?=#                   comma-separated GPU ids (0,1,2,3); empty: CPU. CUDA i
 PROFILE ?= $(if $(GPUS),full,$(if $(DEMO_DATA),smoke,cpu))#  full (the recipe, GPUs) | cpu (the CPU hour) | smoke (seconds: tests, the demo data) | rehearsal (full's path at toy size, CPU)
 FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec multi
-NETS ?= $(if $(filter cpu smoke,$(PROFILE)),multi,$(TASKS))#  per fold: the four tasks' networks (the recipe: full, rehearsal), or multi: one with four heads (cpu, smoke)
-SEEDS ?= $(if $(filter cpu,$(PROFILE)),2,1)#  networks per net and fold, of seeds 0..SEEDS-1, their outputs averaged by 05 (1: the recipe)
+NETS ?= $(call profile_word,nets)#  per fold: the four tasks' networks (the recipe: full, rehearsal), or multi: one with four heads (cpu, smoke)
+SEEDS ?= $(call profile_word,seeds)#  networks per net and fold, of seeds 0..SEEDS-1, their outputs averaged by 05 (1: the recipe)
 EVAL ?= $(if $(filter rehearsal,$(PROFILE)),process)#  04's evaluator: process (the recipe; GPU default) | inline (CPU default; a GPU in an exclusive compute mode) | empty: that default
 RANKS ?= $(if $(filter rehearsal,$(PROFILE)),2,$(filter-out 0,$(NGPUS)))#  03's processes under torchrun (DDP): one per GPU; rehearsal: 2 on the CPU
 FULL_ON_CPU ?=#            yes: PROFILE=full trains without GPUS (days); else it stops first, with a measured estimate
@@ -31,8 +31,44 @@ MAX_PIXELS ?= 25000000#    validation: the largest photo (width x height) 02's I
 
 # ---- derived --------------------------------------------------------------------------------
 TASKS := target onehot sortingdate word2vec
+comma := ,
 # The default DATA without a train.csv: the generated demo data (an explicit DATA without one is an error).
 DEMO_DATA = $(and $(filter default file,$(origin DATA)),$(if $(wildcard $(DATA)/train.csv),,demo))
+# Paths go into shell commands unquoted: characters the shell would read are refused up front.
+UNSAFE_CHARS := ( ) ; & | < > ' " ` * ? [ ] { } ! $$ \ \#
+ifneq ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK)))),)
+$(error DATA and WORK must be paths without shell characters ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK))))): DATA=$(DATA) WORK=$(WORK))
+endif
+# Every variable a user sets is checked before anything runs. Those with a fixed set of values
+# against it; option lists and commands against the characters a shell (or Make) would act on; the
+# free text (REMOTE, RUN, ID) reaches its recipe as one quoted word (quoted).
+define NEWLINE
+
+
+endef
+set_by_user = $(filter command% environment% override,$(origin $(1)))
+# $(1)'s text as typed (unexpanded), checked for shell characters, a newline, Make's $
+shell_chars_in = $(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(value $(1)))) \
+  $(if $(findstring $(NEWLINE),$(value $(1))),newline))
+SCREENED := PYTHON PROFILE JIGSAW_ARGS FINETUNE_ARGS STACK_ARGS STUDY_ARGS DOCKER IMAGE DOCKER_RUN_ARGS
+unsafe_vars := $(strip $(foreach v,$(SCREENED),$(if $(call set_by_user,$(v)),$(if $(call shell_chars_in,$(v)),$(v)))))
+ifneq ($(unsafe_vars),)
+$(error $(firstword $(unsafe_vars)) holds characters a shell would act on \
+  ($(call shell_chars_in,$(firstword $(unsafe_vars)))): options are plain words (letters, digits, - _ . , = : / + %))
+endif
+unsafe_text := $(strip $(foreach v,REMOTE RUN ID,$(if $(call set_by_user,$(v)),$(if $(or \
+  $(findstring $$,$(value $(v))),$(findstring $(NEWLINE),$(value $(v)))),$(v)))))
+ifneq ($(unsafe_text),)
+$(error $(firstword $(unsafe_text)) holds a $$ or a line break: a name or a path has neither)
+endif
+# The profiles' table (profiles.py, read with any python3) names them and gives each its NETS and
+# SEEDS: one table for make and the stages.
+PROFILE_MAKE := $(shell $(PYTHON) profiles.py make '$(PROFILE)' 2>/dev/null)
+profile_word = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(PROFILE_MAKE))))
+PROFILE_NAMES := $(call profile_word,names)
+ifeq ($(PROFILE_NAMES),)
+$(error make reads the profiles with PYTHON=$(PYTHON) profiles.py, which printed nothing: set PYTHON to a python3)
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/requirements.txt
@@ -64,7 +100,6 @@ endif
 SEED_IDS := $(wordlist 2,$(SEEDS),0 1 2 3 4 5 6 7 8 9)
 seed_runs = $(foreach s,$(SEED_IDS),$(1)_s$(s))
 FT_RUNS := $(foreach r,$(RUNS),$(r) $(call seed_runs,$(r)))
-comma := ,
 GPU_LIST := $(subst $(comma), ,$(GPUS))
 NGPUS := $(words $(GPU_LIST))
 ifneq ($(words $(filter 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,$(or $(RANKS),1))) $(words $(or $(RANKS),1)),1 1)
@@ -98,38 +133,10 @@ endif
 ifneq ($(words $(DATA)) $(words $(WORK)),1 1)
 $(error DATA and WORK must be paths without spaces (DATA='$(DATA)' WORK='$(WORK)'))
 endif
-# Paths go into shell commands unquoted: characters the shell would read are refused up front.
-UNSAFE_CHARS := ( ) ; & | < > ' " ` * ? [ ] { } ! $$ \ \#
-ifneq ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK)))),)
-$(error DATA and WORK must be paths without shell characters ($(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(DATA)$(WORK))))): DATA=$(DATA) WORK=$(WORK))
-endif
-# Every variable a user sets is checked before anything runs. Those with a fixed set of values
-# against it; option lists and commands against the characters a shell (or Make) would act on; the
-# free text (REMOTE, RUN, ID) reaches its recipe as one quoted word (quoted).
-define NEWLINE
-
-
-endef
-set_by_user = $(filter command% environment% override,$(origin $(1)))
-# $(1)'s text as typed (unexpanded), checked for shell characters, a newline, Make's $
-shell_chars_in = $(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(value $(1)))) \
-  $(if $(findstring $(NEWLINE),$(value $(1))),newline))
-SCREENED := PYTHON JIGSAW_ARGS FINETUNE_ARGS STACK_ARGS STUDY_ARGS DOCKER IMAGE DOCKER_RUN_ARGS
-unsafe_vars := $(strip $(foreach v,$(SCREENED),$(if $(call set_by_user,$(v)),$(if $(call shell_chars_in,$(v)),$(v)))))
-ifneq ($(unsafe_vars),)
-$(error $(firstword $(unsafe_vars)) holds characters a shell would act on \
-  ($(call shell_chars_in,$(firstword $(unsafe_vars)))): options are plain words (letters, digits, - _ . , = : / + %))
-endif
-unsafe_text := $(strip $(foreach v,REMOTE RUN ID,$(if $(call set_by_user,$(v)),$(if $(or \
-  $(findstring $$,$(value $(v))),$(findstring $(NEWLINE),$(value $(v)))),$(v)))))
-ifneq ($(unsafe_text),)
-$(error $(firstword $(unsafe_text)) holds a $$ or a line break: a name or a path has neither)
-endif
 # free text as one shell word: in single quotes, each ' written as '\'' (nothing else is special there)
 quoted = '$(subst ','\'',$(1))'
 # name, the value, its allowed values (words)
 one_of = $(if $(filter-out 1,$(words $(2)))$(filter-out $(3),$(2)),$(error $(1)=$(2): one of $(3)))
-PROFILE_NAMES := full cpu smoke rehearsal#   common.PROFILES' keys (tests/test_structure.py)
 $(call one_of,PROFILE,$(PROFILE),$(PROFILE_NAMES))
 ifneq ($(filter fold docker-fold,$(MAKECMDGOALS)),)     # read by these only (a shell may export TASK)
 $(call one_of,FOLD,$(FOLD),0 1 2 all)

@@ -1,9 +1,6 @@
-"""What several stages share: the profiles, the names of files, atomic writes, stamps and
-locks, provenance and seeding. (The raw data's readers and its validation: rawdata.py; the
-devices and GPU slots: devices.py.)
-
-Stage scripts import it; it also has a small command line of its own:
-    python common.py setting --profile cpu --stage 02 size    # one setting of a profile
+"""What several stages share: the names of files, atomic writes, stamps and locks, provenance,
+seeding, and the stages' view of the profiles (the table itself: profiles.py). (The raw data's
+readers and its validation: rawdata.py; the devices and GPU slots: devices.py.)
 
 Nothing here imports torch, so the light stages (00, 01, 06, 07) start fast.
 """
@@ -23,74 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-# -----------------------------------------------------------------------------
-# Profiles: one table, per stage. `full` is the published recipe on GPUs; `cpu` the same
-# pipeline made to learn what it can in an hour on a 2-core machine, each departure from the
-# recipe measured by `make study` on fold 0 of the real data (docs/results.md; held-out era
-# RMSE of the target head, 8-view TTA); `smoke` runs in seconds (tests, demo data).
-RECIPE_OPTIM = dict(optim="adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=0.0,
-                    schedule="halve", halve_views=8)     # Adam, lr halved per 8-view epoch
-CPU_OPTIM = dict(optim="adamw", lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01,
-                 schedule="onecycle", halve_views=8)     # study, 12 epochs: 0.831 against the
-                                                         # recipe's halving per 8-view epoch 0.915
-PROFILES = {
-    "full": {
-        "02": dict(size=224),                                   # the recipe's 224 x 224 input
-        "03": dict(arch="resnet34", width=64, epochs=5, batch=256, views=8, perms=8, holdout=512,
-                   holdout_trains=True, ckpt_every=200, precision="auto", **RECIPE_OPTIM),   # the recipe: every photo
-        "04": dict(arch="resnet34", width=64, epochs=10, batch=256, views=8, shift=0, ckpt_every=200, init="jigsaw",
-                   eval_views=8, eval_rows=0, keep_epochs="all",   # 10: the seed's final networks
-                   precision="auto", photo_inputs="none", mixup=0.0, **RECIPE_OPTIM),
-        "05": dict(batch=512, precision="auto", fold_test="yes"),   # the recipe: every object
-    },
-    "cpu": {
-        "02": dict(size=48),               # study: 48 px 0.831 in 2.0 min; 64 px 0.838 in 1.7; 96 px 0.862 in 1.8
-        "03": dict(arch="resnet18", width=64, epochs=0, batch=64, views=1, perms=2, holdout=256,
-                   holdout_trains=False, ckpt_every=50,    # study: no jigsaw; 2 / 4 epochs of it at
-                   precision="fp32", **RECIPE_OPTIM),      # equal minutes: 0.849 / 0.863 against 0.831
-        "04": dict(arch="resnet18", width=64,   # study: resnet34 0.824 in 3.8 min, resnet18 0.808 in 4.2
-                   epochs=24,              # study: 6 / 12 / 24 epochs 0.842 / 0.831 / 0.808; 60: 0.834 (overfits)
-                   batch=64, views=1,      # one random view per image per epoch (the 8 are TTA)
-                   shift=0,
-                   ckpt_every=100, init="scratch", keep_epochs="last",   # seeds: make SEEDS (Makefile;
-                                                                         # cpu 2, averaged by 05)
-                   eval_views=1, eval_rows=384,    # per epoch: 1 view of 384 rows (<10% of the
-                   precision="fp32",       # time); last epoch: 8 views of every row. study: bf16 seeds
-                                           # 0 / 1 0.821 / 0.824, averaged 0.819; float32 0.808 / 0.823, 0.811
-                   photo_inputs="none", mixup=0.0, **CPU_OPTIM),
-        "05": dict(batch=256,              # ResNet18 at 48 px infers fastest at 128-256 here
-                   fold_test="no",         # test.csv through the fold networks is half of 05 and
-                                           # only the oof stacks read it (0.822 / 0.816 against the
-                                           # blend's 0.777 on the real data: docs/results.md)
-                   precision="fp32"),      # bf16 (--precision auto) infers 1.56x as fast on an
-                                           # AVX512-BF16 CPU (bench/model_throughput.py); the profile's
-                                           # figures are float32's
-    },
-    "smoke": {
-        "02": dict(size=24),
-        "03": dict(arch="resnet18", width=16, epochs=2, batch=32, views=1, perms=2, holdout=16,
-                   holdout_trains=False, ckpt_every=4, precision="fp32", **dict(RECIPE_OPTIM, halve_views=1)),
-        "04": dict(arch="resnet18", width=16, epochs=2, batch=16, views=1, shift=0, ckpt_every=1000, init="jigsaw",
-                   eval_views=8, eval_rows=0, keep_epochs="all",   # ckpt_every 1000: epoch ends only
-                   precision="fp32", photo_inputs="none", mixup=0.0,
-                   **dict(RECIPE_OPTIM, halve_views=1)),   # halved per (1-view) epoch: 8 steps at
-                                                           # one rate diverge (held-out RMSE 3.1 vs 1.5)
-        "05": dict(batch=64, precision="fp32", fold_test="yes"),
-    },
-}
-# The rehearsal: `full` at toy scale on a CPU (make test): the recipe's own path (four single-task
-# networks per fold, 8-view epochs halved per epoch, the evaluator a process of its own, 03 under
-# torchrun; make PROFILE=rehearsal) that differs from `full` in these settings only:
-REHEARSAL = {
-    "02": dict(size=24),                                    # image size (full: 224)
-    "03": dict(width=8, epochs=1, holdout=16, ckpt_every=8),   # width (64), epochs (5), held-out
-                                                            # photos (512), steps per checkpoint (200)
-    "04": dict(width=8, epochs=2, ckpt_every=1),            # width (64), epochs (10), steps per
-                                                            # checkpoint (200): a mid-epoch one too
-}
-PROFILES["rehearsal"] = {stage: dict(settings, **REHEARSAL.get(stage, {}))
-                         for stage, settings in PROFILES["full"].items()}
-TASKS = ("target", "onehot", "sortingdate", "word2vec")
+from profiles import PROFILES, TASKS
+
 TASK_DIMS = {"target": 1, "onehot": 4, "sortingdate": 1, "word2vec": 20}
 # A network learns one task, or all four at once on one backbone (`multi`: the heads' outputs
 # side by side in TASKS order, 26 in all).
@@ -340,25 +271,3 @@ def parse(parser, stage, argv=None):
     if os.environ.get("RANK", "0") == "0":
         print(f"[{stage}] settings: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
     return args
-
-
-def cmd_setting(args):
-    table = PROFILES[args.profile].get(args.stage, {})
-    if args.key not in table:
-        fail(f"profile {args.profile} has no setting {args.key!r} for stage {args.stage}")
-    print(table[args.key])
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("setting", help="print one setting of a stage's profile (02_hvr_augment.sh's size)")
-    s.add_argument("--profile", required=True, choices=sorted(PROFILES))
-    s.add_argument("--stage", required=True)
-    s.add_argument("key")
-    args = p.parse_args()
-    {"setting": cmd_setting}[args.command](args)
-
-
-if __name__ == "__main__":
-    main()

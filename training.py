@@ -568,6 +568,18 @@ def compile_needs(device):
     return missing
 
 
+def add_optimizer_options(p):
+    """The optimizer and learning-rate schedule options of a training stage (03, 04); the profile
+    supplies what the command line leaves out (make_optimizer, lr_at)."""
+    p.add_argument("--optim", default=None, choices=["adam", "adamw"], help="optimizer (profile; the recipe: adam)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate, the peak for onecycle (profile)")
+    p.add_argument("--betas", type=float, nargs=2, default=None, help="Adam betas (profile; the recipe: 0.5 0.999)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (profile)")
+    p.add_argument("--schedule", default=None, choices=SCHEDULES, help="lr schedule (profile; the recipe: halve)")
+    p.add_argument("--halve-views", type=int, default=None,
+                   help="halve: views per image between halvings (profile; the recipe: 8, once per 8-view epoch)")
+
+
 def make_optimizer(model, config):
     """The recipe's Adam (config betas, no weight decay), or AdamW with config weight_decay."""
     params, betas = model.parameters(), tuple(config["betas"])

@@ -41,6 +41,7 @@ import time
 
 import benchlib
 import pixels
+import profiles
 
 # -----------------------------------------------------------------------------
 ARCH = "resnet34"     # the recipe's network
@@ -109,7 +110,7 @@ def ours(ft, arch, data, device, batch, warm, steps, log_every, run_dir, paired=
 
     torch.manual_seed(0)
     model = training.build_model(arch, 1)
-    config = dict(benchlib.common.RECIPE_OPTIM, epochs=1, batch=batch, views=8, seed=0, log_every=log_every,
+    config = dict(profiles.RECIPE_OPTIM, epochs=1, batch=batch, views=8, seed=0, log_every=log_every,
                   ckpt_every=10 ** 9, channels_last=True)
     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null), \
             contextlib.ExitStack() as stack:                    # tqdm's bar to /dev/null
@@ -137,7 +138,7 @@ def bare_stepper(ft, arch, x_all, y_all, device, batch):
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None, num_classes=1)
     model = model.to(device, memory_format=torch.channels_last)
-    recipe = benchlib.common.RECIPE_OPTIM
+    recipe = profiles.RECIPE_OPTIM
     opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"], betas=recipe["betas"])
     model.train()
 

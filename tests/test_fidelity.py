@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 import common
+import profiles
 import training
 
 
@@ -96,7 +97,7 @@ def fit_rank(rank, world, port, run_dir):
     torch.set_num_threads(1)
     run_dir.mkdir(parents=True, exist_ok=True)
     dist = training.Dist()
-    config = dict(common.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
+    config = dict(profiles.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
                   ckpt_every=10 ** 9)
     training.fit(torch.nn.Linear(1, 1), run_dir=run_dir, dist=dist, config=config, epoch_plan=plan,
                  batch_loss=row_loss)
@@ -122,7 +123,7 @@ def test_logged_loss_is_the_whole_batch_across_two_gloo_ranks(tmp_path):
 def test_resume_keeps_the_optimizer_state_on_the_host(tmp_path, monkeypatch):
     """fit reads the checkpoint onto the host: load_state_dict puts the weights on the model's
     device and leaves Adam's step counters where Adam wants them (the host), not on a GPU."""
-    config = dict(common.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
+    config = dict(profiles.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
                   ckpt_every=10 ** 9)
     training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=training.Dist(), config=config,
                  epoch_plan=plan, batch_loss=row_loss)

@@ -1,5 +1,5 @@
 """The rehearsal of `make all GPUS=...`: PROFILE=rehearsal is PROFILE=full's own path at toy size
-(common.REHEARSAL names every setting in which it differs: image size, widths, epochs, row and
+(profiles.REHEARSAL names every setting in which it differs: image size, widths, epochs, row and
 step counts), run through the real make on the demo data as the GPU path runs it (make -j2):
 
 - four single-task networks per fold, 4 folds, each evaluated by a process of its own;
@@ -25,6 +25,7 @@ import torch
 from conftest import REHEARSE, kill_make, link_work, run_make
 
 import common
+import profiles
 import training
 
 RUNS = [common.run_name(t, f) for t in common.TASKS for f in common.FOLDS]
@@ -40,7 +41,7 @@ def test_the_rehearsal_differs_from_full_only_where_it_says():
     assert set(full) == set(rehearsal)
     for stage in full:
         changed = {k for k in full[stage] if full[stage][k] != rehearsal[stage][k]}
-        assert changed == set(common.REHEARSAL.get(stage, {})), stage
+        assert changed == set(profiles.REHEARSAL.get(stage, {})), stage
     assert rehearsal["04"]["views"] == rehearsal["03"]["views"] == 8 and rehearsal["04"]["schedule"] == "halve"
 
 

@@ -5,10 +5,12 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_script
+
+import profiles
 
 PY = str(REPO / ".venv" / "bin" / "python")
-SCRIPTS = sorted(p.name for p in REPO.glob("0*_*.py")) + ["common.py", "devices.py", "rawdata.py", "pixels.py", "reporting.py",
+SCRIPTS = sorted(p.name for p in REPO.glob("0*_*.py")) + ["profiles.py", "devices.py", "rawdata.py", "pixels.py", "reporting.py",
                                                               "store_pack.py"]
 ROOMS = ("", "bench/", "sync/")    # where the repository's Python modules live
 LONG = 400          # lines; a longer module needs a reason in LONG_REASONS
@@ -60,7 +62,8 @@ def test_shared_modules_form_no_cycle_and_stages_import_no_stage():
         done.add(m)
     for m in imports:
         visit(m, [])
-    assert imports["common"] == set() and imports["reporting"] == {"common"} and imports["rawdata"] == {"common"}
+    assert imports["profiles"] == set() and imports["common"] == {"profiles"}      # make runs profiles.py bare
+    assert imports["reporting"] == {"common"} and imports["rawdata"] == {"common"}
     assert imports["pixels"] == {"common"} and imports["training"] == {"common", "pixels"}
     assert imports["devices"] == {"common", "training"}     # training only to measure a CPU
     assert imports["store_pack"] == {"common", "photo_stats"}       # 02 loads no torch
@@ -79,3 +82,18 @@ def test_reporting_and_submit_do_not_load_torch():
             "spec.loader.exec_module(importlib.util.module_from_spec(spec)); print('torch' in sys.modules)")
     assert subprocess.run([PY, "-c", code, str(REPO)], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("stage,script", [("03", "03_jigsaw.py"), ("04", "04_finetune.py"), ("05", "05_features.py")])
+def test_every_profile_setting_is_an_option_of_its_stage(stage, script):
+    options = {action.dest for action in load_script(script).p._actions}
+    for name, table in profiles.PROFILES.items():
+        assert set(table[stage]) <= options, (name, stage, sorted(set(table[stage]) - options))
+
+
+def test_make_takes_its_profile_defaults_from_the_table():
+    makefile = (REPO / "Makefile").read_text()
+    assert all(set(table) == {"make", "02", "03", "04", "05"} for table in profiles.PROFILES.values())
+    assert all(set(table["make"]) == {"nets", "seeds"} for table in profiles.PROFILES.values())
+    assert "NETS ?= $(call profile_word,nets)" in makefile and "SEEDS ?= $(call profile_word,seeds)" in makefile
+    assert all(set(table["02"]) == {"size"} for table in profiles.PROFILES.values())     # 02_hvr_augment.sh reads it
