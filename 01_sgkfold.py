@@ -34,6 +34,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 import common
 import rawdata
+import tasks
 
 # -----------------------------------------------------------------------------
 N_SPLITS = 3           # the recipe's 3-fold CV
@@ -56,7 +57,7 @@ def split_folds(train, align, where="train.csv"):
     """
     sgkf = StratifiedGroupKFold(n_splits=N_SPLITS)
     y, groups = train["target"].to_numpy(), train["art_series_id"].to_numpy()
-    overall = np.bincount(y, minlength=common.N_CLASSES) / len(y)
+    overall = np.bincount(y, minlength=tasks.N_CLASSES) / len(y)
     folds = []
     for tr, te in sgkf.split(np.zeros(len(y)), y, groups):
         tr, moved = list(tr), []
@@ -64,7 +65,7 @@ def split_folds(train, align, where="train.csv"):
             common.fail(f"{where}: fold {len(folds)}'s train side has {len(tr)} rows, fewer than "
                         f"--align {align} ({len(y)} train rows in all); it needs more data, or --align 1")
         while len(tr) % align:
-            share = np.bincount(y[tr], minlength=common.N_CLASSES) / len(tr)
+            share = np.bincount(y[tr], minlength=tasks.N_CLASSES) / len(tr)
             series_count = pd.Series(groups[tr]).value_counts()
             for cls in np.argsort(overall - share, kind="stable"):   # most over-represented first
                 lone = [i for i in tr if y[i] == cls and series_count[groups[i]] == 1]
@@ -83,7 +84,7 @@ def split_folds(train, align, where="train.csv"):
 def check_folds(train, folds, align):
     """The invariants every later stage relies on; a violation stops the stage."""
     y, groups = train["target"].to_numpy(), train["art_series_id"].to_numpy()
-    overall = np.bincount(y, minlength=common.N_CLASSES) / len(y)
+    overall = np.bincount(y, minlength=tasks.N_CLASSES) / len(y)
     seen = np.zeros(len(train), int)
     for k, (tr, te, oof) in enumerate(folds):
         if set(tr) & set(te) or len(tr) + len(te) != len(train):
@@ -93,7 +94,7 @@ def check_folds(train, folds, align):
             raise RuntimeError(f"fold {k}: series on both sides: {common.show_ids(sorted(shared))}")
         if len(tr) % align:
             raise RuntimeError(f"fold {k}: train side {len(tr)} is not a multiple of {align}")
-        shares = np.bincount(y[tr], minlength=common.N_CLASSES) / len(tr)
+        shares = np.bincount(y[tr], minlength=tasks.N_CLASSES) / len(tr)
         cls = int(np.abs(shares - overall).argmax())
         gap = abs(shares[cls] - overall[cls])
         tolerance = max(0.01, 1 / len(tr))     # 1 pp; one row's share on a tiny (demo) set
@@ -146,12 +147,12 @@ def run(args):
         common.fail(str(e))
     if train["art_series_id"].nunique() < N_SPLITS:
         common.fail(f"{Path(args.data) / 'train.csv'}: {N_SPLITS} folds need at least {N_SPLITS} series")
-    counts = np.bincount(train["target"], minlength=common.N_CLASSES)
-    few = [c for c in range(common.N_CLASSES) if counts[c] < N_SPLITS]
+    counts = np.bincount(train["target"], minlength=tasks.N_CLASSES)
+    few = [c for c in range(tasks.N_CLASSES) if counts[c] < N_SPLITS]
     if few:       # StratifiedGroupKFold would only warn, and a fold would lack the class
         common.fail(f"{Path(args.data) / 'train.csv'}: target {few[0]} has {counts[few[0]]} row(s); "
                     f"{N_SPLITS} stratified folds need at least {N_SPLITS} rows of every target "
-                    f"(rows per target 0-{common.N_CLASSES - 1}: {counts.tolist()})")
+                    f"(rows per target 0-{tasks.N_CLASSES - 1}: {counts.tolist()})")
 
     folds = split_folds(train, args.align, Path(args.data) / "train.csv")
     try:
@@ -166,14 +167,14 @@ def run(args):
         common.write_csv(common.fold_csv(out, k, "test"), train.iloc[te])
         summary[str(k)] = {
             "train": len(tr), "test": len(te), "moved_to_test": moved,
-            "train_classes": np.bincount(train["target"].iloc[tr], minlength=common.N_CLASSES).tolist(),
-            "test_classes": np.bincount(train["target"].iloc[te], minlength=common.N_CLASSES).tolist(),
+            "train_classes": np.bincount(train["target"].iloc[tr], minlength=tasks.N_CLASSES).tolist(),
+            "test_classes": np.bincount(train["target"].iloc[te], minlength=tasks.N_CLASSES).tolist(),
         }
     common.write_csv(out / "oof_fold.csv", pd.DataFrame({"object_id": train["object_id"], "fold": oof_fold}))
     common.write_csv(common.fold_csv(out, "all", "train"), train)
     common.write_csv(common.fold_csv(out, "all", "test"), test[["object_id"]])
     summary["all"] = {"train": len(train), "test": len(test),
-                      "train_classes": np.bincount(train["target"], minlength=common.N_CLASSES).tolist()}
+                      "train_classes": np.bincount(train["target"], minlength=tasks.N_CLASSES).tolist()}
 
     w2v = word2vec_table(train, materials, techniques, args.seed, args.w2v_epochs)
     common.write_csv(Path(out) / "word2vec.csv", w2v, float_format="%.7g")

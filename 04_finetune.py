@@ -10,11 +10,9 @@ Reads WORK/01_sgkfold, WORK/02_hvr, WORK/03_jigsaw. Writes WORK/04_finetune/<tas
     python 04_finetune.py --task word2vec --fold 2 --folds work/01_sgkfold --hvr work/02_hvr \
         --jigsaw work/03_jigsaw --out work/04_finetune --profile cpu
 
-Tasks (head size): target (1: the era), onehot (4: the era one-hot), sortingdate (1: the year,
-standardised with the fold's train-side mean and std, de-standardised on output), word2vec (20:
-the material/technique embedding from 01; objects without names are masked out of the loss).
-MSE for all four, as the recipe; `--loss ce` makes onehot a cross-entropy classifier.
-`--task multi`: one backbone with all four heads (26 outputs), the sum of the four losses.
+The tasks and their heads (sizes, targets, losses, eras): tasks.py. MSE for all four, as the
+recipe; `--loss ce` makes onehot a cross-entropy classifier; `--task multi` trains one backbone
+with all four heads on the sum of their losses.
 Past the recipe, each measured by `make study` (README, Profiles): `--mixup A` blends each
 training image with another of the epoch (weight ~ Beta(A, A), drawn into the epoch's plan, so a
 resumed run sees the same blends) and the two losses alike; `--photo-inputs shape|stats` gives
@@ -48,12 +46,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 import common
 import devices
 import pixels
 import reporting
+import tasks
 import training
 
 # -----------------------------------------------------------------------------
@@ -66,7 +64,7 @@ MIXUP_UNIT = 1_000_000  # mixup weights travel in the (integer) epoch plan, in m
 TRAINABLE_WHEN_FROZEN = ("layer3.", "layer4.", "fc.")   # the recipe's --freeze experiment
 
 p = common.profile_parser(__doc__.split("\n")[0])
-p.add_argument("--task", required=True, choices=common.NETS, help="one task, or multi: all four heads")
+p.add_argument("--task", required=True, choices=tasks.NETS, help="one task, or multi: all four heads")
 p.add_argument("--fold", required=True, choices=common.FOLDS)
 p.add_argument("--folds", required=True, help="stage 01's directory")
 p.add_argument("--hvr", required=True, help="stage 02's image store")
@@ -124,57 +122,11 @@ def task_data(args):
     return train, held, split
 
 
-def heads(task):
-    """[(task, slice of the network's outputs)]: the task's one head, or multi's four."""
-    out, start = [], 0
-    for t in (common.TASKS if task == "multi" else (task,)):
-        out.append((t, slice(start, start + common.TASK_DIMS[t])))
-        start += common.TASK_DIMS[t]
-    return out
-
-
-def head_targets(task, df, folds_dir, date_stats):
-    """(y (N, D), w (N,)) of one head, in the space the network is trained in."""
-    if task == "target":
-        y = df[["target"]].to_numpy(np.float32)
-    elif task == "onehot":
-        y = np.eye(common.N_CLASSES, dtype=np.float32)[df["target"].to_numpy()]
-    elif task == "sortingdate":
-        y = ((df[["sorting_date"]].to_numpy(np.float32) - date_stats[0]) / date_stats[1])
-    else:
-        w2v = pd.read_csv(Path(folds_dir) / "word2vec.csv", dtype={"object_id": str}).set_index("object_id")
-        y = w2v.loc[df["object_id"]].to_numpy(np.float32)
-    w = (~np.isnan(y).any(axis=1)).astype(np.float32)       # word2vec: no names -> masked
-    return np.nan_to_num(y), w
-
-
 def targets(task, df, folds_dir, date_stats):
     """(y (N, D) float32, w (N, heads) float32 loss weights) for every head of the network."""
-    parts = [head_targets(t, df, folds_dir, date_stats) for t, _ in heads(task)]
+    parts = [tasks.head_targets(t, df, folds_dir, date_stats) for t, _ in tasks.heads(task)]
     return (torch.from_numpy(np.concatenate([y for y, _ in parts], 1)),
             torch.from_numpy(np.stack([w for _, w in parts], 1)))
-
-
-def head_losses(task, kind, out, y):
-    """(N, heads): each head's per-sample loss (MSE over its outputs, or onehot's CE)."""
-    losses = []
-    for t, cols in heads(task):
-        if t == "onehot" and kind == "ce":
-            losses.append(F.cross_entropy(out[:, cols], y[:, cols].argmax(1), reduction="none"))
-        else:
-            losses.append(((out[:, cols] - y[:, cols]) ** 2).mean(1))
-    return torch.stack(losses, 1)
-
-
-def era_prediction(task, kind, mean_out, date_stats):
-    """The era (0..3, continuous) one head's TTA-mean output implies, or None (word2vec)."""
-    if task == "target":
-        return mean_out[:, 0]
-    if task == "onehot":        # common's mappings take tensors too; ce scores are logits
-        return common.era_of_scores(mean_out.softmax(1) if kind == "ce" else mean_out)
-    if task == "sortingdate":
-        return common.era_of_year(mean_out[:, 0] * date_stats[1] + date_stats[0])
-    return None
 
 
 def build(args, outputs, device, inputs=0):
@@ -238,7 +190,7 @@ def train(args, run_dir, dist, on_epoch_end=None):
         return x, None if extra is None else extra[rows[:, 0]]
 
     def loss_of(out, rows):
-        return head_losses(args.task, args.loss, out, y[rows[:, 0]]) * w[rows[:, 0]]
+        return tasks.head_losses(args.task, args.loss, out, y[rows[:, 0]]) * w[rows[:, 0]]
 
     def batch_loss(net, rows):
         x, more = batch_inputs(rows)
@@ -257,9 +209,9 @@ def train(args, run_dir, dist, on_epoch_end=None):
 
     common.seed_everything(args.seed)
     inputs = 0 if extra is None else extra.shape[1]
-    model = build(args, common.TASK_DIMS[args.task], device, inputs)
+    model = build(args, tasks.TASK_DIMS[args.task], device, inputs)
     config = dict(vars(args), log_every=LOG_EVERY, channels_last=True, size=meta["size"],
-                  outputs=common.TASK_DIMS[args.task], inputs=inputs, date_mean=date_stats[0], date_std=date_stats[1])
+                  outputs=tasks.TASK_DIMS[args.task], inputs=inputs, date_mean=date_stats[0], date_std=date_stats[1])
     training.fit(model, run_dir=run_dir, dist=dist, config=config, epoch_plan=epoch_plan,
                  batch_loss=batch_loss, on_epoch_end=on_epoch_end)
     return config
@@ -281,8 +233,8 @@ class Evaluator:
         self.subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: args.eval_rows or n].sort().values
         self.vidx = pixels.view_index(meta["size"]).to(device)
         self.args, self.device, self.path = args, device, run_dir / "eval.csv"
-        self.eras = [t for t, _ in heads(args.task) if t != "word2vec"]
-        self.columns = ["epoch", "split", "n", "views", "loss", "rmse", *(f"rmse_{t}" for t in self.eras), "seconds"]
+        self.eras = [t for t, _ in tasks.heads(args.task) if t in tasks.ERA_HEADS]
+        self.columns = ["epoch", "split", "n", "views", "loss", "rmse", *map(tasks.eval_column, self.eras), "seconds"]
 
     def inputs(self):
         return 0 if self.extra is None else self.extra.shape[1]
@@ -304,11 +256,11 @@ class Evaluator:
                                 epoch=epoch, bf16=training.bf16(self.device, args.precision))
         mean_out = outputs.mean(1)
         y, w, era = self.y[rows], self.w[rows], self.era[rows]
-        losses = head_losses(args.task, args.loss, mean_out, y)
+        losses = tasks.head_losses(args.task, args.loss, mean_out, y)
         loss = ((losses * w).sum(0) / w.sum(0).clamp(min=1)).sum().item()
         rmse = {}
-        for t, cols in heads(args.task):
-            pred = era_prediction(t, args.loss, mean_out[:, cols], self.date_stats)
+        for t, cols in tasks.heads(args.task):
+            pred = tasks.era_prediction(t, args.loss, mean_out[:, cols], self.date_stats)
             if pred is not None:
                 rmse[t] = ((pred - era) ** 2).mean().sqrt().item()
         first = rmse[self.eras[0]] if self.eras else None
@@ -328,7 +280,7 @@ def evaluate(args, run_dir, dist):
     # the trainer's pid, handed down: read at start-up, getppid() could already be init's
     parent = int(os.environ.get("ATMA11_TRAINER_PID") or os.getppid())
     ev = Evaluator(args, run_dir, dist.device)
-    model = training.build_model(args.arch, common.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
+    model = training.build_model(args.arch, tasks.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
     unreadable = {}
     while True:
         todo = [e for e in range(1, args.epochs + 1) if e not in ev.done()]
@@ -358,7 +310,7 @@ def evaluate_missing(args, run_dir, dist, ev):
     have = {e for e, step, _ in training.list_checkpoints(run_dir) if step is None}
     missing = [e for e in range(1, args.epochs + 1) if e not in ev.done() and e in have]
     if missing:
-        model = training.build_model(args.arch, common.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
+        model = training.build_model(args.arch, tasks.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
         for epoch in missing:
             model.load_state_dict(training.load_checkpoint(run_dir / common.ckpt_name(epoch), dist.device)["model"])
             ev.score(epoch, model)

@@ -34,14 +34,14 @@ import torch
 
 import common
 import pixels
+import tasks
 import training
 
 # -----------------------------------------------------------------------------
-STATS = ("mean", "max", "min", "var")   # the recipe's reductions over the 8 views
 CHUNK = 4096                            # images per progress step
 
 p = common.profile_parser(__doc__.split("\n")[0])
-p.add_argument("--task", required=True, choices=common.NETS, help="one task, or multi: all four heads")
+p.add_argument("--task", required=True, choices=tasks.NETS, help="one task, or multi: all four heads")
 p.add_argument("--fold", required=True, choices=common.FOLDS)
 p.add_argument("--folds", required=True, help="stage 01's directory")
 p.add_argument("--hvr", required=True, help="stage 02's image store")
@@ -66,19 +66,6 @@ def splits(folds_dir, fold, fold_test):
     if fold == "all" or fold_test == "yes":
         out["test"] = ids("all", "test")
     return out
-
-
-def reduce_views(task, outputs):
-    """(N, 8, D) -> {column: (N,)}: mean, max, min, var over the views, per output dimension of
-    each head (multi: the four tasks' outputs side by side, in common.TASKS order)."""
-    cols, start = {}, 0
-    for t in (common.TASKS if task == "multi" else (task,)):
-        for d in range(common.TASK_DIMS[t]):
-            v = outputs[:, :, start + d]
-            for stat, values in zip(STATS, (v.mean(1), v.max(1), v.min(1), v.var(1))):
-                cols[f"{t}_{d}_{stat}"] = values
-        start += common.TASK_DIMS[t]
-    return cols
 
 
 def main():
@@ -128,12 +115,12 @@ def main():
                 more = None if extra is None else extra[chunk].to(dist.device)
                 parts.append(training.predict_views(model, px[chunk].to(dist.device), vidx, dist.device, args.batch,
                                                     precision=args.precision, extra=more).cpu())
-        seeds.append(task_units(torch.cat(parts), config).numpy())
+        seeds.append(tasks.in_units(args.task, torch.cat(parts), config).numpy())
     outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))
     for split, oids in wanted.items():
         part = outputs[span[split]]
         training.save_views(out / f"{split}.npz", oids, part)
-        table = pd.DataFrame({"object_id": oids.to_numpy(), **reduce_views(args.task, part)})
+        table = pd.DataFrame({"object_id": oids.to_numpy(), **tasks.reduce_views(args.task, part)})
         with common.atomic_path(out / f"{split}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
     common.write_provenance(out, dict(vars(args), checkpoints=[str(c) for _, c in checkpoints],
@@ -151,21 +138,6 @@ def last_checkpoint(run_dir, args):
         common.fail(f"{run_dir}: the fine-tune run is not finished (make finetune, or make fold "
                     f"TASK={args.task} FOLD={args.fold})")
     return training.finished_checkpoint(run_dir, "05")
-
-
-def task_units(outputs, config):
-    """(N, 8, D) raw outputs -> each head's own units: the year de-standardised (sortingdate), the
-    scores' softmax (onehot trained with --loss ce); the others as they are."""
-    parts, start = [], 0
-    for t in (common.TASKS if config["task"] == "multi" else (config["task"],)):
-        part = outputs[..., start:start + common.TASK_DIMS[t]]
-        if t == "sortingdate":
-            part = part * config["date_std"] + config["date_mean"]
-        if t == "onehot" and config.get("loss") == "ce":
-            part = part.softmax(-1)
-        parts.append(part)
-        start += common.TASK_DIMS[t]
-    return torch.cat(parts, -1)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from sklearn.linear_model import LinearRegression
 import common
 import photo_stats
 import reporting
+import tasks
 
 # -----------------------------------------------------------------------------
 LGB_PARAMS = dict(objective="regression", metric="l2", boosting_type="gbdt", num_leaves=31,
@@ -78,7 +79,7 @@ p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--folds", required=True, help="stage 01's directory")
 p.add_argument("--features", required=True, help="stage 05's directory")
 p.add_argument("--out", required=True, help="this stage's directory")
-p.add_argument("--nets", nargs="+", default=list(common.TASKS), choices=common.NETS,
+p.add_argument("--nets", nargs="+", default=list(tasks.TASKS), choices=tasks.NETS,
                help="the networks 05 described: the four tasks' (the recipe) or multi")
 p.add_argument("--submit", default="best", choices=["best", "recipe"],
                help="best: the stack with the lowest CV (of --mode and --meta, when given), tuned "
@@ -122,11 +123,6 @@ def meta_table(hvr_dir, which):
 
 def rmse(a, b):
     return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
-
-
-def onehot_scores(table, column):
-    """(N, 4) array of the onehot head's columns, named column.format(class)."""
-    return table[[column.format(c) for c in range(common.N_CLASSES)]].to_numpy()
 
 
 def boost(X_tr, y_tr, X_va=None, y_va=None, rounds=None, params=LGB_PARAMS, patience=EARLY_STOP):
@@ -247,7 +243,7 @@ def plots(out, shown, y, final):
     fig.tight_layout()
     reporting.save_figure(fig, out / "importance.png")
     cm = pd.crosstab(pd.Series(y, name="true era"), pd.Series(np.rint(final).astype(int), name="predicted (rounded)"))
-    classes = range(common.N_CLASSES)
+    classes = range(tasks.N_CLASSES)
     cm = cm.reindex(index=classes, columns=classes, fill_value=0)
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(cm.to_numpy(), cmap="Blues")
@@ -285,18 +281,18 @@ def main():
     for k in K:
         rows = oof_fold.index[oof_fold == k]
         X = features(source, k, "heldout").loc[rows]
-        for name, values in common.head_eras(X).items():
+        for name, values in tasks.head_eras(X).items():
             singles.setdefault(name, []).append(pd.Series(values, index=rows))
-        oof.loc[rows, "target_tta"] = X["target_0_mean"]
-        for c in range(common.N_CLASSES):
-            oof.loc[rows, f"onehot_{c}"] = X[f"onehot_{c}_mean"]
+        oof.loc[rows, tasks.TTA_COLUMNS[0]] = tasks.target_tta(X)
+        for name, values in zip(tasks.TTA_COLUMNS[1:], tasks.onehot_tta(X).T):
+            oof.loc[rows, name] = values
     for name, parts in singles.items():
         oof[name + "_model"] = pd.concat(parts)
     for name, (pred, *_rest) in {"meta_only": meta_only, **stacks}.items():
         oof[name] = out_of_fold(pred, oof_fold)
     # Level 2: the single networks' eras and the statistics' booster, blended linearly.
     test_all = features(source, "all", "test")
-    test_inputs = pd.DataFrame({f"{n}_model": v for n, v in common.head_eras(test_all).items()}, index=test_all.index)
+    test_inputs = pd.DataFrame({f"{n}_model": v for n, v in tasks.head_eras(test_all).items()}, index=test_all.index)
     test_inputs["meta_only"] = pd.Series(meta_only[1], index=folds["all"]["test"]["object_id"].to_numpy()).loc[test_all.index]
     blend_pred, blend_test, blender = blend(oof[test_inputs.columns], test_inputs, y.to_numpy(), oof_fold)
     oof["blend"] = pd.concat([blend_pred[k] for k in K])
@@ -305,7 +301,7 @@ def main():
     if untested:
         print(f"[06] {', '.join(untested)}: scored, not submittable (the fold networks described no test "
               f"side: 05 --fold-test no)", flush=True)
-    tta, hot = oof["target_tta"].to_numpy(), onehot_scores(oof, "onehot_{}")
+    tta, hot = oof[tasks.TTA_COLUMNS[0]].to_numpy(), oof[list(tasks.TTA_COLUMNS[1:])].to_numpy()
     target = y.to_numpy()
     oof["recipe"] = post_process(oof["stack_seed"].to_numpy(), tta, hot, *RECIPE_POST)
     if args.submit == "recipe":
@@ -344,10 +340,10 @@ def main():
         if name not in untested:
             test[name] = test_pred
     test["blend"] = blend_test
-    test_hot = onehot_scores(test_all, "onehot_{}_mean")
-    test["final"] = post_process(test[chosen].to_numpy(), test_all["target_0_mean"].to_numpy(),
+    test_hot = tasks.onehot_tta(test_all)
+    test["final"] = post_process(test[chosen].to_numpy(), tasks.target_tta(test_all),
                                  test_hot, ratio, threshold)
-    test["recipe"] = post_process(test["stack_seed"].to_numpy(), test_all["target_0_mean"].to_numpy(),
+    test["recipe"] = post_process(test["stack_seed"].to_numpy(), tasks.target_tta(test_all),
                                   test_hot, *RECIPE_POST)
 
     for k in K:     # the baseline: each fold's train-side mean era, as a constant

@@ -25,6 +25,7 @@ import pandas as pd
 import common
 import rawdata
 import reporting
+import tasks
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--data", required=True, help="raw-data directory (test.csv, sample submission)")
@@ -98,7 +99,7 @@ def report(args, out, sub):
     cv = pd.read_csv(stack / "cv.csv", dtype={"fold": str})
     params = json.loads((stack / "params.json").read_text())
     runs, per_epoch = [], {}
-    for net in common.NETS:
+    for net in tasks.NETS:
         for fold, seed, run_dir in ((f, seed, d) for f in common.FOLDS for seed, d in reporting.seed_runs(finetune, net, f)):
             ev = run_dir / "eval.csv"
             if ev.exists():

@@ -20,17 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from profiles import PROFILES, TASKS
+from profiles import PROFILES
 
-TASK_DIMS = {"target": 1, "onehot": 4, "sortingdate": 1, "word2vec": 20}
-# A network learns one task, or all four at once on one backbone (`multi`: the heads' outputs
-# side by side in TASKS order, 26 in all).
-NETS = (*TASKS, "multi")
-TASK_DIMS["multi"] = sum(TASK_DIMS[t] for t in TASKS)
 FOLDS = ("0", "1", "2", "all")
-N_CLASSES = 4
 EVAL_TRAIN_ROWS = 1024   # fold `all` has no held-out side: its evaluator scores its first train rows
-ERA_EDGES = (1600, 1700, 1800)          # target = number of edges strictly below sorting_date
 UMASK = os.umask(0o022)
 os.umask(UMASK)
 
@@ -55,32 +48,6 @@ def run_name(task, fold, seed=0):
 def ckpt_name(epoch, step=None):
     """Epoch-end checkpoints are ckpt_e003.pt; mid-epoch ones ckpt_e003_s00000120.pt."""
     return f"ckpt_e{epoch:03d}.pt" if step is None else f"ckpt_e{epoch:03d}_s{step:08d}.pt"
-
-
-def era_of_date(dates):
-    """Map sorting_date to the era target 0..3 (<=1600, 1601-1700, 1701-1800, >=1801)."""
-    return np.searchsorted(np.asarray(ERA_EDGES), np.asarray(dates, dtype=float), side="left")
-
-
-# The era a network's output implies, continuous (numpy arrays or torch tensors alike):
-def era_of_year(year):
-    """A regressed year mapped linearly to the era: 1550 -> 0, 1650 -> 1 ... 1850 -> 3, clipped."""
-    return ((year - 1550) / 100).clip(0, N_CLASSES - 1)
-
-
-def era_of_scores(scores):
-    """(N, 4) one-hot scores -> the expected class: negatives clipped, then normalised."""
-    prob = scores.clip(min=0)
-    prob = prob / prob.sum(1)[:, None].clip(min=1e-6)
-    return sum(c * prob[:, c] for c in range(N_CLASSES))
-
-
-def head_eras(table):
-    """{head: era} that each era head's 8-view mean implies, from 05's feature columns
-    (<task>_<dim>_mean) of a table: the target itself, onehot's expected class, sortingdate's year."""
-    onehot = table[[f"onehot_{c}_mean" for c in range(N_CLASSES)]].to_numpy()
-    return {"target": table["target_0_mean"].to_numpy(), "onehot": era_of_scores(onehot),
-            "sortingdate": era_of_year(table["sortingdate_0_mean"].to_numpy())}
 
 
 # -----------------------------------------------------------------------------

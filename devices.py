@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import common
+import tasks
 
 # -----------------------------------------------------------------------------
 GPU_ID_RE = re.compile(r"^(\d{1,3}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})$")   # an index or a UUID
@@ -177,7 +178,7 @@ def evaluator_placement(device, asked):
 
 # -----------------------------------------------------------------------------
 # What a profile costs: images trained and inferred per stage, and its time at measured rates.
-def profile_images(profile, photos, fold_rows, nets=len(common.TASKS), seeds=1):
+def profile_images(profile, photos, fold_rows, nets=len(tasks.TASKS), seeds=1):
     """{stage: (images trained, images inferred)} of a whole run: `photos` (train.csv's and
     test.csv's), fold_rows {fold: train rows} (fold all's: every labelled row). 03 trains on every
     photo where the profile says holdout_trains, else on all but the held-out ones; a fold's
@@ -310,7 +311,7 @@ def main():
     e.add_argument("--profile", required=True, choices=sorted(common.PROFILES))
     e.add_argument("--data", required=True, help="the raw data (its train.csv and test.csv are counted)")
     e.add_argument("--folds", default=None, help="stage 01's directory, when it ran")
-    e.add_argument("--nets", type=int, default=len(common.TASKS), help="networks per fold")
+    e.add_argument("--nets", type=int, default=len(tasks.TASKS), help="networks per fold")
     e.add_argument("--seeds", type=int, default=1, help="seeds per network")
     g = sub.add_parser("on-gpu", help="run a command on a free GPU of --gpus")
     g.add_argument("--gpus", default="")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import (ID_RE, N_CLASSES, DataError, disk_full_is_an_error, era_of_date, fail, mark_done,
+from common import (ID_RE, DataError, disk_full_is_an_error, fail, mark_done,
                     show_ids, start_stage, write_csv, write_json, write_provenance, write_text)
+from tasks import N_CLASSES, era_of_date
 
 # -----------------------------------------------------------------------------
 RAW_FILES = {                            # file -> required columns

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 import common
+import tasks
 
 
 def pyplot():
@@ -88,14 +89,14 @@ def seed_runs(finetune, net, fold):
     return [(0, Path(finetune) / common.run_name(net, fold))] + sorted(others)
 
 
-def status(jigsaw, finetune, nets=common.TASKS):
+def status(jigsaw, finetune, nets=tasks.TASKS):
     """One table of the 03 run and every 04 run (stage 03's and 04's directories): those of `nets`
     (the make's NETS), whether started or not, and any other that exists; safe to read while they
     write."""
     import pandas as pd
     finetune = Path(finetune)
     runs = [("jigsaw", "-", Path(jigsaw))]
-    runs += [(t, f if seed == 0 else f"{f} s{seed}", d) for t in common.NETS for f in common.FOLDS
+    runs += [(t, f if seed == 0 else f"{f} s{seed}", d) for t in tasks.NETS for f in common.FOLDS
              for seed, d in seed_runs(finetune, t, f)
              if t in nets or d.exists()]
     rows = []
@@ -114,8 +115,8 @@ def status(jigsaw, finetune, nets=common.TASKS):
             "state": state,
         })
     print(pd.DataFrame(rows).to_string(index=False))
-    for net in common.NETS:
-        for head in (common.TASKS if net == "multi" else (net,)):
+    for net in tasks.NETS:
+        for head in (tasks.TASKS if net == "multi" else (net,)):
             line = fold_cv(finetune, net, head)
             if line:
                 print(line)
@@ -138,7 +139,7 @@ def fold_cv(runs_dir, net, head=None):
     if not common_epochs:
         return None
     epoch = max(common_epochs)
-    col = f"rmse_{head}" if f"rmse_{head}" in evals[0] else "rmse"
+    col = tasks.eval_column(head) if tasks.eval_column(head) in evals[0] else "rmse"
     if col == "rmse" and head != net:
         return None
     rows = [e.loc[epoch] for e in evals]
@@ -159,7 +160,7 @@ def cv_plot(runs_dir, out_dir=None):
     runs_dir = Path(runs_dir)
     out_dir = Path(out_dir or runs_dir)
     written = []
-    for task in common.NETS:
+    for task in tasks.NETS:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         drawn = 0
         for fold in common.FOLDS[:-1]:
@@ -187,7 +188,7 @@ def main():
     s = sub.add_parser("status", help="table of the 03 run and every 04 run")
     s.add_argument("--jigsaw", required=True, help="stage 03's directory")
     s.add_argument("--finetune", required=True, help="stage 04's directory")
-    s.add_argument("--nets", nargs="+", default=list(common.TASKS), choices=common.NETS,
+    s.add_argument("--nets", nargs="+", default=list(tasks.TASKS), choices=tasks.NETS,
                    help="the networks per fold a run will train (make's NETS), listed before they start")
     c = sub.add_parser("cv-plot", help="WORK/04_finetune/cv_<net>.png")
     c.add_argument("--runs", required=True)

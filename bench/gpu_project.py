@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import benchlib
+import tasks
 
 common = benchlib.common
 
@@ -81,8 +82,8 @@ def main():
     benchlib.emit(f"{t}_finetune_epoch_fold0", rows["0"] * c4["views"] / rate04, "s")
     benchlib.emit(f"{t}_finetune_run_fixed", fixed04, "s")
     benchlib.emit(f"{t}_features_run", walls["05"], "s")
-    runs04 = [fixed04 + rows[f] * c4["views"] * c4["epochs"] / rate04 for _ in common.TASKS for f in common.FOLDS]
-    runs05 = [walls["05"]] * (len(common.TASKS) * len(common.FOLDS))
+    runs04 = [fixed04 + rows[f] * c4["views"] * c4["epochs"] / rate04 for _ in tasks.TASKS for f in common.FOLDS]
+    runs05 = [walls["05"]] * (len(tasks.TASKS) * len(common.FOLDS))
     for gpus in (1, 4):
         t03 = fixed03 + images["03"][0] / (rate03 * gpus)
         t04, t05 = makespan(runs04, gpus), makespan(runs05, gpus)

@@ -19,6 +19,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import tasks  # noqa: E402
 
 # cv.csv's columns, in the page's words
 MODELS = {
@@ -74,7 +75,7 @@ def per_epoch(work):
     for ev in sorted(Path(work).glob("04_finetune/*/eval.csv")):
         df = pd.read_csv(ev).set_index("epoch")
         for head in ("target", "onehot", "sortingdate"):
-            col = f"rmse_{head}" if f"rmse_{head}" in df else ("rmse" if ev.parent.name.startswith(head) else None)
+            col = tasks.eval_column(head) if tasks.eval_column(head) in df else ("rmse" if ev.parent.name.startswith(head) else None)
             if col:
                 name = ev.parent.name if col == "rmse" else f"{ev.parent.name}/{head}"
                 cols[name] = df[col]
@@ -98,8 +99,8 @@ def seed_table(work):
                            dtype={"object_id": str}).set_index("object_id")
         f = pd.read_parquet(feat).set_index("object_id")
         y = held["target"].loc[f.index].to_numpy()
-        for head, era in common.head_eras(f).items():
-            alone = [float(pd.read_csv(d / "eval.csv").iloc[-1][f"rmse_{head}"]) for d in seeds]
+        for head, era in tasks.head_eras(f).items():
+            alone = [float(pd.read_csv(d / "eval.csv").iloc[-1][tasks.eval_column(head)]) for d in seeds]
             rows.append({"fold": fold, "head": head, **{f"seed {k}": v for k, v in enumerate(alone)},
                          "mean of the seeds alone": sum(alone) / len(alone),
                          "seeds averaged (05)": float(np.sqrt(np.mean((era - y) ** 2)))})
@@ -153,7 +154,7 @@ def main():
         df = pd.read_csv(study / "study.csv")
         keep = ["name", "axis", "net", "size", "arch", "epochs", "optim", "lr", "schedule", "halve_views", "init", "jigsaw",
                 "shift", "mixup", "precision", "photo_inputs", "seeds",
-                "fine_tune_minutes", "pipeline_minutes", "rmse_target", "rmse_onehot", "rmse_sortingdate", "load_1min"]
+                "fine_tune_minutes", "pipeline_minutes", *map(tasks.eval_column, tasks.ERA_HEADS), "load_1min"]
         lines += ["## The budget study (`make study`)\n",
                   "Fold 0 of the same folds, each configuration trained through `04_finetune.py` "
                   "(and `03_jigsaw.py`); held-out era RMSE after the last epoch, 8-view TTA mean. "

@@ -14,6 +14,7 @@ import importlib
 from pathlib import Path
 
 import benchlib
+import tasks
 stack = importlib.import_module("06_stack")
 
 # -----------------------------------------------------------------------------
@@ -38,12 +39,12 @@ def main():
     work = Path(args.work)
     folds, oof_fold = stack.read_folds(work / "01_sgkfold")
     y = folds["all"]["train"].set_index("object_id")["target"]
-    nets = ["multi"] if args.nets == "multi" else list(stack.common.TASKS)
+    nets = ["multi"] if args.nets == "multi" else list(stack.tasks.TASKS)
     source = (work / "05_features", nets)
     for k in stack.K:     # the seed stack learns from the network's own training rows, predicts held-out ones
         for side, split in (("train", "train"), ("heldout", "test")):
             era = folds[k][split].set_index("object_id")["target"]
-            head = stack.features(source, k, side).loc[era.index, "target_0_mean"]
+            head = stack.features(source, k, side).loc[era.index, tasks.column("target", 0)]
             benchlib.emit(f"target_head_fold{k}_{side}_rmse", f"{stack.rmse(head, era):.4f}", "(era RMSE)")
     meta = stack.meta_table(work / "02_hvr", "on")
     for name in args.sets:

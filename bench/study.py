@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402  (the repository's shared module; bench/ is optional tooling)
 import reporting  # noqa: E402
+import tasks  # noqa: E402
 
 # -----------------------------------------------------------------------------
 BASE = dict(net="multi", size=48, arch="resnet18", epochs=12, optim="adamw", lr=2e-3,
@@ -172,11 +173,12 @@ def ensemble_rmse(args, run_dirs, hvr):
         outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 256, precision=config.get(
             "precision", "fp32"), extra=extra).mean(1).numpy())
     mean = sum(outs) / len(outs)
-    names = [f"{t}_{d}_mean" for t in common.TASKS for d in range(common.TASK_DIMS[t])]   # 05's columns
+    names = [tasks.column(t, d) for t in tasks.TASKS for d in range(tasks.TASK_DIMS[t])]   # 05's columns
     table = pd.DataFrame(mean, columns=names)
-    table["sortingdate_0_mean"] = table["sortingdate_0_mean"] * config["date_std"] + config["date_mean"]
+    year = tasks.column("sortingdate", 0)
+    table[year] = table[year] * config["date_std"] + config["date_mean"]
     y = held["target"].to_numpy()
-    return {h: float(((e - y) ** 2).mean() ** 0.5) for h, e in common.head_eras(table).items()}
+    return {h: float(((e - y) ** 2).mean() ** 0.5) for h, e in tasks.head_eras(table).items()}
 
 
 def run_config(args, name, axis, changes):
@@ -187,7 +189,7 @@ def run_config(args, name, axis, changes):
     jig, jig_minutes = jigsaw(args, cfg["jigsaw"]) if cfg["jigsaw"] else (None, 0.0)
     row = dict(name=name, axis=axis, **{k: v for k, v in cfg.items() if k not in ("betas", "seed0")})
     rmse, minutes, loads = {}, 0.0, []
-    for task in (common.TASKS if cfg["net"] == "tasks" else ("multi",)):
+    for task in (tasks.TASKS if cfg["net"] == "tasks" else ("multi",)):
         run_dirs = []
         for seed in range(cfg["seeds"]):
             runs_name = cfg.get("seed0", name) if seed == 0 else f"{name}_seed{seed}"
@@ -196,14 +198,14 @@ def run_config(args, name, axis, changes):
             loads.append(load)
             run_dirs.append(run_dir)
         for head in ("target", "onehot", "sortingdate"):
-            col = f"rmse_{head}"
+            col = tasks.eval_column(head)
             if col in last and pd.notna(last[col]):
                 rmse[head] = float(last[col])
         if cfg["seeds"] > 1:
             rmse = ensemble_rmse(args, run_dirs, hvr)
     row.update(fine_tune_minutes=round(minutes, 2), jigsaw_minutes=round(jig_minutes, 2),
                pipeline_minutes=round(jig_minutes + PIPELINE_NETS * minutes, 1),
-               **{f"rmse_{h}": round(v, 4) for h, v in rmse.items()})
+               **{tasks.eval_column(h): round(v, 4) for h, v in rmse.items()})
     row["rmse_best"] = min(rmse.values())
     row["load_1min"] = max(loads)
     return row
@@ -213,9 +215,9 @@ def plot(df, path):
     plt = reporting.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for axis, part in df.groupby("axis"):
-        ax.scatter(part["pipeline_minutes"], part["rmse_target"], label=axis, s=40)
+        ax.scatter(part["pipeline_minutes"], part[tasks.eval_column("target")], label=axis, s=40)
         for _, r in part.iterrows():
-            ax.annotate(r["name"], (r["pipeline_minutes"], r["rmse_target"]), fontsize=7,
+            ax.annotate(r["name"], (r["pipeline_minutes"], r[tasks.eval_column("target")]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="04's minutes for the whole pipeline (4.5 x fold 0's) + jigsaw minutes",
            ylabel="fold 0 held-out era RMSE, target head (8-view TTA)",

@@ -6,7 +6,7 @@ batches, rows to the device, loss scaling, the per-step statistics, the loss.csv
 `log_every` steps: every step on CPU, 04's LOG_EVERY on CUDA) with the batch_loss that
 04_finetune.py uses for the `target` task, line for line: rows of the packed-pixel store gathered, a
 view each, normalised by pixels.to_input into channels_last (04's layout on every device), bf16
-autocast on CUDA (04's `auto` precision there; float32 on CPU, as PROFILE=cpu), 04's head_losses
+autocast on CUDA (04's `auto` precision there; float32 on CPU, as PROFILE=cpu), tasks.head_losses
 (the target head's per-sample MSE) weighted per head and summed. It is timed from the call of
 batch_loss that starts the first timed step to the one that starts the step after the last (whole
 steps, fit's own work between them included; on CUDA with a device sync at both marks); `warm`
@@ -42,6 +42,7 @@ import time
 import benchlib
 import pixels
 import profiles
+import tasks
 
 # -----------------------------------------------------------------------------
 ARCH = "resnet34"     # the recipe's network
@@ -90,7 +91,7 @@ def ours(ft, arch, data, device, batch, warm, steps, log_every, run_dir, paired=
         x = pixels.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             out = net(x).float()
-        return (ft.head_losses("target", "mse", out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
+        return (tasks.head_losses("target", "mse", out, y[rows[:, 0]]) * w[rows[:, 0]]).sum(), {}
 
     marks, calls, caught, other = {}, [], [], [0.0, 0.0]
 

@@ -56,7 +56,7 @@ def figures(stdout):
 
 
 def test_train_loop(tmp_path):
-    """Figure 3: 04's batch_loss (head_losses of the target task) inside training.fit, paired
+    """Figure 3: 04's batch_loss (tasks.head_losses of the target task) inside training.fit, paired
     with a bare torchvision loop."""
     p = run_bench("train_loop.py", "--sizes", 32, "--batch", 4, "--steps", "1,1", "--arch", "resnet18",
                   "--device", "cpu", "--tmp", tmp_path)

@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO, load_script, smoke_copy
 
 import common
+import tasks
 import training
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -45,19 +46,17 @@ def test_the_recipe_halves_per_8_view_epoch_and_the_others_anneal():
 
 
 def test_multi_has_the_four_tasks_heads_and_columns():
-    finetune = load_script("04_finetune.py")
-    features = load_script("05_features.py")
-    heads = finetune.heads("multi")
-    assert [t for t, _ in heads] == list(common.TASKS)
-    assert heads[-1][1].stop == common.TASK_DIMS["multi"] == 26
+    heads = tasks.heads("multi")
+    assert [t for t, _ in heads] == list(tasks.TASKS)
+    assert heads[-1][1].stop == tasks.TASK_DIMS["multi"] == 26
     out = np.random.default_rng(0).normal(size=(5, 8, 26)).astype(np.float32)
-    multi = features.reduce_views("multi", out)
+    multi = tasks.reduce_views("multi", out)
     single, start = {}, 0
-    for t in common.TASKS:
-        d = common.TASK_DIMS[t]
-        single.update(features.reduce_views(t, out[:, :, start:start + d]))
+    for t in tasks.TASKS:
+        d = tasks.TASK_DIMS[t]
+        single.update(tasks.reduce_views(t, out[:, :, start:start + d]))
         start += d
-    assert list(multi) == list(single) and len(multi) == 104
+    assert list(multi) == list(single) == tasks.feature_columns("multi") and len(multi) == 104
     assert all(np.array_equal(multi[c], single[c]) for c in multi)
 
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import common
 import rawdata
+import tasks
 from conftest import DEMO_SIZE, MAKE_ENV_DROP, REPO, generate_demo
 
 REAL_CLASS_COUNTS = np.array([475, 896, 1511, 1055])   # the competition's train.csv: rows per era
@@ -69,7 +69,7 @@ def test_schema_equals_real_data(demo_data, real_data):
 def test_rows_are_consistent(demo_data):
     train, test = rawdata.load_train(demo_data), rawdata.load_test(demo_data)
     assert (len(train), len(test)) == (DEMO_SIZE["train"], DEMO_SIZE["test"])
-    assert (common.era_of_date(train["sorting_date"]) == train["target"]).all()
+    assert (tasks.era_of_date(train["sorting_date"]) == train["target"]).all()
     assert train["sorting_date"].between(1440, 1991).all()
     ids = set(train["object_id"]) | set(test["object_id"])
     assert len(ids) == len(train) + len(test), "ids unique across train and test"

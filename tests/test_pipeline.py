@@ -17,10 +17,11 @@ from conftest import REPO, build_store
 
 import common
 import pixels
+import tasks
 import training
 
 PY = str(REPO / ".venv" / "bin" / "python")
-TASK_NETS = " ".join(common.TASKS)      # NETS: the four tasks' networks per fold (smoke's default: multi)
+TASK_NETS = " ".join(tasks.TASKS)      # NETS: the four tasks' networks per fold (smoke's default: multi)
 OPS = {"id": [], "h": ["-flop"], "v": ["-flip"], "hv": ["-flop", "-flip"], "r": ["-rotate", "90"],
        "hr": ["-flop", "-rotate", "90"], "vr": ["-flip", "-rotate", "90"],
        "hvr": ["-flop", "-flip", "-rotate", "90"]}
@@ -221,7 +222,7 @@ def test_make_fans_finetunes_out_one_per_gpu(make, demo_data, tmp_path):
     p = make("-n", "-j4", "all", work=tmp_path, data=demo_data, PROFILE="smoke", NETS=TASK_NETS, check=False)
     for script in ("04_finetune.py", "05_features.py"):
         starts = re.findall(script + r" --task (\w+) --fold (\w+)", p.stdout)
-        assert sorted(starts) == sorted((t, f) for t in common.TASKS for f in common.FOLDS), script
+        assert sorted(starts) == sorted((t, f) for t in tasks.TASKS for f in common.FOLDS), script
     p = make("-n", "finetune", work=tmp_path, data=demo_data, GPUS="0,1,2,3", PROFILE="full", check=False)
     assert p.stdout.count("on-gpu --gpus 0,1,2,3") == 16                                     # full: 4 tasks x 4 folds
     assert "devices.py check --gpus 0,1,2,3" in p.stdout                                    # before any stage
@@ -232,7 +233,7 @@ def test_make_fans_finetunes_out_one_per_gpu(make, demo_data, tmp_path):
     assert p.stdout.count("--seed 1") == 4 and "--seed 2" not in p.stdout
     p = make("-n", "-j4", "all", work=tmp_path, data=demo_data, PROFILE="smoke", NETS=TASK_NETS, SEEDS=3, check=False)
     runs = re.findall(r"04_finetune.py --task (\w+) --fold (\w+) \\\n.*\n  --profile smoke (?:--seed (\d))?", p.stdout)
-    assert sorted(runs) == sorted((t, f, s) for t in common.TASKS for f in common.FOLDS for s in ("", "1", "2"))
+    assert sorted(runs) == sorted((t, f, s) for t in tasks.TASKS for f in common.FOLDS for s in ("", "1", "2"))
     assert len(re.findall(r"05_features.py --task \w+ --fold \w+ \\\n.*\n  --seeds 3\n", p.stdout)) == 16
     p = make("-n", "jigsaw", work=tmp_path, data=demo_data, GPUS="0,1", PROFILE="smoke", check=False)
     assert "torchrun --standalone --nproc_per_node=2" in p.stdout

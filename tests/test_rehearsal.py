@@ -26,9 +26,10 @@ from conftest import REHEARSE, kill_make, link_work, run_make
 
 import common
 import profiles
+import tasks
 import training
 
-RUNS = [common.run_name(t, f) for t in common.TASKS for f in common.FOLDS]
+RUNS = [common.run_name(t, f) for t in tasks.TASKS for f in common.FOLDS]
 KILLED = "onehot_1"          # the run the kill test interrupts
 
 

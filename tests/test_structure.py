@@ -1,6 +1,7 @@
 """The shape of the code: every script runs from any working directory, the shared modules import
 each other without cycles, and no module grows past about 400 lines without a reason here."""
 import ast
+import re
 import subprocess
 
 import pytest
@@ -63,9 +64,10 @@ def test_shared_modules_form_no_cycle_and_stages_import_no_stage():
     for m in imports:
         visit(m, [])
     assert imports["profiles"] == set() and imports["common"] == {"profiles"}      # make runs profiles.py bare
-    assert imports["reporting"] == {"common"} and imports["rawdata"] == {"common"}
+    assert imports["tasks"] == {"profiles"}
+    assert imports["reporting"] == {"common", "tasks"} and imports["rawdata"] == {"common", "tasks"}
     assert imports["pixels"] == {"common"} and imports["training"] == {"common", "pixels"}
-    assert imports["devices"] == {"common", "training"}     # training only to measure a CPU
+    assert imports["devices"] == {"common", "tasks", "training"}     # training only to measure a CPU
     assert imports["store_pack"] == {"common", "photo_stats"}       # 02 loads no torch
     assert imports["sync"] == {"common", "remote", "units"} and imports["units"] == {"remote"}
 
@@ -97,3 +99,12 @@ def test_make_takes_its_profile_defaults_from_the_table():
     assert all(set(table["make"]) == {"nets", "seeds"} for table in profiles.PROFILES.values())
     assert "NETS ?= $(call profile_word,nets)" in makefile and "SEEDS ?= $(call profile_word,seeds)" in makefile
     assert all(set(table["02"]) == {"size"} for table in profiles.PROFILES.values())     # 02_hvr_augment.sh reads it
+
+
+def test_no_head_column_is_spelled_outside_tasks():
+    """05's feature columns (target_0_mean) and eval.csv's (rmse_target) are built by tasks.py."""
+    spelled = re.compile(r"\b(target|onehot|sortingdate|word2vec)_(\d+|\{[a-z]+\})_(mean|max|min|var)\b"
+                         r"|\brmse_(target|onehot|sortingdate|\{)")
+    found = [f"{path.relative_to(REPO)}:{n}" for path in modules().values() if path.name != "tasks.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1) if spelled.search(line)]
+    assert not found, found
