@@ -69,6 +69,9 @@ PROFILE_NAMES := $(call profile_word,names)
 ifeq ($(PROFILE_NAMES),)
 $(error make reads the profiles with PYTHON=$(PYTHON) profiles.py, which printed nothing: set PYTHON to a python3)
 endif
+ifneq ($(words $(PROFILE)) $(filter $(PROFILE),$(PROFILE_NAMES)),1 $(PROFILE))
+$(error PROFILE=$(PROFILE): one of $(PROFILE_NAMES))
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/requirements.txt
@@ -137,7 +140,6 @@ endif
 quoted = '$(subst ','\'',$(1))'
 # name, the value, its allowed values (words)
 one_of = $(if $(filter-out 1,$(words $(2)))$(filter-out $(3),$(2)),$(error $(1)=$(2): one of $(3)))
-$(call one_of,PROFILE,$(PROFILE),$(PROFILE_NAMES))
 ifneq ($(filter fold docker-fold,$(MAKECMDGOALS)),)     # read by these only (a shell may export TASK)
 $(call one_of,FOLD,$(FOLD),0 1 2 all)
 $(call one_of,TASK,$(TASK),$(TASKS) multi)
