@@ -77,9 +77,7 @@ def main():
     out = common.start_stage(args.out) if dist.main else Path(args.out)
     if dist.main:      # what this run may continue from; the other ranks wait for it
         done = training.settle_checkpoints(out, vars(args), ("loss.csv", "holdout.csv", "loss.png", "provenance.json"))
-        rows = common.read_epoch_rows(out / "holdout.csv")
-        if any(e > done for e in rows):
-            write_holdout(out, {e: row for e, row in rows.items() if e <= done})
+        common.forget_epochs_after(out / "holdout.csv", done)
     dist.barrier()
     images, ids, meta = pixels.load_store(args.hvr)
     device = dist.device
@@ -134,7 +132,8 @@ def main():
         loss, tile, puzzle = (sums / max(len(held), 1)).tolist()
         rows = common.read_epoch_rows(out / "holdout.csv")
         rows[epoch] = f"{epoch},{loss:.6g},{tile:.6g},{puzzle:.6g}"
-        write_holdout(out, rows)
+        common.write_text(out / "holdout.csv", "epoch,loss,tile_acc,puzzle_acc\n" +
+                          "".join(rows[e] + "\n" for e in sorted(rows)))
         print(f"[03] epoch {epoch}: held-out loss {loss:.4f}, tile accuracy {tile:.3f} "
               f"(chance {1 / TILES:.3f}), whole-puzzle accuracy {puzzle:.3f}", flush=True)
 
@@ -153,11 +152,6 @@ def main():
         common.write_provenance(out, config, started)
         common.mark_done(out)
     dist.close()
-
-
-def write_holdout(out, rows):
-    """holdout.csv from {epoch: its line}."""
-    common.write_text(out / "holdout.csv", "epoch,loss,tile_acc,puzzle_acc\n" + "".join(rows[e] + "\n" for e in sorted(rows)))
 
 
 def plot(out):

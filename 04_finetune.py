@@ -19,7 +19,7 @@ resumed run sees the same blends) and the two losses alike; `--photo-inputs shap
 the head the photo's size and aspect, or all of 02's per-photo statistics, beside the pooled
 features; `--precision` chooses bf16 autocast or float32.
 The trainer and its evaluator are one script in two roles, as in the recipe: they share the
-task's targets and heads.
+fold's data and the task's targets.
 
 Evaluation scores each epoch's checkpoint on the fold's held-out side and appends a row to
 eval.csv: the loss, and the RMSE on the era target of every head that has one (target;
@@ -404,10 +404,7 @@ def settle(args, run_dir):
     """Keep only what this run may continue from (the same options, 01, 02 and 03 as built now),
     and forget the evaluations of any epoch it will train again."""
     done = training.settle_checkpoints(run_dir, vars(args), RUN_OUTPUTS)
-    rows = common.read_epoch_rows(run_dir / "eval.csv")
-    if any(e > done for e in rows):
-        header = (run_dir / "eval.csv").read_text().splitlines()[0]
-        common.write_text(run_dir / "eval.csv", header + "\n" + "".join(rows[e] + "\n" for e in sorted(rows) if e <= done))
+    common.forget_epochs_after(run_dir / "eval.csv", done)
     views = run_dir / training.HELDOUT_VIEWS
     if views.exists() and done < args.epochs:
         views.unlink()

@@ -69,9 +69,9 @@ PROFILE_NAMES := $(call profile_word,names)
 ifeq ($(PROFILE_NAMES),)
 $(error make reads the profiles with PYTHON=$(PYTHON) profiles.py, which printed nothing: set PYTHON to a python3)
 endif
-ifneq ($(words $(PROFILE)) $(filter $(PROFILE),$(PROFILE_NAMES)),1 $(PROFILE))
-$(error PROFILE=$(PROFILE): one of $(PROFILE_NAMES))
-endif
+# name, the value, its allowed values (words)
+one_of = $(if $(filter-out 1,$(words $(2)))$(filter-out $(3),$(2)),$(error $(1)=$(2): one of $(3)))
+$(call one_of,PROFILE,$(PROFILE),$(PROFILE_NAMES))
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/requirements.txt
@@ -138,8 +138,6 @@ $(error DATA and WORK must be paths without spaces (DATA='$(DATA)' WORK='$(WORK)
 endif
 # free text as one shell word: in single quotes, each ' written as '\'' (nothing else is special there)
 quoted = '$(subst ','\'',$(1))'
-# name, the value, its allowed values (words)
-one_of = $(if $(filter-out 1,$(words $(2)))$(filter-out $(3),$(2)),$(error $(1)=$(2): one of $(3)))
 ifneq ($(filter fold docker-fold,$(MAKECMDGOALS)),)     # read by these only (a shell may export TASK)
 $(call one_of,FOLD,$(FOLD),0 1 2 all)
 $(call one_of,TASK,$(TASK),$(TASKS) multi)
@@ -179,6 +177,7 @@ endif
 endif
 endif
 RAW := $(if $(wildcard $(DATA)/train.csv),$(DATA),$(DIR_DEMO))
+HVR_OPTIONS := --mode $(RESIZE)#   02's options (RESIZE), in its command and its options file
 RAW_STAMP := $(if $(wildcard $(DATA)/train.csv),$(DATA)/train.csv,$(DIR_DEMO)/DONE)
 # One make at a time on a WORK: a second one is refused at once. The lock is an flock on
 # WORK/.lock held by a helper that exits with this make (a kill -9 too: the kernel releases it);
@@ -204,7 +203,7 @@ export ATMA11_WORK_LOCK
 # they are taken as built with these options, and their files get DONE's time, so nothing is redone.
 stamp_options = [ -f $(1)/DONE ] && [ ! -f $(1)/options.txt ] && echo '$(2)' > $(1)/options.txt.tmp && \
   touch -r $(1)/DONE $(1)/options.txt.tmp && mv $(1)/options.txt.tmp $(1)/options.txt;
-$(if $(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),$(shell $(call stamp_options,$(DIR_HVR),--mode $(RESIZE)) \
+$(if $(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),$(shell $(call stamp_options,$(DIR_HVR),$(HVR_OPTIONS)) \
   $(call stamp_options,$(DIR_JIG),$(JIGSAW_ARGS)) $(foreach r,$(wildcard $(DIR_FT)/*/DONE),$(call \
   stamp_options,$(patsubst %/,%,$(dir $(r))),$(FINETUNE_ARGS))) true))
 endif
@@ -289,13 +288,13 @@ $(DIR_FOLDS)/DONE: $(DIR_VALID)/DONE
 # FINETUNE_ARGS the fine-tunes on; the stages themselves continue only from checkpoints of the same
 # options and inputs (training.settle_checkpoints).
 $(DIR_HVR)/options.txt: FORCE | preflight
-	$(call keep_options,--mode $(RESIZE))
+	$(call keep_options,$(HVR_OPTIONS))
 
 $(DIR_HVR)/DONE: $(DIR_VALID)/DONE $(DIR_HVR)/options.txt
 	@test "$$(cat $(WORK)/profile.txt 2>/dev/null)" = $(PROFILE) || echo $(PROFILE) > $(WORK)/profile.txt || { \
 	  echo "error: could not write $(WORK)/profile.txt: the disk holding $(WORK) is full, or not writable (df -h $(WORK))" >&2; exit 1; }
 	./02_hvr_augment.sh --photos $(RAW)/photos --ids $(DIR_VALID)/photos.csv --out $(DIR_HVR) \
-	  --mode $(RESIZE) --python $(PY) --profile $(PROFILE)
+	  $(HVR_OPTIONS) --python $(PY) --profile $(PROFILE)
 
 $(DIR_JIG)/options.txt: FORCE | preflight
 	$(call keep_options,$(JIGSAW_ARGS))

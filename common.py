@@ -180,6 +180,15 @@ def read_epoch_rows(path):
     return {int(line.split(",")[0]): line for line in lines}
 
 
+def forget_epochs_after(path, last):
+    """Drop the rows of epochs past `last` from a per-epoch CSV (a run that continues from an
+    earlier checkpoint trains and scores them again)."""
+    rows = read_epoch_rows(path)
+    if any(e > last for e in rows):
+        header = Path(path).read_text().splitlines()[0]
+        write_text(path, header + "\n" + "".join(rows[e] + "\n" for e in sorted(rows) if e <= last))
+
+
 def utc_stamp(precise=False):
     """20261128-153012 (UTC); precise adds microseconds, so two of them never collide."""
     now = time.time()

@@ -329,11 +329,12 @@ def save_checkpoint(path, state):
                     f"space, then run the same command again to continue from them")
 
 
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path, device="cpu", mmap=False):
     """A checkpoint's state; one that cannot be read (truncated, overwritten) is an error that
-    names it, not a traceback from deep inside torch."""
+    names it, not a traceback from deep inside torch. mmap: the tensors stay on disk until read
+    (a check of its config and keys costs no decode)."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise
     except Exception as e:      # torch's zip reader, its unpickler, a short read: all mean unreadable
@@ -364,7 +365,7 @@ def finished_checkpoint(run_dir, what):
     if not path.exists():
         common.fail(f"{path} is missing: {redo}")
     try:
-        load_checkpoint(path)
+        load_checkpoint(path, mmap=True)
     except UnreadableCheckpoint as e:
         common.fail(f"{e}: {redo}")
     return epochs, path
@@ -412,7 +413,7 @@ def settle_checkpoints(run_dir, setup, outputs=()):
     why = None
     for epoch, step, path in reversed(list_checkpoints(run_dir)):
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, mmap=True)
         except UnreadableCheckpoint as e:
             print(f"{e}: removed; the run redoes it", flush=True)
             path.unlink()

@@ -17,7 +17,7 @@ ROOMS = ("", "bench/", "sync/")    # where the repository's Python modules live
 LONG = 400          # lines; a longer module needs a reason in LONG_REASONS
 LONG_REASONS = {
     "04_finetune.py": "the trainer and its evaluator, one script in two roles (the recipe's), share "
-                      "the task's data, targets and heads",
+                      "the fold's data and the task's targets",
     "training.py": "the training loop, its checkpoints and its schedules make one resume contract",
 }
 
