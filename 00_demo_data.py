@@ -13,7 +13,6 @@ materials/techniques follow the era, for train objects only.
 import argparse
 import hashlib
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -114,9 +113,9 @@ def draw_photo(rng, style):
 
 
 def main():
-    args = p.parse_args()
-    started = time.time()
-    out = Path(args.out)
+    args = common.parse(p, "00")
+    stage = common.Stage(args.out)
+    out = stage.dir
     photos = out / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
@@ -157,11 +156,10 @@ def main():
         common.write_csv(out / file, pd.DataFrame(pairs, columns=["name", "object_id"]))
     common.write_csv(out / "sample_submission.csv", pd.DataFrame({"target": np.zeros(len(test), int)}))
     digest = hashlib.sha256((out / "train.csv").read_bytes()).hexdigest()[:12]
-    common.write_provenance(out, vars(args), started)
-    common.mark_done(out)
+    stage.finish(vars(args))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"demo data: {len(train)} train / {len(test)} test objects, {size / 1e6:.1f} MB "
-          f"in {out} (seed {args.seed}, train.csv sha256 {digest}) [{time.time() - started:.1f}s]")
+          f"in {out} (seed {args.seed}, train.csv sha256 {digest}) [{time.time() - stage.started:.1f}s]")
 
 
 if __name__ == "__main__":

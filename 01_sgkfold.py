@@ -130,14 +130,14 @@ def word2vec_table(train, materials, techniques, seed, epochs):
 
 
 def main():
-    args = p.parse_args()
+    args = common.parse(p, "01")
     with common.disk_full_is_an_error(args.out):
         run(args)
 
 
 def run(args):
-    started = time.time()
-    out = common.start_stage(args.out)
+    stage = common.Stage(args.out)
+    out = stage.dir
     try:
         train = rawdata.load_train(args.data)
         test = rawdata.load_test(args.data, train["object_id"])
@@ -180,11 +180,10 @@ def run(args):
     common.write_csv(Path(out) / "word2vec.csv", w2v, float_format="%.7g")
     summary["word2vec"] = {"objects": len(w2v), "without_names": int(w2v["w2v_0"].isna().sum())}
     common.write_json(out / "folds.json", summary)
-    common.write_provenance(out, vars(args), started)
-    common.mark_done(out)
+    stage.finish(vars(args))
     sizes = " ".join(f"{k}:{summary[str(k)]['train']}/{summary[str(k)]['test']}" for k in range(N_SPLITS))
     print(f"folds (train/test) {sizes} all:{len(train)}/{len(test)}; word2vec for {len(w2v)} objects "
-          f"({summary['word2vec']['without_names']} without names) [{time.time() - started:.1f}s]")
+          f"({summary['word2vec']['without_names']} without names) [{time.time() - stage.started:.1f}s]")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ profile says `holdout_trains` (full: the recipe pretrained on every photo; the f
 one on photos seen in training, though never in that view and permutation together).
 """
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -70,11 +69,11 @@ def puzzle_loss(out, perms, kind):
 
 def main():
     args = common.parse(p, "03")
-    started = time.time()
     training.configure_threads()
     dist = training.Dist()
     args.input_hvr = training.input_identity(args.hvr)   # another store is another setup
-    out = common.start_stage(args.out) if dist.main else Path(args.out)
+    stage = common.Stage(args.out) if dist.main else None
+    out = Path(args.out)
     if dist.main:      # what this run may continue from; the other ranks wait for it
         done = training.settle_checkpoints(out, vars(args), ("loss.csv", "holdout.csv", "loss.png", "provenance.json"))
         common.forget_epochs_after(out / "holdout.csv", done)
@@ -84,8 +83,7 @@ def main():
     if args.epochs == 0:     # a profile that fine-tunes from random init (cpu: `make study`)
         if dist.main:
             print(f"[03] profile={args.profile}: 0 jigsaw epochs, the fine-tunes start from random init", flush=True)
-            common.write_provenance(out, vars(args), started)
-            common.mark_done(out)
+            stage.finish(vars(args))
         return dist.close()
     store = pixels.to_pixels(images, device)   # the whole store, resident, packed pixels
     vidx = pixels.view_index(meta["size"]).to(device)
@@ -149,8 +147,7 @@ def main():
             model.load_state_dict(training.load_checkpoint(out / common.ckpt_name(epoch))["model"])
             on_epoch_end(epoch, model)
         plot(out)
-        common.write_provenance(out, config, started)
-        common.mark_done(out)
+        stage.finish(config)
     dist.close()
 
 

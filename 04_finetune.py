@@ -13,11 +13,9 @@ Reads WORK/01_sgkfold, WORK/02_hvr, WORK/03_jigsaw. Writes WORK/04_finetune/<tas
 The tasks and their heads (sizes, targets, losses, eras): tasks.py. MSE for all four, as the
 recipe; `--loss ce` makes onehot a cross-entropy classifier; `--task multi` trains one backbone
 with all four heads on the sum of their losses.
-Past the recipe, each measured by `make study` (README, Profiles): `--mixup A` blends each
-training image with another of the epoch (weight ~ Beta(A, A), drawn into the epoch's plan, so a
-resumed run sees the same blends) and the two losses alike; `--photo-inputs shape|stats` gives
-the head the photo's size and aspect, or all of 02's per-photo statistics, beside the pooled
-features; `--precision` chooses bf16 autocast or float32.
+`--precision` chooses bf16 autocast or float32. The variants the budget study measured and no
+profile took (`--shift`, `--mixup`, `--photo-inputs`) live in variants.py, which hands 04 its
+training batches (`Batches` here: the recipe's).
 The trainer and its evaluator are one script in two roles, as in the recipe: they share the
 fold's data and the task's targets.
 
@@ -44,7 +42,6 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 import common
@@ -53,6 +50,7 @@ import pixels
 import reporting
 import tasks
 import training
+import variants
 
 # -----------------------------------------------------------------------------
 SEED = 0               # init of the new head; epoch RNGs derive from it too
@@ -60,7 +58,6 @@ LOG_EVERY = 10         # steps between loss.csv rows
 EVAL_POLL = 0.2        # seconds between the evaluator's looks for a new checkpoint (a stat: free)
 EVAL_GIVE_UP = 120.0   # seconds a checkpoint may stay unreadable before the evaluator fails
 EVAL_LOG = "evaluator.log"   # the evaluator process's stderr
-MIXUP_UNIT = 1_000_000  # mixup weights travel in the (integer) epoch plan, in millionths
 TRAINABLE_WHEN_FROZEN = ("layer3.", "layer4.", "fc.")   # the recipe's --freeze experiment
 
 p = common.profile_parser(__doc__.split("\n")[0])
@@ -81,8 +78,6 @@ p.add_argument("--epochs", type=int, default=None, help="epochs (profile; the re
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
 p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="1-8",
                help="views per image per epoch: 8 = all (recipe), fewer = random ones (profile)")
-p.add_argument("--shift", type=int, default=None, choices=range(0, 17), metavar="0-16",
-               help="translate each training view by up to this many pixels, the border mirrored (profile; the recipe: 0)")
 p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
 p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="ce: cross-entropy for onehot")
 p.add_argument("--freeze", action="store_true", help="train only layer3, layer4 and the head")
@@ -101,24 +96,19 @@ p.add_argument("--eval-stall", type=float, default=600.0,
                help="seconds an evaluator process may go without scoring an epoch once training has "
                     "ended, before it is stopped and the rest is scored inline")
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
-p.add_argument("--mixup", type=float, default=None,
-               help="mixup: each training image blended with another of the epoch, weight ~ Beta(a, a), "
-                    "the losses blended alike; 0: off (profile; the recipe: 0)")
 p.add_argument("--precision", default=None, choices=training.PRECISIONS,
                help="bf16 autocast: auto = on GPUs and CPUs with native bf16 (profile)")
-p.add_argument("--photo-inputs", default=None, choices=pixels.PHOTO_INPUTS,
-               help="what the head gets besides the pixels: none (the recipe), shape (the photo's "
-                    "size and aspect), stats (all of 02's per-photo statistics) (profile)")
+variants.add_options(p)      # the study's variants: shifted views, mixup, photo inputs
 
 
 # -----------------------------------------------------------------------------
 def task_data(args):
     """(train frame, evaluation frame, its split name: heldout, or train for fold all)."""
-    train = pd.read_csv(common.fold_csv(args.folds, args.fold, "train"), dtype={"object_id": str})
+    train = common.read_fold(args.folds, args.fold, "train")
     if args.fold == "all":
         held, split = train.iloc[:common.EVAL_TRAIN_ROWS], "train"
     else:
-        held, split = pd.read_csv(common.fold_csv(args.folds, args.fold, "test"), dtype={"object_id": str}), "heldout"
+        held, split = common.read_fold(args.folds, args.fold, "test"), "heldout"
     return train, held, split
 
 
@@ -148,6 +138,46 @@ def build(args, outputs, device, inputs=0):
 
 
 # -----------------------------------------------------------------------------
+class Batches:
+    """The recipe's training batches: each epoch, `views` views of every image (all 8, or that
+    many drawn at random per image) in a shuffled order; a batch's loss is the sum over its
+    samples of every head's loss, weighted (a head without a target for the row weighs 0)."""
+
+    def __init__(self, args, n, store, pos, vidx, targets, extra, device):
+        self.views, self.precision, self.device, self.n = args.views, args.precision, device, n
+        self.task, self.loss_kind = args.task, args.loss
+        self.store, self.pos, self.vidx, self.inputs = store, pos, vidx, extra
+        self.y, self.w = targets
+
+    def plan(self, epoch, g):
+        """Rows (image, view) in the epoch's order."""
+        n = self.n
+        if self.views == 8:
+            row, view = torch.arange(n).repeat_interleave(8), torch.arange(8).repeat(n)
+        else:
+            row = torch.arange(n).repeat_interleave(self.views)
+            view = torch.rand(n, 8, generator=g).argsort(1)[:, : self.views].reshape(-1)
+        plan = torch.stack([row, view], 1)
+        return plan[torch.randperm(len(plan), generator=g)]
+
+    def pixels(self, rows, offsets=None):
+        return pixels.to_input(self.store[self.pos[rows[:, 0]]], rows[:, 1], self.vidx, channels_last=True,
+                               offsets=offsets)
+
+    def extra(self, rows):
+        return None if self.inputs is None else self.inputs[rows[:, 0]]
+
+    def forward(self, net, x, extra):
+        with training.autocast(self.device, self.precision):
+            return net(x, extra).float()
+
+    def losses(self, out, rows):
+        return tasks.head_losses(self.task, self.loss_kind, out, self.y[rows[:, 0]]) * self.w[rows[:, 0]]
+
+    def loss(self, net, rows):
+        return self.losses(self.forward(net, self.pixels(rows), self.extra(rows)), rows).sum(), {}
+
+
 def train(args, run_dir, dist, on_epoch_end=None):
     images, ids, meta = pixels.load_store(args.hvr)
     device = dist.device
@@ -157,63 +187,21 @@ def train(args, run_dir, dist, on_epoch_end=None):
     store = pixels.to_pixels(images[np.sort(pos.numpy())], device)  # only this fold's photos
     pos = torch.from_numpy(np.searchsorted(np.sort(pos.numpy()), pos.numpy())).to(device)
     y, w = (t.to(device) for t in targets(args.task, train_df, args.folds, date_stats))
-    extra = pixels.photo_inputs(args.hvr, train_df["object_id"], args.photo_inputs)
+    extra = variants.photo_inputs(args.hvr, train_df["object_id"], args.photo_inputs)
     extra = None if extra is None else extra.to(device)
     vidx = pixels.view_index(meta["size"]).to(device)
     training.banner("04", args, dist, task=args.task, fold=args.fold, train=len(train_df),
                     size=meta["size"], arch=args.arch, init=args.init, epochs=args.epochs,
                     schedule=f"{args.optim}/{args.schedule}/lr={args.lr:g}")
-
-    def epoch_plan(epoch, g):
-        n = len(train_df)
-        if args.views == 8:
-            row, view = torch.arange(n).repeat_interleave(8), torch.arange(8).repeat(n)
-        else:
-            row = torch.arange(n).repeat_interleave(args.views)
-            view = torch.rand(n, 8, generator=g).argsort(1)[:, : args.views].reshape(-1)
-        plan = torch.stack([row, view], 1)
-        plan = plan[torch.randperm(len(plan), generator=g)]
-        if args.shift:            # drawn after the order: a run without shifts sees the same batches
-            plan = torch.cat([plan, torch.randint(-args.shift, args.shift + 1, (len(plan), 2), generator=g)], 1)
-        if args.mixup:            # the partner's plan row and the weight (in millionths), drawn last too
-            partner = plan[torch.randperm(len(plan), generator=g)]
-            rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=g)))
-            lam = torch.from_numpy(np.round(rng.beta(args.mixup, args.mixup, len(plan)) * MIXUP_UNIT).astype(np.int64))
-            plan = torch.cat([plan, partner, lam[:, None]], 1)
-        return plan
-
-    width = 4 if args.shift else 2        # plan columns of one sample: row, view[, dx, dy]
-
-    def batch_inputs(rows):
-        x = pixels.to_input(store[pos[rows[:, 0]]], rows[:, 1], vidx, channels_last=True,
-                            offsets=rows[:, 2:4] if args.shift else None)
-        return x, None if extra is None else extra[rows[:, 0]]
-
-    def loss_of(out, rows):
-        return tasks.head_losses(args.task, args.loss, out, y[rows[:, 0]]) * w[rows[:, 0]]
-
-    def batch_loss(net, rows):
-        x, more = batch_inputs(rows)
-        if args.mixup:
-            other = rows[:, width:2 * width]
-            lam = rows[:, -1].float().div_(MIXUP_UNIT)
-            x2, more2 = batch_inputs(other)
-            x = x.mul_(lam.view(-1, 1, 1, 1)).add_(x2.mul_((1 - lam).view(-1, 1, 1, 1)))
-            if more is not None:
-                more = lam[:, None] * more + (1 - lam[:, None]) * more2
-        with training.autocast(device, args.precision):
-            out = net(x, more).float()
-        if args.mixup:
-            return (lam[:, None] * loss_of(out, rows) + (1 - lam[:, None]) * loss_of(out, other)).sum(), {}
-        return loss_of(out, rows).sum(), {}
+    batches = variants.batches(args, Batches(args, len(train_df), store, pos, vidx, (y, w), extra, device))
 
     common.seed_everything(args.seed)
     inputs = 0 if extra is None else extra.shape[1]
     model = build(args, tasks.TASK_DIMS[args.task], device, inputs)
     config = dict(vars(args), log_every=LOG_EVERY, channels_last=True, size=meta["size"],
                   outputs=tasks.TASK_DIMS[args.task], inputs=inputs, date_mean=date_stats[0], date_std=date_stats[1])
-    training.fit(model, run_dir=run_dir, dist=dist, config=config, epoch_plan=epoch_plan,
-                 batch_loss=batch_loss, on_epoch_end=on_epoch_end)
+    training.fit(model, run_dir=run_dir, dist=dist, config=config, epoch_plan=batches.plan,
+                 batch_loss=batches.loss, on_epoch_end=on_epoch_end)
     return config
 
 
@@ -227,7 +215,7 @@ class Evaluator:
         self.date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
         self.px = pixels.to_pixels(images[pixels.store_rows(ids, self.held["object_id"], args.hvr).numpy()], device)
         self.y, self.w = targets(args.task, self.held, args.folds, self.date_stats)
-        self.extra = pixels.photo_inputs(args.hvr, self.held["object_id"], args.photo_inputs)
+        self.extra = variants.photo_inputs(args.hvr, self.held["object_id"], args.photo_inputs)
         self.era = torch.tensor(self.held["target"].to_numpy(), dtype=torch.float32)
         n = len(self.held)     # the rows of an epoch's score: a fixed random subset, or all
         self.subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: args.eval_rows or n].sort().values
@@ -410,10 +398,9 @@ def settle(args, run_dir):
         views.unlink()
 
 
-def run(args, run_dir, dist):
+def run(args, run_dir, dist, stage):
     """Training and its evaluation (EVAL: a second process, or inline at epoch ends); DONE when
-    both succeeded."""
-    started = time.time()
+    both succeeded. stage: the run's common.Stage (rank 0's; None on the others)."""
     evaluation = None
     if dist.main:
         lock = open(run_dir / ".running", "w")     # `make status`: held while this run is alive
@@ -437,8 +424,7 @@ def run(args, run_dir, dist):
     if not dist.main:
         return
     reporting.plot_curves(run_dir / "loss.png", run_dir / "loss.csv", ["loss"], f"{run_dir.name}: training loss")
-    common.write_provenance(run_dir, dict(config, evaluator=evaluation.story), started)
-    common.mark_done(run_dir)
+    stage.finish(dict(config, evaluator=evaluation.story))
 
 
 def main():
@@ -454,11 +440,14 @@ def main():
         run_dir.mkdir(parents=True, exist_ok=True)
         evaluate(args, run_dir, dist)
     else:
+        stage = common.Stage(run_dir) if dist.main else None
         if dist.main:
-            common.start_stage(run_dir)
             settle(args, run_dir)
         dist.barrier()          # under torchrun (--role train), the other ranks read what rank 0 kept
-        (train if args.role == "train" else run)(args, run_dir, dist)
+        if args.role == "train":
+            train(args, run_dir, dist)
+        else:
+            run(args, run_dir, dist, stage)
     dist.close()
 
 

@@ -36,6 +36,7 @@ import common
 import pixels
 import tasks
 import training
+import variants
 
 # -----------------------------------------------------------------------------
 CHUNK = 4096                            # images per progress step
@@ -59,7 +60,7 @@ p.add_argument("--precision", default=None, choices=training.PRECISIONS,
 
 def splits(folds_dir, fold, fold_test):
     """{split: object ids} this fold's model must describe."""
-    ids = lambda k, s: pd.read_csv(common.fold_csv(folds_dir, k, s), dtype={"object_id": str})["object_id"]
+    ids = lambda k, s: common.read_fold(folds_dir, k, s)["object_id"]
     out = {"train": ids(fold, "train")}
     if fold != "all":
         out["heldout"] = ids(fold, "test")
@@ -70,13 +71,14 @@ def splits(folds_dir, fold, fold_test):
 
 def main():
     args = common.parse(p, "05")
-    started = time.time()
     training.configure_threads()
     dist = training.Dist()
     run = common.run_name(args.task, args.fold)
-    out = common.start_stage(Path(args.out) / run)
-    checkpoints = [last_checkpoint(Path(args.runs) / common.run_name(args.task, args.fold, seed), args)
-                   for seed in range(args.seeds)]
+    stage = common.Stage(Path(args.out) / run)
+    out = stage.dir
+    unfinished = f"make finetune, or make fold TASK={args.task} FOLD={args.fold}"
+    checkpoints = [training.finished_checkpoint(Path(args.runs) / common.run_name(args.task, args.fold, seed),
+                                                "05", unfinished) for seed in range(args.seeds)]
 
     images, ids, meta = pixels.load_store(args.hvr)
     vidx = pixels.view_index(meta["size"]).to(dist.device)
@@ -99,7 +101,7 @@ def main():
         model.load_state_dict(state["model"])
         kind = config.get("photo_inputs", "none")
         if kind not in extras:                          # stats.csv read once, not once per seed
-            extras[kind] = pixels.photo_inputs(args.hvr, every, kind)
+            extras[kind] = variants.photo_inputs(args.hvr, every, kind)
         extra = extras[kind]
         parts = []
         for split, rows in span.items():
@@ -123,21 +125,10 @@ def main():
         table = pd.DataFrame({"object_id": oids.to_numpy(), **tasks.reduce_views(args.task, part)})
         with common.atomic_path(out / f"{split}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
-    common.write_provenance(out, dict(vars(args), checkpoints=[str(c) for _, c in checkpoints],
-                                      heldout_from_evaluator=reused), started)
-    common.mark_done(out)
+    stage.finish(dict(vars(args), checkpoints=[str(c) for _, c in checkpoints], heldout_from_evaluator=reused))
     print(f"[05] {run}: {', '.join(f'{k} {len(v)}' for k, v in wanted.items())} objects x 8 views"
           f"{f' (heldout: the evaluator of {len(reused)} of {len(checkpoints)} networks)' if reused else ''} "
-          f"[{time.time() - started:.1f}s]", flush=True)
-
-
-def last_checkpoint(run_dir, args):
-    """(epoch, path) of a finished fine-tune run's last epoch's checkpoint (never an earlier
-    epoch's), or a clear error."""
-    if not common.is_done(run_dir):
-        common.fail(f"{run_dir}: the fine-tune run is not finished (make finetune, or make fold "
-                    f"TASK={args.task} FOLD={args.fold})")
-    return training.finished_checkpoint(run_dir, "05")
+          f"[{time.time() - stage.started:.1f}s]", flush=True)
 
 
 if __name__ == "__main__":

@@ -221,11 +221,8 @@ def cross_validate(X, X_test, folds, oof_fold, params=LGB_PARAMS, patience=EARLY
 
 def read_folds(folds_dir):
     """Stage 01's folds ({fold: {"train", "test"}: tables}) and each train row's out-of-fold fold."""
-    read = lambda k, s: pd.read_csv(common.fold_csv(folds_dir, k, s), dtype={"object_id": str})
-    folds = {k: {"train": read(k, "train"), "test": read(k, "test")} for k in common.FOLDS}
-    oof_fold = pd.read_csv(Path(folds_dir) / "oof_fold.csv", dtype={"object_id": str, "fold": str}
-                           ).set_index("object_id")["fold"]
-    return folds, oof_fold
+    folds = {k: {s: common.read_fold(folds_dir, k, s) for s in ("train", "test")} for k in common.FOLDS}
+    return folds, common.read_oof_fold(folds_dir)
 
 
 def out_of_fold(pred, oof_fold):
@@ -233,49 +230,25 @@ def out_of_fold(pred, oof_fold):
     return pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
 
 
-def plots(out, shown, y, final):
-    """importance.png: the submitted model's top 25 features (importance()); confusion.png."""
-    plt = reporting.pyplot()
-    gain = shown.sort_values()[-25:]
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.barh(gain.index, gain.to_numpy())
-    ax.set(title="The submission's model: LightGBM gain or blend weight, top 25", xlabel="importance")
-    fig.tight_layout()
-    reporting.save_figure(fig, out / "importance.png")
-    cm = pd.crosstab(pd.Series(y, name="true era"), pd.Series(np.rint(final).astype(int), name="predicted (rounded)"))
-    classes = range(tasks.N_CLASSES)
-    cm = cm.reindex(index=classes, columns=classes, fill_value=0)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(cm.to_numpy(), cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm.to_numpy()):
-        ax.text(j, i, str(v), ha="center", va="center")
-    ax.set(xticks=classes, yticks=classes, xlabel="predicted (rounded)", ylabel="true era",
-           title="out-of-fold confusion")
-    fig.tight_layout()
-    reporting.save_figure(fig, out / "confusion.png")
-
-
-def main():
-    args = common.parse(p, "06")
-    started = time.time()
-    out = common.start_stage(args.out)
-    folds, oof_fold = read_folds(args.folds)
-    train = folds["all"]["train"].set_index("object_id")
-    y = train["target"]
-
-    source = (args.features, args.nets)
-    meta = meta_table(args.hvr, args.meta)
-    # Every stack, keyed by its cv.csv column: both modes, without and with the statistics.
+def level_one(source, folds, oof_fold, meta):
+    """Every stack, keyed by its cv.csv column (both modes, without and with the statistics), and
+    the booster on the statistics alone (the reference point, and the blend's view of them):
+    each (out-of-fold predictions by fold, test prediction, best iterations, final model)."""
     stacks = {}
     for suffix, extra in (("", None), ("_meta", meta)):
         stacks["stack_seed" + suffix] = stack_seed(source, folds, extra)
         stacks["stack_oof" + suffix] = stack_oof(source, folds, oof_fold, extra)
-    # The reference point, and the blend's view of the statistics: a booster on them alone.
     meta_only = cross_validate(meta.loc[oof_fold.index], meta.loc[folds["all"]["test"]["object_id"]],
                                folds, oof_fold, params=META_PARAMS, patience=META_EARLY_STOP)
-    # Out-of-fold view of everything: row r from fold oof_fold[r], on that fold's held-out side.
+    return stacks, meta_only
+
+
+def out_of_fold_table(source, train, oof_fold, level1):
+    """One row per train row, its every prediction from the fold that held it out: the target,
+    the fold, the networks' TTA means (the post-processing's inputs), each head's era
+    (<head>_model) and each level-one model's (`level1`: {column: its cross_validate-like result})."""
     oof = pd.DataFrame(index=train.index)
-    oof["target"] = y
+    oof["target"] = train["target"]
     oof["fold"] = oof_fold
     singles = {}
     for k in K:
@@ -288,50 +261,92 @@ def main():
             oof.loc[rows, name] = values
     for name, parts in singles.items():
         oof[name + "_model"] = pd.concat(parts)
-    for name, (pred, *_rest) in {"meta_only": meta_only, **stacks}.items():
+    for name, (pred, *_rest) in level1.items():
         oof[name] = out_of_fold(pred, oof_fold)
-    # Level 2: the single networks' eras and the statistics' booster, blended linearly.
-    test_all = features(source, "all", "test")
+    return oof
+
+
+def level_two(oof, test_all, meta_only, test_ids, oof_fold):
+    """The single networks' eras and the statistics' booster, blended linearly: adds oof's
+    `blend` column; returns the blend's test prediction, the fitted blend and its inputs' names."""
     test_inputs = pd.DataFrame({f"{n}_model": v for n, v in tasks.head_eras(test_all).items()}, index=test_all.index)
-    test_inputs["meta_only"] = pd.Series(meta_only[1], index=folds["all"]["test"]["object_id"].to_numpy()).loc[test_all.index]
-    blend_pred, blend_test, blender = blend(oof[test_inputs.columns], test_inputs, y.to_numpy(), oof_fold)
-    oof["blend"] = pd.concat([blend_pred[k] for k in K])
+    test_inputs["meta_only"] = pd.Series(meta_only[1], index=test_ids.to_numpy()).loc[test_all.index]
+    pred, test_pred, blender = blend(oof[test_inputs.columns], test_inputs, oof["target"].to_numpy(), oof_fold)
+    oof["blend"] = pd.concat([pred[k] for k in K])
+    return test_pred, blender, list(test_inputs.columns)
+
+
+def submittable(args, stacks, untested):
+    """The predictions --submit best may choose from (--mode and --meta narrow them)."""
+    candidates = [n for n in stacks if (args.mode is None or n.startswith(f"stack_{args.mode}"))
+                  and (args.meta != "off" or not n.endswith("_meta")) and n not in untested]
+    candidates += ["blend"] if args.mode is None and args.meta != "off" else []
+    if not candidates:
+        common.fail(f"--mode {args.mode}: its stacks have no test side (05 ran with --fold-test no: "
+                    f"make FOLD_TEST=yes, or another --mode)")
+    return candidates
+
+
+def choose(oof, candidates, post):
+    """The submitted prediction, chosen nested: fold k's `final` rows are post-processed with the
+    candidate and knobs chosen on the other folds' rows. Returns (the candidate, (ratio,
+    threshold)) chosen on every row, for the test side."""
+    tta, hot = oof[tasks.TTA_COLUMNS[0]].to_numpy(), oof[list(tasks.TTA_COLUMNS[1:])].to_numpy()
+    target = oof["target"].to_numpy()
+
+    def pick(rows):
+        """The candidate with the lowest RMSE on these rows, and its knobs there."""
+        name = min(candidates, key=lambda n: rmse(oof[n].to_numpy()[rows], target[rows]))
+        if post == "recipe":
+            return name, RECIPE_POST
+        r, t, _ = tune_post(oof[name].to_numpy()[rows], tta[rows], hot[rows], target[rows])
+        return name, (r, t)
+
+    for k in K:
+        other, mine = (oof["fold"] != k).to_numpy(), (oof["fold"] == k).to_numpy()
+        name, knobs = pick(other)
+        oof.loc[mine, "final"] = post_process(oof[name].to_numpy()[mine], tta[mine], hot[mine], *knobs)
+    return pick(np.ones(len(oof), bool))
+
+
+def cv_table(oof, columns):
+    """RMSE of every column per fold and overall, beside the baseline (`const_mean`: each fold's
+    train-side mean era, as a constant, added to oof)."""
+    for k in K:
+        oof.loc[oof["fold"] == k, "const_mean"] = oof["target"][oof["fold"] != k].mean()
+    rows = []
+    for k in (*K, "overall"):
+        part = oof if k == "overall" else oof[oof["fold"] == k]
+        rows.append({"fold": k, "n": len(part), **{c: rmse(part[c], part["target"]) for c in ["const_mean", *columns]}})
+    return pd.DataFrame(rows)
+
+
+def main():
+    args = common.parse(p, "06")
+    stage = common.Stage(args.out)
+    out = stage.dir
+    folds, oof_fold = read_folds(args.folds)
+    train = folds["all"]["train"].set_index("object_id")
+    test_ids = folds["all"]["test"]["object_id"]
+    source = (args.features, args.nets)
+    stacks, meta_only = level_one(source, folds, oof_fold, meta_table(args.hvr, args.meta))
+    oof = out_of_fold_table(source, train, oof_fold, {"meta_only": meta_only, **stacks})
+    test_all = features(source, "all", "test")
+    blend_test, blender, blend_inputs = level_two(oof, test_all, meta_only, test_ids, oof_fold)
 
     untested = [n for n, (_pred, test_pred, *_rest) in stacks.items() if test_pred is None]   # cannot be submitted
     if untested:
         print(f"[06] {', '.join(untested)}: scored, not submittable (the fold networks described no test "
               f"side: 05 --fold-test no)", flush=True)
     tta, hot = oof[tasks.TTA_COLUMNS[0]].to_numpy(), oof[list(tasks.TTA_COLUMNS[1:])].to_numpy()
-    target = y.to_numpy()
     oof["recipe"] = post_process(oof["stack_seed"].to_numpy(), tta, hot, *RECIPE_POST)
     if args.submit == "recipe":
         chosen, post, (ratio, threshold) = "stack_seed", "recipe", RECIPE_POST
         candidates = [chosen]
         oof["final"] = oof["recipe"]
     else:
-        candidates = [n for n in stacks if (args.mode is None or n.startswith(f"stack_{args.mode}"))
-                      and (args.meta != "off" or not n.endswith("_meta")) and n not in untested]
-        candidates += ["blend"] if args.mode is None and args.meta != "off" else []
-        if not candidates:
-            common.fail(f"--mode {args.mode}: its stacks have no test side (05 ran with --fold-test no: "
-                        f"make FOLD_TEST=yes, or another --mode)")
-        post = args.post
-
-        def pick(rows):
-            """The candidate stack with the lowest RMSE on these rows, and its knobs there."""
-            name = min(candidates, key=lambda n: rmse(oof[n].to_numpy()[rows], target[rows]))
-            stack = oof[name].to_numpy()[rows]
-            if post == "recipe":
-                return name, RECIPE_POST
-            r, t, _ = tune_post(stack, tta[rows], hot[rows], target[rows])
-            return name, (r, t)
-
-        # nested: fold k is scored with the stack and the knobs chosen on the other folds' rows
-        for k in K:
-            other, mine = (oof["fold"] != k).to_numpy(), (oof["fold"] == k).to_numpy()
-            name, knobs = pick(other)
-            oof.loc[mine, "final"] = post_process(oof[name].to_numpy()[mine], tta[mine], hot[mine], *knobs)
-        chosen, (ratio, threshold) = pick(np.ones(len(oof), bool))
+        candidates, post = submittable(args, stacks, untested), args.post
+        chosen, (ratio, threshold) = choose(oof, candidates, post)
     oof["final_recipe_post"] = post_process(oof[chosen].to_numpy(), tta, hot, *RECIPE_POST)
 
     # The test side: the `all` networks' TTA means and the chosen stack.
@@ -340,21 +355,13 @@ def main():
         if name not in untested:
             test[name] = test_pred
     test["blend"] = blend_test
-    test_hot = tasks.onehot_tta(test_all)
-    test["final"] = post_process(test[chosen].to_numpy(), tasks.target_tta(test_all),
-                                 test_hot, ratio, threshold)
-    test["recipe"] = post_process(test["stack_seed"].to_numpy(), tasks.target_tta(test_all),
-                                  test_hot, *RECIPE_POST)
+    test_tta, test_hot = tasks.target_tta(test_all), tasks.onehot_tta(test_all)
+    test["final"] = post_process(test[chosen].to_numpy(), test_tta, test_hot, ratio, threshold)
+    test["recipe"] = post_process(test["stack_seed"].to_numpy(), test_tta, test_hot, *RECIPE_POST)
 
-    for k in K:     # the baseline: each fold's train-side mean era, as a constant
-        oof.loc[oof["fold"] == k, "const_mean"] = y[oof["fold"] != k].mean()
-    columns = ["const_mean", "meta_only", *[f"{n}_model" for n in singles], *stacks, "blend", "recipe", "final",
+    columns = ["meta_only", *[c for c in oof if c.endswith("_model")], *stacks, "blend", "recipe", "final",
                "final_recipe_post"]
-    rows = []
-    for k in (*K, "overall"):
-        part = oof if k == "overall" else oof[oof["fold"] == k]
-        rows.append({"fold": k, "n": len(part), **{c: rmse(part[c], part["target"]) for c in columns}})
-    cv = pd.DataFrame(rows)
+    cv = cv_table(oof, columns)
     common.write_csv(out / "cv.csv", cv, float_format="%.5f")
     common.write_csv(out / "oof.csv", oof.reset_index(), float_format="%.6g")
     common.write_csv(out / "test.csv", test.reset_index(), float_format="%.6g")
@@ -362,18 +369,16 @@ def main():
         "submit": args.submit, "stack": chosen, "meta": args.meta, "post": post, "ratio": ratio, "threshold": threshold,
         "candidates": candidates,
         "best_iterations": {name: [int(i) for i in v[2]] for name, v in stacks.items()},
-        "blend_weights": {"intercept": float(blender.intercept_),
-                          **dict(zip(test_inputs.columns, map(float, blender.coef_)))},
-        "cv_overall": {c: float(cv.iloc[-1][c]) for c in columns},
+        "blend_weights": {"intercept": float(blender.intercept_), **dict(zip(blend_inputs, map(float, blender.coef_)))},
+        "cv_overall": {c: float(cv.iloc[-1][c]) for c in ["const_mean", *columns]},
     })
-    shown = importance(blender, test_inputs.columns) if chosen == "blend" else importance(stacks[chosen][3])
-    plots(out, shown, y.to_numpy(), oof["final"].to_numpy())
-    common.write_provenance(out, vars(args), started)
-    common.mark_done(out)
+    shown = importance(blender, blend_inputs) if chosen == "blend" else importance(stacks[chosen][3])
+    reporting.stack_plots(out, shown, oof["target"].to_numpy(), oof["final"].to_numpy())
+    stage.finish(vars(args))
     print(cv.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"[06] submission ({args.submit}): {chosen}, post-processing ratio {ratio} threshold {threshold} "
           f"(CV {cv.iloc[-1]['final']:.4f}; the recipe's stack {cv.iloc[-1]['recipe']:.4f}) "
-          f"[{time.time() - started:.1f}s]", flush=True)
+          f"[{time.time() - stage.started:.1f}s]", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,23 @@ def fold_csv(folds_dir, fold, split):
     return Path(folds_dir) / f"fold_{fold}_{split}.csv"
 
 
+def read_fold(folds_dir, fold, split):
+    """One side of one of stage 01's folds: its rows of train.csv (test.csv's ids for fold
+    all's test side), object_id kept as written (ids are hex: "0123..." is no number)."""
+    import pandas as pd      # here, not above: make's helpers import this module and no pandas
+
+    return pd.read_csv(fold_csv(folds_dir, fold, split), dtype={"object_id": str})
+
+
+def read_oof_fold(folds_dir):
+    """Each train row's out-of-fold fold, "0".."2" by object_id, in train.csv's order (01's
+    oof_fold.csv: the one fold whose held-out side holds the row)."""
+    import pandas as pd
+
+    table = pd.read_csv(Path(folds_dir) / "oof_fold.csv", dtype={"object_id": str, "fold": str})
+    return table.set_index("object_id")["fold"]
+
+
 def run_name(task, fold, seed=0):
     """<task>_<fold>; a network of another seed of the same task and fold: <task>_<fold>_s<seed>
     (make SEEDS=2: 05 averages the seeds' outputs into <task>_<fold>'s features)."""
@@ -127,6 +144,20 @@ def start_stage(stage_dir):
 def mark_done(stage_dir):
     """Written last, after every output is in place. Empty: times live in provenance.json."""
     write_text(Path(stage_dir) / "DONE", "")
+
+
+class Stage:
+    """One stage's (or one run's) life in its directory, the same for every stage: begun, its
+    DONE is dropped and its clock starts; finished, its provenance.json is written (the config,
+    the revision the process started on: parse() reads it, the wall time), then DONE, last."""
+
+    def __init__(self, stage_dir, started=None):
+        self.dir = start_stage(stage_dir)
+        self.started = time.time() if started is None else started
+
+    def finish(self, config):
+        write_provenance(self.dir, config, self.started)
+        mark_done(self.dir)
 
 
 def filesystem_of(path):
@@ -235,15 +266,16 @@ def profile_parser(description):
     return p
 
 
-def parse(parser, stage, argv=None):
-    """The stage's settings: the command line over the profile's table, printed once (rank 0)
-    and kept by the stage in its provenance.json."""
+def parse(parser, stage, argv=None, show=True):
+    """The stage's settings: the command line over the profile's table, printed once (rank 0;
+    show=False: a helper of make's, not a stage) and kept by the stage in its provenance.json.
+    Every stage starts here: it also reads the revision the stage runs (started_revision)."""
     args = parser.parse_args(argv)
     started_revision()
     profile = getattr(args, "profile", None)     # stages without a size preset take none
     for key, value in (PROFILES[profile].get(stage, {}) if profile else {}).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if os.environ.get("RANK", "0") == "0":
+    if show and os.environ.get("RANK", "0") == "0":
         print(f"[{stage}] settings: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())), flush=True)
     return args

@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 import common
@@ -43,36 +42,6 @@ def store_rows(ids, wanted, where):
     if missing:
         common.fail(f"{where}: ids not in the image store: {common.show_ids(missing)}")
     return torch.tensor([pos[w] for w in wanted], dtype=torch.long)
-
-
-PHOTO_INPUTS = ("none", "shape", "stats")
-SHAPE_COLUMNS = ("width", "height", "aspect")
-LOG_COLUMNS = (*SHAPE_COLUMNS, "file_bytes", "bytes_per_pixel")     # sizes: standardised in logs
-
-
-def photo_inputs(store_dir, wanted, kind):
-    """(N, K) float32: what a network with photo inputs gets besides the pixels of the objects
-    `wanted`, from 02's per-photo statistics (stats.csv): `shape`, the photo's log width, height
-    and aspect (the square resize hides them); `stats`, all of photo_stats.COLUMNS
-    (sizes and aspect in logs). Each column is standardised over every photo of the store
-    (train and test alike: no labels), an unknown value (NaN) is its mean; None for `none`."""
-    if kind == "none":
-        return None
-    path = Path(store_dir) / "stats.csv"
-    if not path.exists():
-        common.fail(f"{path} is missing: photo inputs ({kind}) need 02's per-photo statistics; "
-                    f"rerun 02 into a new WORK")
-    table = pd.read_csv(path, dtype={"object_id": str}).set_index("object_id")
-    if kind == "shape":
-        table = table[list(SHAPE_COLUMNS)]
-    for c in LOG_COLUMNS:
-        if c in table:
-            table[c] = np.log(table[c])
-    table = ((table - table.mean()) / table.std().replace(0, 1).fillna(1)).fillna(0)
-    missing = [w for w in wanted if w not in table.index]
-    if missing:
-        common.fail(f"{path}: no statistics for {common.show_ids(missing)}")
-    return torch.from_numpy(table.loc[list(wanted)].to_numpy(np.float32))
 
 
 def view_index(size):

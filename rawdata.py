@@ -13,13 +13,14 @@ import argparse
 import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from common import (ID_RE, DataError, disk_full_is_an_error, fail, mark_done,
-                    show_ids, start_stage, write_csv, write_json, write_provenance, write_text)
+from common import (ID_RE, DataError, Stage, disk_full_is_an_error, fail, parse, show_ids, write_csv,
+                    write_json, write_text)
 from tasks import N_CLASSES, era_of_date
 
 # -----------------------------------------------------------------------------
@@ -344,17 +345,15 @@ def cmd_fingerprint(args):
 
 
 def cmd_validate(args):
-    started = time.time()
-    out = start_stage(args.out)
+    stage = Stage(args.out)
     try:
         photos, summary = validate_raw(args.data, args.max_pixels)
     except DataError as e:
         fail(str(e))
-    with disk_full_is_an_error(out):
-        write_csv(out / "photos.csv", photos)
-        write_provenance(out, vars(args), started)
-        print(summary, f"[{time.time() - started:.1f}s]", flush=True)
-        mark_done(out)
+    with disk_full_is_an_error(stage.dir):
+        write_csv(stage.dir / "photos.csv", photos)
+        print(summary, f"[{time.time() - stage.started:.1f}s]", flush=True)
+        stage.finish(vars(args))
 
 
 def main():
@@ -367,7 +366,7 @@ def main():
     f = sub.add_parser("fingerprint", help="write OUT/source.txt when the data's content changed")
     f.add_argument("--data", required=True)
     f.add_argument("--out", required=True)
-    args = p.parse_args()
+    args = parse(p, "validate", show=sys.argv[1:2] == ["validate"])   # fingerprint: make's, quiet
     with disk_full_is_an_error(args.out):
         {"validate": cmd_validate, "fingerprint": cmd_fingerprint}[args.command](args)
 

@@ -1,10 +1,13 @@
 """Reading runs while they go and after: loss curves, the status table of the 03/04 runs, the
-CV line and the held-out-per-epoch plots. No torch: 07 and `make status` start fast.
+CV line and the held-out-per-epoch plots, and 07's run report (report.md). No torch: 07 and
+`make status` start fast.
 
     python reporting.py status --jigsaw WORK/03_jigsaw --finetune WORK/04_finetune   # the runs, CV per head
     python reporting.py cv-plot --runs WORK/04_finetune     # cv_<net>.png
 """
 import argparse
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +183,126 @@ def cv_plot(runs_dir, out_dir=None):
         save_figure(fig, out_dir / f"cv_{task}.png")
         written.append(out_dir / f"cv_{task}.png")
     return written
+
+
+def stack_plots(out, shown, y, final):
+    """06's pictures: importance.png, the submitted model's top 25 features (`shown`: a booster's
+    gain or a blend's weight per input); confusion.png, the true era against `final` rounded."""
+    import pandas as pd
+
+    plt = pyplot()
+    gain = shown.sort_values()[-25:]
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.barh(gain.index, gain.to_numpy())
+    ax.set(title="The submission's model: LightGBM gain or blend weight, top 25", xlabel="importance")
+    fig.tight_layout()
+    save_figure(fig, out / "importance.png")
+    cm = pd.crosstab(pd.Series(y, name="true era"), pd.Series(np.rint(final).astype(int), name="predicted (rounded)"))
+    classes = range(tasks.N_CLASSES)
+    cm = cm.reindex(index=classes, columns=classes, fill_value=0)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(cm.to_numpy(), cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm.to_numpy()):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set(xticks=classes, yticks=classes, xlabel="predicted (rounded)", ylabel="true era",
+           title="out-of-fold confusion")
+    fig.tight_layout()
+    save_figure(fig, out / "confusion.png")
+
+
+def stage_times(stage_dirs):
+    """(stage or stage/run, wall seconds, revision) of every provenance.json in the directories
+    and their run directories."""
+    import pandas as pd
+
+    rows = []
+    for stage in map(Path, stage_dirs):
+        for prov in sorted(stage.glob("provenance.json")) + sorted(stage.glob("*/provenance.json")):
+            info = json.loads(prov.read_text())
+            rows.append((str(prov.parent.relative_to(stage.parent)), info.get("wall_seconds", float("nan")),
+                         info.get("git_revision", "")))
+    return pd.DataFrame(rows, columns=["stage", "wall_s", "revision"])
+
+
+def stage_minutes(times):
+    """Minutes per stage: its runs' wall times summed (run one after another on a CPU)."""
+    import pandas as pd
+
+    per = times.assign(stage=times["stage"].str.split("/").str[0]).groupby("stage", sort=True)["wall_s"].sum() / 60
+    total = pd.DataFrame({"stage": ["total"], "minutes": [float(per.sum())]})
+    return pd.concat([per.rename("minutes").reset_index(), total], ignore_index=True)
+
+
+def markdown(df, floatfmt="{:.4f}"):
+    cells = [[floatfmt.format(v) if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "".join("| " + " | ".join(r) + " |\n" for r in cells)
+
+
+def write_report(out, sub, *, data, jigsaw, finetune, stack, timed):
+    """07's report.md in `out`, with its pictures beside it: what was submitted (sub: the
+    submission) and the recipe's own beside it, every model's CV (06's `stack` directory), each
+    fine-tune run's held-out RMSE per epoch (04's `finetune`), 03's loss (`jigsaw`), and the
+    minutes of every unit of the `timed` stage directories."""
+    import pandas as pd
+
+    jigsaw, finetune, stack = Path(jigsaw), Path(finetune), Path(stack)
+    pictures = []
+    if (jigsaw / "loss.png").exists():
+        shutil.copyfile(jigsaw / "loss.png", out / "jigsaw_loss.png")
+        pictures.append(("Jigsaw pretraining: loss and tile accuracy (train, held-out photos)", "jigsaw_loss.png"))
+    for path in cv_plot(finetune, out):
+        pictures.append((f"Fine-tune: held-out per epoch, {path.stem[3:]}", path.name))
+    for name, title in (("importance.png", "Stacking: feature importance"), ("confusion.png", "Out-of-fold confusion")):
+        if (stack / name).exists():
+            shutil.copyfile(stack / name, out / name)
+            pictures.append((title, name))
+
+    cv = pd.read_csv(stack / "cv.csv", dtype={"fold": str})
+    params = json.loads((stack / "params.json").read_text())
+    runs, per_epoch = [], {}
+    for net in tasks.NETS:
+        for fold, seed, run_dir in ((f, seed, d) for f in common.FOLDS for seed, d in seed_runs(finetune, net, f)):
+            ev = run_dir / "eval.csv"
+            if ev.exists():
+                df = pd.read_csv(ev)
+                last = df.iloc[-1]
+                prov = ev.parent / "provenance.json"
+                wall = json.loads(prov.read_text())["wall_seconds"] if prov.exists() else float("nan")
+                runs.append({"network": net, "fold": fold, "seed": seed, "epoch": int(last["epoch"]), "split": last["split"],
+                             "views": int(last.get("views", 8)), "loss": float(last["loss"]),
+                             "era_rmse": float(last["rmse"]), "minutes": wall / 60,
+                             # evaluation's share of the run (inside the trainer on a CPU)
+                             "eval_share": float(df["seconds"].sum()) / wall if "seconds" in df else float("nan")})
+                per_epoch[run_dir.name] = df.set_index("epoch")["rmse"]
+    epochs = pd.DataFrame(per_epoch).rename_axis("epoch").reset_index() if per_epoch else None
+    profile = json.loads((jigsaw / "provenance.json").read_text())["config"].get("profile", "?") \
+        if (jigsaw / "provenance.json").exists() else "?"
+    text = ["# Run report\n",
+            f"- data: `{data}`; profile: `{profile}`; revision: `{common.started_revision()}`",
+            f"- submission: `submission.csv`, {len(sub)} rows, mean {sub['target'].mean():.3f}, "
+            f"min {sub['target'].min():.3f}, max {sub['target'].max():.3f}",
+            f"- submitted (`SUBMIT={params['submit']}`): stack `{params['stack']}`, post-processing "
+            f"`{params['post']}` (ratio {params['ratio']}, threshold {params['threshold']}): "
+            f"CV **{params['cv_overall']['final']:.4f}**",
+            f"- the recipe's own submission (seed stack of its 104 columns, 0.5 / 0.94): CV "
+            f"**{params['cv_overall']['recipe']:.4f}**; the per-photo statistics alone: "
+            f"{params['cv_overall']['meta_only']:.4f}; best iterations {params['best_iterations']}\n",
+            "## Cross-validation (RMSE on the era, out-of-fold)\n",
+            "Columns: constant train mean; LightGBM on 02's per-photo statistics alone; each network's TTA "
+            "mean; the LightGBM stack in both modes, without and with the statistics (_meta); "
+            "the recipe's own submission (`recipe`); the submitted prediction (`final`, its stack and "
+            "post-processing chosen nested); the submitted stack with the recipe's 0.5/0.94.\n",
+            markdown(cv), "## Fine-tune runs, last epoch\n",
+            markdown(pd.DataFrame(runs)) if runs else "(none)\n",
+            "## Held-out era RMSE per epoch (fold all: its own train rows)\n",
+            "The views scored per epoch are in the table above; a `multi` network's column is its "
+            "`target` head (eval.csv has every head).\n",
+            markdown(epochs) if epochs is not None else "(none)\n",
+            "## Minutes per stage\n", markdown(stage_minutes(stage_times(timed)), "{:.1f}"),
+            "## Wall time of every unit\n", markdown(stage_times(timed), "{:.1f}"), "## Pictures\n"]
+    text += [f"### {title}\n\n![{title}]({name})\n" for title, name in pictures]
+    common.write_text(out / "report.md", "\n".join(text))
 
 
 def main():

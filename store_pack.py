@@ -64,9 +64,9 @@ def pack(start, chunk, *, store, size, mode):
 
 
 def main():
-    args = p.parse_args()
-    out, size = Path(args.out), args.size
-    started = args.started or time.time()
+    args = common.parse(p, "02")
+    stage = common.Stage(args.out, started=args.started)    # 02 began in the shell: its clock
+    out, size = stage.dir, args.size
     ids, where, sizes, file_bytes = read_plan(out / ".rgb")
     # Chunks on every core, each writing its rows of the one store file, whose blocks are
     # reserved first: a full disk is an error here, not a SIGBUS in a worker.
@@ -85,12 +85,11 @@ def main():
         common.write_csv(out / "stats.csv", table, float_format="%.7g")
         common.write_text(out / "ids.txt", "\n".join(ids) + "\n")
         common.write_json(out / "meta.json", {"size": size, "mode": args.mode, "count": len(ids)})
-        common.write_provenance(out, {"size": size, "mode": args.mode, "photos": len(ids)}, started)
     mb = (out / "images.npy").stat().st_size / 2**20
     print(f"[02] store {out / 'images.npy'}: {len(ids)} x {size} x {size} x 3 uint8, {mb:.1f} MiB on disk, "
-          f"and stats.csv ({len(photo_stats.COLUMNS)} statistics per photo) [{time.time() - started:.1f}s]")
+          f"and stats.csv ({len(photo_stats.COLUMNS)} statistics per photo) [{time.time() - stage.started:.1f}s]")
     shutil.rmtree(out / ".rgb")
-    common.mark_done(out)
+    stage.finish({"size": size, "mode": args.mode, "photos": len(ids)})
 
 
 if __name__ == "__main__":

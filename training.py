@@ -131,7 +131,7 @@ class BasicBlock(torch.nn.Module):
 
 class ResNet(torch.nn.Module):
     """torchvision's ResNet18/34 at any first-stage width (64: torchvision's own), whose head may
-    also take photo inputs (pixels.photo_inputs), concatenated to the pooled features."""
+    also take photo inputs (variants.photo_inputs), concatenated to the pooled features."""
 
     def __init__(self, blocks, outputs, width=WIDTH):
         super().__init__()
@@ -345,14 +345,14 @@ class UnreadableCheckpoint(Exception):
     pass
 
 
-def finished_checkpoint(run_dir, what):
+def finished_checkpoint(run_dir, what, unfinished="make all runs it first"):
     """(epoch, path) of the network a finished run (03, 04: DONE written) ended with: its last
     epoch as its provenance.json records it, never an earlier one; a clear error (naming the file
-    and how to redo it) when that checkpoint is gone or unreadable. `what`: the stage, for the
-    message (e.g. "05")."""
+    and how to redo it) when the run is not finished or that checkpoint is gone or unreadable.
+    `what`: the stage, for the message (e.g. "05"); `unfinished`: how to finish the run."""
     run_dir = Path(run_dir)
     if not common.is_done(run_dir):
-        common.fail(f"{run_dir}: no finished run there (no DONE); {what} needs it: make all runs it first")
+        common.fail(f"{run_dir}: the run is not finished (no DONE); {what} needs it: {unfinished}")
     try:
         epochs = int(json.loads((run_dir / "provenance.json").read_text())["config"]["epochs"])
     except (OSError, ValueError, KeyError, TypeError) as e:

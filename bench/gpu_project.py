@@ -57,13 +57,12 @@ def makespan(jobs, gpus):
 def main():
     args = p.parse_args()
     import devices
-    import pandas as pd
     work = Path(args.work)
     walls = {k: float(v) for k, v in (kv.split("=") for kv in args.walls.split(","))}
     prof = common.PROFILES[args.profile]
     c3, c4 = prof["03"], prof["04"]
     photos = len((work / "02_hvr" / "ids.txt").read_text().split())
-    rows = {f: len(pd.read_csv(common.fold_csv(work / "01_sgkfold", f, "train"))) for f in common.FOLDS}
+    rows = {f: len(common.read_fold(work / "01_sgkfold", f, "train")) for f in common.FOLDS}
     images = devices.profile_images(args.profile, photos, rows)
     trained03 = photos if c3["holdout_trains"] else photos - c3["holdout"]
     ran03 = work / "03_jigsaw" / "provenance.json"      # absent when its time limit stopped it

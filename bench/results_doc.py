@@ -19,6 +19,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import reporting  # noqa: E402
 import tasks  # noqa: E402
 
 # cv.csv's columns, in the page's words
@@ -46,12 +47,6 @@ p.add_argument("--note", default="", help="what the files cannot say about the r
 p.add_argument("--out", required=True)
 
 
-def markdown(df, fmt="{:.4f}"):
-    cells = [[fmt.format(v) if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
-    return ("| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns) + "\n"
-            + "".join("| " + " | ".join(r) + " |\n" for r in cells))
-
-
 def time_figures(path):
     """(wall minutes, peak resident GB) from `/usr/bin/time -v`."""
     text = Path(path).read_text()
@@ -63,11 +58,8 @@ def time_figures(path):
 
 
 def stage_minutes(work):
-    rows = {}
-    for prov in sorted(Path(work).glob("*/provenance.json")) + sorted(Path(work).glob("*/*/provenance.json")):
-        stage = prov.relative_to(work).parts[0]
-        rows[stage] = rows.get(stage, 0.0) + json.loads(prov.read_text())["wall_seconds"] / 60
-    return pd.DataFrame({"stage": list(rows), "minutes": list(rows.values())})
+    """Minutes per stage of WORK, from every unit's provenance.json (07's table)."""
+    return reporting.stage_minutes(reporting.stage_times(sorted(d for d in Path(work).iterdir() if d.is_dir())))
 
 
 def per_epoch(work):
@@ -95,8 +87,7 @@ def seed_table(work):
         if len(seeds) < 2:
             continue
         fold = run.rsplit("_", 1)[1]
-        held = pd.read_csv(common.fold_csv(Path(work) / "01_sgkfold", fold, "test"),
-                           dtype={"object_id": str}).set_index("object_id")
+        held = common.read_fold(Path(work) / "01_sgkfold", fold, "test").set_index("object_id")
         f = pd.read_parquet(feat).set_index("object_id")
         y = held["target"].loc[f.index].to_numpy()
         for head, era in tasks.head_eras(f).items():
@@ -114,7 +105,7 @@ def seed_lines(work):
     return ["## Seeds: each fold's networks alone and averaged\n",
             "Held-out era RMSE (8-view TTA) of each seed's network after its last epoch, and of "
             "their outputs averaged as 05 writes them (what 06 stacks), on the same rows (the "
-            "fold's whole held-out side).\n", markdown(seeds)]
+            "fold's whole held-out side).\n", reporting.markdown(seeds)]
 
 
 def main():
@@ -132,7 +123,7 @@ def main():
     table = pd.DataFrame([{"model": MODELS.get(c, c),
                            **{k if k == "overall" else f"fold {k}": cv.loc[i, c] for i, k in enumerate(cv["fold"])}}
                           for c in MODELS if c in cv])
-    lines += [markdown(table),
+    lines += [reporting.markdown(table),
               f"Submitted: `{params['stack']}`, post-processing `{params['post']}` (ratio {params['ratio']}, "
               f"threshold {params['threshold']})."
               + (f" Blend weights: {', '.join(f'{k} {v:.3f}' for k, v in params['blend_weights'].items())}."
@@ -143,12 +134,12 @@ def main():
     if args.note:
         lines.append(args.note + "\n")
     lines += ["## Minutes per stage (from each unit's provenance.json)\n",
-              markdown(stage_minutes(work), "{:.1f}"),
+              reporting.markdown(stage_minutes(work), "{:.1f}"),
               *seed_lines(work),
               "## Held-out era RMSE per epoch (folds 0-2: held-out side; fold all: its own train rows)\n",
               "Each epoch scores a fixed subset of the rows with the views the profile says "
               "(eval.csv's `n`, `views`); the last epoch all rows with all 8 views.\n",
-              markdown(per_epoch(work))]
+              reporting.markdown(per_epoch(work))]
     if args.study:
         study = Path(args.study)
         df = pd.read_csv(study / "study.csv")
@@ -163,7 +154,7 @@ def main():
                   "`halve` schedule (views per image between halvings). `load_1min` is the load "
                   "average as the configuration's runs ended: ~2 is their own two threads; where it is "
                   "well above, the machine was shared and the minutes are upper bounds.\n",
-                  markdown(df[[c for c in keep if c in df]], "{:g}")]
+                  reporting.markdown(df[[c for c in keep if c in df]], "{:g}")]
         if (study / "study.png").exists():
             shutil.copyfile(study / "study.png", out.parent / "study.png")
             lines.append("![held-out RMSE against minutes](study.png)\n")

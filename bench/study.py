@@ -159,7 +159,8 @@ def ensemble_rmse(args, run_dirs, hvr):
     import torch
     import pixels
     import training
-    held = pd.read_csv(common.fold_csv(args.folds, "0", "test"), dtype={"object_id": str})
+    import variants
+    held = common.read_fold(args.folds, "0", "test")
     images, ids, meta = pixels.load_store(hvr)
     px = pixels.to_pixels(images[pixels.store_rows(ids, held["object_id"], hvr).numpy()], torch.device("cpu"))
     vidx = pixels.view_index(meta["size"])
@@ -169,7 +170,7 @@ def ensemble_rmse(args, run_dirs, hvr):
         config = state["config"]
         model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0))
         model.load_state_dict(state["model"])
-        extra = pixels.photo_inputs(hvr, held["object_id"], config.get("photo_inputs", "none"))
+        extra = variants.photo_inputs(hvr, held["object_id"], config.get("photo_inputs", "none"))
         outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 256, precision=config.get(
             "precision", "fp32"), extra=extra).mean(1).numpy())
     mean = sum(outs) / len(outs)

@@ -12,8 +12,8 @@ import torch
 from conftest import REPO, smoke_copy
 
 import common
-import pixels
 import training
+import variants
 
 PY = str(REPO / ".venv" / "bin" / "python")
 
@@ -42,15 +42,15 @@ def test_photo_inputs_are_the_photos_statistics_standardised(tmp_path):
     stats = pd.DataFrame({"object_id": ids, "width": [224, 100, 224], "height": [112, 224, 224],
                           "aspect": [2.0, 100 / 224, 1.0], "r_mean": [0.1, 0.5, 0.9]})
     stats.to_csv(tmp_path / "stats.csv", index=False)
-    assert pixels.photo_inputs(tmp_path, ids, "none") is None
-    shape = pixels.photo_inputs(tmp_path, [ids[2], ids[0]], "shape").numpy()     # in the order asked
+    assert variants.photo_inputs(tmp_path, ids, "none") is None
+    shape = variants.photo_inputs(tmp_path, [ids[2], ids[0]], "shape").numpy()     # in the order asked
     logw = np.log([224, 100, 224])
     assert shape.shape == (2, 3)
     assert shape[:, 0] == pytest.approx((logw[[2, 0]] - logw.mean()) / logw.std(ddof=1), abs=1e-6)
-    every = pixels.photo_inputs(tmp_path, ids, "stats").numpy()
+    every = variants.photo_inputs(tmp_path, ids, "stats").numpy()
     assert every.shape == (3, 4) and every.mean(0) == pytest.approx(np.zeros(4), abs=1e-6)
     with pytest.raises(SystemExit):
-        pixels.photo_inputs(tmp_path, ["d" * 20], "shape")
+        variants.photo_inputs(tmp_path, ["d" * 20], "shape")
 
 
 def test_a_network_with_photo_inputs_uses_them_and_keeps_the_recipes_keys():

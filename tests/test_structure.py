@@ -108,3 +108,19 @@ def test_no_head_column_is_spelled_outside_tasks():
     found = [f"{path.relative_to(REPO)}:{n}" for path in modules().values() if path.name != "tasks.py"
              for n, line in enumerate(path.read_text().splitlines(), 1) if spelled.search(line)]
     assert not found, found
+
+
+def test_every_stage_runs_through_one_skeleton():
+    """Each stage reads its settings with common.parse (which also reads the revision the stage
+    started on) and lives through a common.Stage (DONE dropped first; provenance, then DONE,
+    last): none parses, stamps or reads the folds by hand."""
+    stages = [REPO / s for s in SCRIPTS if s[:2].isdigit()] + [REPO / "rawdata.py", REPO / "store_pack.py"]
+    for path in stages:
+        text = path.read_text()
+        assert re.search(r"\bparse\(p, ", text), f"{path.name}: settings not read by common.parse"
+        assert "Stage(" in text, f"{path.name}: no common.Stage"
+        for by_hand in (".parse_args(", "mark_done(", "write_provenance(", "start_stage("):
+            assert by_hand not in text, f"{path.name}: {by_hand} by hand"
+    readers = [f"{path.relative_to(REPO)}" for path in modules().values() if path.name not in ("common.py", "01_sgkfold.py")
+               and re.search(r"read_csv\([^)]*(fold_csv|oof_fold)", path.read_text())]
+    assert not readers, f"fold files read outside common.read_fold / read_oof_fold: {readers}"
