@@ -246,7 +246,7 @@ def cmd_estimate(args):
         where = "the competition's 3937 train + 5919 test photos (DATA holds no train.csv yet)"
     folds = Path(args.folds) if args.folds else None
     if folds and all(common.fold_csv(folds, f, "train").exists() for f in common.FOLDS):
-        fold_rows = {f: len(pd.read_csv(common.fold_csv(folds, f, "train"), usecols=[0])) for f in common.FOLDS}
+        fold_rows = {f: len(common.read_fold(folds, f, "train")) for f in common.FOLDS}
     else:
         fold_rows = {f: (train if f == "all" else train * 2 // 3) for f in common.FOLDS}
     images = profile_images(args.profile, train + test, fold_rows, args.nets, args.seeds)
