@@ -29,6 +29,8 @@ one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, rand
               two (against seeds_2).
   inputs      24 epochs in bf16, the head also given the photo's size and aspect (shape) or
               all of 02's per-photo statistics (stats), against bf16_24.
+  loss        24 epochs with the onehot head a cross-entropy classifier (its era: the softmax's
+              expected class), against epochs_24 (MSE on the one-hot, the recipe's).
 Resumable: a finished configuration (its runs' DONE) is not trained again; its minutes come
 from the runs' provenance.json. Timings need a quiet machine: every run uses all the cores, and
 load_1min (the highest 1-minute load average as its runs ended, kept in each run's load.txt)
@@ -54,7 +56,7 @@ import tasks  # noqa: E402
 # -----------------------------------------------------------------------------
 BASE = dict(net="multi", size=48, arch="resnet18", epochs=12, optim="adamw", lr=2e-3,
             betas=(0.9, 0.999), weight_decay=0.01, schedule="onecycle", init="scratch", jigsaw=0,
-            shift=0, seeds=1, precision="fp32", photo_inputs="none", mixup=0.0)
+            shift=0, seeds=1, precision="fp32", photo_inputs="none", mixup=0.0, loss="mse")
 RECIPE_ADAM = dict(optim="adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=0.0, schedule="halve")
 PIPELINE_NETS = 4.5      # 04's work per fold-0 network: folds 0-2, and `all` on 1.5x the rows
 CONFIGS = [              # (name, axis, changes to BASE)
@@ -81,6 +83,7 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("bf16_seeds_2", "precision", dict(epochs=24, precision="bf16", seeds=2, seed0="bf16_24")),
     ("shape_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="shape")),
     ("stats_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="stats")),
+    ("ce_24", "loss", dict(epochs=24, loss="ce")),
 ]
 JIGSAW_EPOCHS = 4        # one jigsaw run; its epoch-2 checkpoint is the 2-epoch jigsaw (the
                          # recipe's per-epoch halving does not depend on the run's length)
@@ -146,7 +149,7 @@ def finetune(args, name, cfg, task, hvr, jig, seed=0):
             "--betas", *cfg["betas"], "--shift", cfg["shift"], "--weight-decay", cfg["weight_decay"],
             "--schedule", cfg["schedule"], "--halve-views", cfg.get("halve_views", 8), "--eval-views", 1,
             "--eval-rows", 0, "--seed", seed, "--precision", cfg["precision"],
-            "--photo-inputs", cfg["photo_inputs"], "--mixup", cfg["mixup"]])
+            "--photo-inputs", cfg["photo_inputs"], "--mixup", cfg["mixup"], "--loss", cfg["loss"]])
         # the 1-minute load average as the run ended: ~2 on a quiet machine (its own 2 threads)
         (run_dir / "load.txt").write_text(f"{os.getloadavg()[0]:.2f}\n")
     last = pd.read_csv(run_dir / "eval.csv").iloc[-1]
@@ -171,13 +174,12 @@ def ensemble_rmse(args, run_dirs, hvr):
         model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0))
         model.load_state_dict(state["model"])
         extra = variants.photo_inputs(hvr, held["object_id"], config.get("photo_inputs", "none"))
-        outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 256, precision=config.get(
-            "precision", "fp32"), extra=extra).mean(1).numpy())
+        views = training.predict_views(model, px, vidx, torch.device("cpu"), 256, precision=config.get(
+            "precision", "fp32"), extra=extra)
+        outs.append(tasks.in_units("multi", views, config).mean(1).numpy())    # as 05 writes them
     mean = sum(outs) / len(outs)
     names = [tasks.column(t, d) for t in tasks.TASKS for d in range(tasks.TASK_DIMS[t])]   # 05's columns
     table = pd.DataFrame(mean, columns=names)
-    year = tasks.column("sortingdate", 0)
-    table[year] = table[year] * config["date_std"] + config["date_mean"]
     y = held["target"].to_numpy()
     return {h: float(((e - y) ** 2).mean() ** 0.5) for h, e in tasks.head_eras(table).items()}
 
