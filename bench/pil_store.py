@@ -38,8 +38,8 @@ def decode(path, size):
 def pil_store(photos, ids, out, size, jobs=None):
     """Write the store for `ids` under out; returns out."""
     import numpy as np
-    started = time.time()
-    out = common.start_stage(out)
+    stage = common.Stage(out)
+    out = stage.dir
     paths = [str(Path(photos) / f"{i}.jpg") for i in ids]
     with common.atomic_path(out / "images.npy") as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
@@ -50,8 +50,7 @@ def pil_store(photos, ids, out, size, jobs=None):
         del arr
     common.write_text(out / "ids.txt", "\n".join(ids) + "\n")
     common.write_json(out / "meta.json", {"size": size, "mode": "stretch", "count": len(ids), "decoder": "PIL"})
-    common.write_provenance(out, {"size": size, "photos": len(ids), "decoder": "PIL"}, started)
-    common.mark_done(out)
+    stage.finish({"size": size, "photos": len(ids), "decoder": "PIL"})
     return out
 
 

@@ -157,15 +157,21 @@ def test_a_failed_write_leaves_no_stamp_and_upstream_intact(reference, demo_data
 
 def test_provenance_names_the_revision_a_stage_started_with(monkeypatch, tmp_path):
     """A checkout during a long stage (a user pulling while 04 trains) changes the files, not the
-    code the stage runs: its provenance.json keeps the revision it started with."""
+    code the stage runs: its provenance.json keeps the revision it started with. The stage's DONE
+    goes as it starts and comes back last."""
     import argparse
     import common
     common.started_revision.cache_clear()
     try:
         monkeypatch.setattr(common, "git_revision", lambda length=12: "aaaaaaaaaaaa")
         common.parse(argparse.ArgumentParser(), "05", [])                 # the stage starts
+        (tmp_path / "DONE").write_text("")                                  # an earlier run's
+        stage = common.Stage(tmp_path)
+        assert not (tmp_path / "DONE").exists(), "a stage that starts is not done"
         monkeypatch.setattr(common, "git_revision", lambda length=12: "bbbbbbbbbbbb")   # git checkout
-        common.write_provenance(tmp_path, {}, 0.0)
+        stage.finish({"seeds": 2})
     finally:
         common.started_revision.cache_clear()       # other tests read this process's own revision
-    assert json.loads((tmp_path / "provenance.json").read_text())["git_revision"] == "aaaaaaaaaaaa"
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    assert provenance["git_revision"] == "aaaaaaaaaaaa" and provenance["config"] == {"seeds": 2}
+    assert (tmp_path / "DONE").stat().st_mtime_ns >= (tmp_path / "provenance.json").stat().st_mtime_ns
