@@ -6,8 +6,8 @@
 #
 # Reads  DATA/photos/{id}.jpg and WORK/00_validate/photos.csv (the validated id list)
 # Writes WORK/02_hvr/: images.npy (N, S, S, 3) uint8, ids.txt (row order), meta.json,
-#        stats.csv (per-photo size, colour, edge and texture statistics and the JPEG's encoding
-#        facts, photo_stats.py; same row order), DONE
+#        stats.csv (per-photo size, colour, edge and texture statistics, photo_stats.py; same
+#        row order), DONE
 #
 #   02_hvr_augment.sh --photos DATA/photos --ids WORK/00_validate/photos.csv --out WORK/02_hvr \
 #                     --profile cpu --mode stretch --python .venv/bin/python
@@ -18,8 +18,7 @@
 # --mode pad:     pad to a square by replicating the edge pixels, then resize (the 1st place).
 # Greyscale and CMYK photos are converted to sRGB (-colorspace sRGB); the store is always RGB.
 # The same decode also writes the photo at its own size (OUT/.rgb/b.*/native/, raw, temporary),
-# from which the pack step takes the colour, edge and texture statistics before removing it; the
-# pack step reads each JPEG's header again (not its pixels) for its quality and subsampling.
+# from which the pack step takes the colour, edge and texture statistics before removing it.
 # Resumable: each batch of photos lands in OUT/.rgb/b.*/ as S*S*3 raw bytes, committed only when
 # the whole batch decoded; a rerun redoes only the photos no committed batch holds with the bytes
 # validation checked (photos.csv's sha256), and DONE is written after images.npy.
@@ -173,6 +172,6 @@ if [ -n "$missing" ]; then
 fi
 
 # Pack into one array, written to a temporary name and renamed, with each photo's statistics
-# (photo_stats.py) from the same decode: the photo at its own size and its stored pixels, and
-# each JPEG's encoding facts from its header; .rgb removed, DONE last (store_pack.py).
-"$python" "$here/store_pack.py" --out "$out" --photos "$photos" --size "$size" --mode "$mode" --started "$started" --jobs "$jobs"
+# (photo_stats.py) from the same decode: the photo at its own size and its stored pixels;
+# .rgb removed, DONE last (store_pack.py).
+"$python" "$here/store_pack.py" --out "$out" --size "$size" --mode "$mode" --started "$started" --jobs "$jobs"

@@ -32,7 +32,7 @@ photo as decoded / of the stored S x S pixels.
 Past the recipe too, `blend`: a non-negative linear blend (with an intercept) of the single
 networks' eras and `meta_only`, its weights fitted on the out-of-fold rows of the other folds
 (fold k's rows never weigh their own prediction); the test side uses weights fitted on every row.
-The boosters see the networks and the statistics as 104 + 89 raw columns on ~2k rows; the blend
+The boosters see the networks and the statistics as 104 + 99 raw columns on ~2k rows; the blend
 sees five predictions, each already cross-validated (docs/results.md has both CVs).
 
 Post-processing (the recipe): final = ratio * stack + (1 - ratio) * the target network's TTA

@@ -3,8 +3,10 @@ aspect, its JPEG's bytes (and per pixel: how much detail the encoder kept), its 
 and spreads, 8-bin HSV histograms, saturation's mean and spread, brightness percentiles, the share
 of grey and of paper-white pixels), its texture (edge strength; luma's mean step to the next pixel,
 at full and at half resolution) and its framing (the middle's luma against the whole's); and, at
-the photo's own resolution only (TEXTURE_GROUPS, bench/texture_study.py), luma's local binary
-patterns, gradient orientations and spectral bands, and the JPEG's encoding facts (its header).
+the photo's own resolution only, the histogram of luma's local binary patterns (lbp0..lbp9: paper
+grain, print screens, hatching), which lowers the statistics' booster's CV on the real data where
+gradient orientations, spectral bands and the JPEG's encoding facts added nothing to it
+(TEXTURE_GROUPS; docs/texture.md, bench/texture_study.py).
 
 Stage 02 computes them once, from its one decode of each photo (no second pass over the JPEGs),
 and writes WORK/02_hvr/stats.csv in the store's row order; 06_stack.py --meta on gives them to
@@ -19,7 +21,6 @@ HSV as Image.convert("HSV") (hue of a grey pixel 0), luma as convert("L") (ITU-R
 import math
 
 import numpy as np
-from PIL import Image
 
 BINS = 8            # per HSV channel: a small histogram
 EDGE_LEVEL = 0.125  # |8-neighbour Laplacian of luma| above this (32/255) counts as an edge pixel
@@ -35,28 +36,12 @@ PIXEL_COLUMNS = (["r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std"]
                     "step", "step_half", "middle_minus_all"])
 SIZE_COLUMNS = ["width", "height", "aspect", "file_bytes", "bytes_per_pixel"]
 
-# Texture at the photo's own resolution, which the networks' S x S squares lose: the photo as
-# decoded only (no _stored twin).
+# Texture at the photo's own resolution, which the networks' S x S squares lose: of the photo as
+# decoded only (no _stored twin), in groups that bench/texture_study.py adds or leaves out whole.
 LBP_CODES = 10      # 8-neighbour rotation-invariant uniform codes: 0..8 neighbours >= the centre, 9 the rest
-ORIENTATIONS = 8    # gradient directions over half a turn (a line's two sides are one direction)
-BAND_EDGES = (1 / 32, 1 / 16, 1 / 8, 1 / 4)   # cycles per pixel: 5 radial bands of luma's spectrum
-SPECTRUM_CROP = 256  # the spectrum of the centre crop at most this square: bounded cost on a large photo
-# The JPEG's encoding facts, from its header: the estimated IJG quality of its luma table, its
-# chroma samples per luma sample (1 for 4:4:4, 0.5 for 4:2:2, 0.25 for 4:2:0, 0 for greyscale),
-# progressive or not; NaN for a file that is no JPEG.
-TEXTURE_GROUPS = {
-    "lbp": [f"lbp{k}" for k in range(LBP_CODES)],
-    "orient": [f"orient{k}" for k in range(ORIENTATIONS)],
-    "bands": [f"band{k}" for k in range(len(BAND_EDGES) + 1)],
-    "jpeg": ["jpeg_quality", "jpeg_chroma", "jpeg_progressive"],
-}
+TEXTURE_GROUPS = {"lbp": [f"lbp{k}" for k in range(LBP_CODES)]}
 NATIVE_ONLY = [c for group in TEXTURE_GROUPS.values() for c in group]
 COLUMNS = [*SIZE_COLUMNS, *PIXEL_COLUMNS, *(f"{c}_stored" for c in PIXEL_COLUMNS), *NATIVE_ONLY]
-# ITU-T T.81 Annex K's luminance quantisation table (natural order), which IJG libjpeg scales by quality
-IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-                     14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-                     18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-                     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
 
 
 def content_box(width, height, size, mode):
@@ -90,15 +75,13 @@ def hsv(x):
     return h, s, v
 
 
-def row(native, stored, file_bytes=np.nan, photo=None):
+def row(native, stored, file_bytes=np.nan):
     """One photo's values of COLUMNS: native (h, w, 3) uint8, the photo as decoded; stored, its
-    part of the S x S stored image (content_box); file_bytes, its JPEG's size (NaN: unknown);
-    photo, its file, whose header gives the encoding facts (None: unknown, NaN)."""
+    part of the S x S stored image (content_box); file_bytes, its JPEG's size (NaN: unknown)."""
     height, width = native.shape[:2]
     size = [width, height, width / height, file_bytes, file_bytes / (width * height)]
     luma = native.astype(np.float32) / 255 @ LUMA
-    return np.concatenate([size, pixel_stats(native), pixel_stats(stored), lbp_histogram(luma),
-                           orientation_histogram(luma), band_energy(luma), jpeg_facts(photo)])
+    return np.concatenate([size, pixel_stats(native), pixel_stats(stored), lbp_histogram(luma)])
 
 
 def pixel_stats(rgb):
@@ -143,8 +126,9 @@ def step(luma):
 def lbp_histogram(luma):
     """Shares of luma's interior pixels per rotation-invariant uniform local binary pattern: bit p
     says neighbour p (of 8, in circular order) >= the centre; a code with at most 2 changes around
-    the circle is its count of ones (0..8: flat, edge, corner, line end), any other is 9 (noise,
-    screens, fine hatching). Zeros for a photo under 3 pixels on a side."""
+    the circle is its count of ones (0..8: from a bright spot through line ends, corners and edges
+    to a flat patch), any other is 9 (noise, print screens, fine hatching). Zeros for a photo under
+    3 pixels on a side."""
     rows, cols = luma.shape
     if rows < 3 or cols < 3:
         return np.zeros(LBP_CODES)
@@ -161,73 +145,3 @@ def lbp_histogram(luma):
     changes += previous != first
     code = np.where(changes <= 2, ones, LBP_CODES - 1)
     return np.bincount(code.ravel(), minlength=LBP_CODES) / code.size
-
-
-def orientation_histogram(luma):
-    """Shares of luma's gradient magnitude (central differences, interior pixels) per direction,
-    bin k holding angles [k, k + 1) * 180 / ORIENTATIONS degrees from the horizontal gradient
-    (a vertical stroke's): engraving lines and hatching lean one way. Zeros for a flat photo or
-    one under 3 pixels on a side."""
-    if min(luma.shape) < 3:
-        return np.zeros(ORIENTATIONS)
-    across = luma[1:-1, 2:] - luma[1:-1, :-2]
-    down = luma[2:, 1:-1] - luma[:-2, 1:-1]
-    magnitude = np.hypot(across, down).ravel()
-    angle = np.mod(np.arctan2(down, across).ravel(), np.pi)
-    which = np.minimum((angle / np.pi * ORIENTATIONS).astype(int), ORIENTATIONS - 1)
-    total = magnitude.sum()
-    if total == 0:
-        return np.zeros(ORIENTATIONS)
-    return np.bincount(which, weights=magnitude, minlength=ORIENTATIONS) / total
-
-
-def band_energy(luma):
-    """Shares of luma's spectral power (the centre crop at most SPECTRUM_CROP square, mean removed,
-    Hann-windowed so the crop's borders add no false edges; the constant term left out) in the
-    radial bands BAND_EDGES cuts, in cycles per pixel: smooth washes low, paper grain and print
-    screens high. Zeros for a flat photo."""
-    rows, cols = luma.shape
-    top, left = max(0, (rows - SPECTRUM_CROP) // 2), max(0, (cols - SPECTRUM_CROP) // 2)
-    crop = luma[top: top + SPECTRUM_CROP, left: left + SPECTRUM_CROP].astype(np.float64)
-    crop = (crop - crop.mean()) * np.outer(np.hanning(crop.shape[0]), np.hanning(crop.shape[1]))
-    power = np.abs(np.fft.rfft2(crop)) ** 2
-    power[:, 1: (crop.shape[1] + 1) // 2] *= 2    # rfft2 holds each other column's mirror once
-    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(crop.shape[0]), np.fft.rfftfreq(crop.shape[1]), indexing="ij"))
-    band = np.digitize(radius, BAND_EDGES)
-    power[0, 0] = 0
-    total = power.sum()
-    if total == 0:
-        return np.zeros(len(BAND_EDGES) + 1)
-    return np.bincount(band.ravel(), weights=power.ravel(), minlength=len(BAND_EDGES) + 1) / total
-
-
-def jpeg_facts(photo):
-    """(IJG quality of the luma table, chroma samples per luma sample, progressive) of the JPEG
-    file `photo`, from its header alone; NaN for what the file does not say (None, no JPEG, no
-    quantisation table)."""
-    unknown = np.full(len(TEXTURE_GROUPS["jpeg"]), np.nan)
-    if photo is None:
-        return unknown
-    try:
-        with Image.open(photo) as im:
-            if im.format != "JPEG":
-                return unknown
-            tables, layers, progressive = im.quantization, im.layer, im.info.get("progressive", 0)
-    except (OSError, SyntaxError, ValueError):      # Pillow's answers to a header it cannot read
-        return unknown
-    quality = ijg_quality(tables[min(tables)]) if tables else np.nan
-    if len(layers) >= 3:    # (id, horizontal, vertical, table) per component: luma's against chroma's
-        chroma = layers[1][1] * layers[1][2] / (layers[0][1] * layers[0][2])
-    else:
-        chroma = 0.0 if len(layers) == 1 else np.nan
-    return np.array([quality, chroma, float(bool(progressive))])
-
-
-def ijg_quality(table):
-    """The quality 1..100 whose IJG scaling of the standard luma table (libjpeg's jcparam.c: scale
-    5000 / q below 50, 200 - 2q from 50, entries rounded and clipped to 1..255) comes nearest to
-    `table` (64 entries, natural order): exact for an IJG encoder, the nearest for any other."""
-    q = np.arange(1, 101)[:, None]
-    scale = np.where(q < 50, 5000 // q, 200 - 2 * q)
-    scaled = np.clip((IJG_LUMA[None] * scale + 50) // 100, 1, 255)
-    return float(np.argmin(np.abs(scaled - np.asarray(table)[None]).sum(1)) + 1)

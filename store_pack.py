@@ -3,14 +3,11 @@
 02_hvr_augment.sh decodes every photo with ImageMagick into committed batches under
 OUT/.rgb/b.*/ (the S x S pixels, and the photo at its own size under native/); this packs them
 into one memory-mappable array in OUT/.rgb/ids' order, takes each photo's statistics
-(photo_stats.py) from the same decode (and its JPEG's encoding facts from the file's header),
-removes OUT/.rgb and writes DONE last.
+(photo_stats.py) from the same decode, removes OUT/.rgb and writes DONE last.
 
-    python store_pack.py --out work/02_hvr --photos data/raw/photos --size 48 --mode stretch \
-        --started 1764560000.0
+    python store_pack.py --out work/02_hvr --size 48 --mode stretch --started 1764560000.0
 
-Reads  PHOTOS/{id}.jpg's header,
-       OUT/.rgb/ids ("id sha256 width height bytes" per photo, the store's row order) and
+Reads  OUT/.rgb/ids ("id sha256 width height bytes" per photo, the store's row order) and
        OUT/.rgb/finished ("id batch-dir width height": where each decoded photo lies)
 Writes OUT/images.npy (N, S, S, 3) uint8, ids.txt, stats.csv, meta.json, provenance.json, DONE
 """
@@ -32,7 +29,6 @@ CHUNK = 256        # photos per worker task: each writes its rows of the one sto
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--out", required=True, help="stage 02's directory, holding .rgb/ from the decode")
-p.add_argument("--photos", required=True, help="the photos' directory, for their JPEG headers")
 p.add_argument("--size", type=int, required=True, help="the store's S")
 p.add_argument("--mode", required=True, choices=["stretch", "pad"], help="the decode's resize")
 p.add_argument("--started", type=float, default=None, help="the stage's start (epoch seconds), for provenance")
@@ -53,18 +49,16 @@ def read_plan(rgb):
     return ids, where, sizes, file_bytes
 
 
-def pack(start, chunk, *, store, size, mode, photos):
+def pack(start, chunk, *, store, size, mode):
     """Rows start.. of the store from their raw files (chunk: (id, batch dir, (width, height),
-    the JPEG's bytes) per photo), and their statistics: each file read once, and each JPEG's
-    header from photos/."""
+    the JPEG's bytes) per photo), and their statistics: each file read once."""
     arr = np.load(store, mmap_mode="r+")
     rows = []
     for i, (oid, batch, (w, h), file_bytes) in enumerate(chunk, start):
         arr[i] = img = np.fromfile(batch / f"{oid}.rgb", dtype=np.uint8).reshape(size, size, 3)
         native = np.fromfile(batch / "native" / f"{oid}.rgb", dtype=np.uint8).reshape(h, w, 3)
         top, bottom, left, right = photo_stats.content_box(w, h, size, mode)
-        rows.append(photo_stats.row(native, img[top:bottom, left:right], file_bytes,
-                                    photos / f"{oid}.jpg"))
+        rows.append(photo_stats.row(native, img[top:bottom, left:right], file_bytes))
     arr.flush()
     return rows
 
@@ -83,7 +77,7 @@ def main():
                 os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
             starts = range(0, len(ids), CHUNK)
             chunks = [[(oid, where[oid], sizes[oid], file_bytes[oid]) for oid in ids[k:k + CHUNK]] for k in starts]
-            work = partial(pack, store=tmp, size=size, mode=args.mode, photos=Path(args.photos))
+            work = partial(pack, store=tmp, size=size, mode=args.mode)
             with ProcessPoolExecutor(args.jobs) as pool:
                 rows = [r for part in pool.map(work, starts, chunks) for r in part]
         table = pd.DataFrame(np.stack(rows), columns=photo_stats.COLUMNS)

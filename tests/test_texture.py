@@ -1,6 +1,6 @@
-"""Stage 02's texture descriptors and JPEG encoding facts (photo_stats.TEXTURE_GROUPS) against
-known answers and independent computations, on hostile photos through the real 02, and the study
-that decides which of them 06 gets (bench/texture_study.py) at toy size."""
+"""Stage 02's texture descriptors (photo_stats.TEXTURE_GROUPS) against known answers and
+independent computations, on hostile photos through the real 02, 06's ablations of them, and the
+study that decides which of them 06 gets (bench/texture_study.py) at toy size."""
 import re
 import subprocess
 
@@ -9,11 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, build_store, link_work
+from conftest import REPO, build_store, link_work, load_script
 import photo_stats
 
 PY = str(REPO / ".venv" / "bin" / "python")
-CHROMA = {0: 1.0, 1: 0.5, 2: 0.25}     # Pillow's subsampling 4:4:4, 4:2:2, 4:2:0 -> chroma per luma sample
 
 
 def luma_of(rgb):
@@ -22,28 +21,6 @@ def luma_of(rgb):
 
 def noise(shape, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
-
-
-@pytest.mark.parametrize("quality", [10, 35, 50, 75, 90, 97])
-@pytest.mark.parametrize("subsampling", [0, 1, 2])
-@pytest.mark.parametrize("progressive", [False, True])
-def test_jpeg_facts_of_pillows_jpegs(tmp_path, quality, subsampling, progressive):
-    path = tmp_path / "p.jpg"
-    Image.fromarray(noise((40, 56))).save(path, quality=quality, subsampling=subsampling, progressive=progressive)
-    estimated, chroma, flag = photo_stats.jpeg_facts(path)
-    assert abs(estimated - quality) <= 1 and chroma == CHROMA[subsampling] and flag == float(progressive)
-
-
-def test_jpeg_facts_of_a_greyscale_a_png_a_truncated_header_and_no_file(tmp_path):
-    grey = tmp_path / "grey.jpg"
-    Image.fromarray(noise((20, 30))[..., 0]).save(grey, quality=60)
-    assert list(photo_stats.jpeg_facts(grey)) == [60, 0.0, 0.0]          # one component: no chroma
-    png = tmp_path / "png.jpg"
-    Image.fromarray(noise((20, 30))).save(png, format="PNG")
-    cut = tmp_path / "cut.jpg"
-    cut.write_bytes(grey.read_bytes()[:20])                              # SOI and APP0, no table
-    for unknown in (png, cut, None):
-        assert np.isnan(photo_stats.jpeg_facts(unknown)).all(), unknown
 
 
 def lbp_by_hand(luma):
@@ -68,44 +45,10 @@ def test_lbp_of_a_constant_a_checkerboard_and_noise():
     assert photo_stats.lbp_histogram(x) == pytest.approx(lbp_by_hand(x))
 
 
-def test_orientations_of_ramps_and_of_noise():
-    ys, xs = np.indices((20, 30)).astype(np.float32) / 50
-    hist = photo_stats.orientation_histogram
-    assert hist(xs)[0] == pytest.approx(1)          # brighter to the right: a vertical edge, 0 degrees
-    assert hist(ys)[4] == pytest.approx(1)          # brighter downwards: 90 degrees
-    assert hist(xs + 2 * ys)[2] == pytest.approx(1)  # 63 degrees: bin 2 holds 45 to 67.5
-    assert hist(xs - 2 * ys)[5] == pytest.approx(1)  # -63 degrees is 117: bin 5
-    assert hist(-xs)[0] == pytest.approx(1)         # a direction, not a sign
-    x = luma_of(noise((16, 21), seed=2)).astype(np.float64)
-    down, across = (g[1:-1, 1:-1] for g in np.gradient(x))   # numpy's central differences, halved
-    angle = np.degrees(np.arctan2(down, across)) % 180
-    expected = np.histogram(angle, bins=8, range=(0, 180), weights=np.hypot(down, across))[0]
-    assert hist(x) == pytest.approx(expected / expected.sum(), abs=1e-5)
-
-
-@pytest.mark.parametrize("band, frequency", [(0, 0.02), (1, 0.045), (2, 0.09), (3, 0.18), (4, 0.35)])
-@pytest.mark.parametrize("direction", [(1, 0), (0, 1), (0.6, 0.8)])
-def test_a_sine_falls_in_its_band(band, frequency, direction):
-    ys, xs = np.indices((200, 240))
-    phase = 2 * np.pi * frequency * (direction[0] * xs + direction[1] * ys)
-    rgb = np.repeat(np.round(128 + 100 * np.sin(phase)).astype(np.uint8)[..., None], 3, -1)
-    shares = photo_stats.band_energy(luma_of(rgb))
-    assert shares.sum() == pytest.approx(1) and shares[band] > 0.95, shares
-
-
-def test_band_energy_of_a_large_photo_is_its_centre_crops():
-    x = luma_of(noise((300, 500), seed=3))
-    top, left = (300 - photo_stats.SPECTRUM_CROP) // 2, (500 - photo_stats.SPECTRUM_CROP) // 2
-    crop = x[top: top + photo_stats.SPECTRUM_CROP, left: left + photo_stats.SPECTRUM_CROP]
-    assert photo_stats.band_energy(x) == pytest.approx(photo_stats.band_energy(crop))
-    assert photo_stats.band_energy(np.full((30, 40), 0.5, np.float32)).sum() == 0   # flat: no power
-
-
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (2, 2), (2, 9), (9, 2)])
 def test_a_photo_of_one_or_two_pixels_a_side_has_defined_texture(shape):
     values = dict(zip(photo_stats.COLUMNS, photo_stats.row(noise(shape), noise(shape))))
-    assert not np.isnan([values[c] for c in photo_stats.COLUMNS
-                         if c not in ("file_bytes", "bytes_per_pixel", *photo_stats.TEXTURE_GROUPS["jpeg"])]).any()
+    assert not np.isnan([values[c] for c in photo_stats.COLUMNS if c not in ("file_bytes", "bytes_per_pixel")]).any()
 
 
 def test_02_writes_the_texture_columns_for_hostile_photos(tmp_path):
@@ -113,18 +56,17 @@ def test_02_writes_the_texture_columns_for_hostile_photos(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     made = {"grey": ((60, 80), "L", dict(quality=70)), "png": ((50, 40), "RGB", dict(format="PNG")),
-            "thin": ((1, 30), "RGB", dict(quality=90, subsampling=0)), "two": ((40, 2), "RGB", dict(quality=80))}
+            "thin": ((1, 30), "RGB", dict(quality=90)), "two": ((40, 2), "RGB", dict(quality=80))}
     for name, (shape, mode, options) in made.items():
         pixels = noise(shape)[..., 0] if mode == "L" else noise(shape)
         Image.fromarray(pixels).save(photos / f"{name.ljust(20, '0')}.jpg", **options)
     out = build_store(photos, [n.ljust(20, "0") for n in made], tmp_path / "hvr", 24)
     stats = pd.read_csv(out / "stats.csv").set_index("object_id")
     stats.index = [i.rstrip("0") for i in stats.index]
-    jpeg = photo_stats.TEXTURE_GROUPS["jpeg"]
-    assert list(stats.loc["grey", jpeg]) == [70, 0, 0] and list(stats.loc["thin", jpeg]) == [90, 1, 0]
-    assert stats.loc["two", "jpeg_quality"] == 80 and stats.loc["png", jpeg].isna().all()
-    texture = [c for c in photo_stats.NATIVE_ONLY if c not in jpeg]
-    assert not stats[texture].isna().any().any()
+    assert set(stats.index) == set(made) and not stats[photo_stats.NATIVE_ONLY].isna().any().any()
+    for name in ("grey", "png"):            # noise: every group has weight, each sums to 1
+        for columns in photo_stats.TEXTURE_GROUPS.values():
+            assert stats.loc[name, columns].sum() == pytest.approx(1, abs=1e-5)
     assert (stats.loc[["thin", "two"], photo_stats.TEXTURE_GROUPS["lbp"]] == 0).all().all()   # no interior
 
 
@@ -151,7 +93,8 @@ def test_texture_study_runs_on_a_toy_work(demo_data, demo_folds, tmp_path):
     assert all(0 < v < 4 for v in figures.values())
     variants = {re.fullmatch(r"meta_only_(\w+?)_rmse", n)[1] for n in figures if not re.search(r"fold\d_rmse$", n)
                 if n.startswith("meta_only_")}
-    names = ["base", *(f"base_{g}" for g in photo_stats.TEXTURE_GROUPS), "base_all"]
+    names = ["base", *(f"base_{g}" for g in photo_stats.TEXTURE_GROUPS)]
+    names += ["base_all"] if len(photo_stats.TEXTURE_GROUPS) > 1 else []
     assert set(names) <= variants      # and the forward selection's steps
     assert set(figures) == ({f"meta_only_{n}_rmse" for n in variants} | {f"blend_{n}_rmse" for n in variants}
                             | {f"meta_only_{n}_fold{k}_rmse" for n in variants for k in "012"} | {"blend_as_run_rmse"})
@@ -162,3 +105,18 @@ def test_texture_study_runs_on_a_toy_work(demo_data, demo_folds, tmp_path):
     text = page.read_text()
     assert text.startswith("# ") and f"python bench/texture_study.py --work {work} --write {page}" in text
     assert all(f"| {n.replace('_', '+')} |" in text for n in variants) and "\nAdopted (forward selection" in text
+
+
+def test_06s_meta_ablations_keep_the_texture_with_the_photo_as_decoded(tmp_path):
+    """--meta native keeps the texture columns (measured on the photo as decoded); --meta stored
+    has neither them nor the native pixel columns; a stats.csv of before the texture reads too."""
+    meta_table = load_script("06_stack.py").meta_table
+    stats = pd.DataFrame([np.arange(len(photo_stats.COLUMNS), dtype=float)], columns=photo_stats.COLUMNS)
+    stats.insert(0, "object_id", ["a" * 20])
+    stats.to_csv(tmp_path / "stats.csv", index=False)
+    native, stored = (set(meta_table(tmp_path, w).columns) for w in ("native", "stored"))
+    prefixed = lambda names: {f"meta_{c}" for c in names}
+    assert native == prefixed([*photo_stats.SIZE_COLUMNS, *photo_stats.PIXEL_COLUMNS, *photo_stats.NATIVE_ONLY])
+    assert stored == prefixed([*photo_stats.SIZE_COLUMNS, *(f"{c}_stored" for c in photo_stats.PIXEL_COLUMNS)])
+    stats.drop(columns=photo_stats.NATIVE_ONLY).to_csv(tmp_path / "stats.csv", index=False)
+    assert set(meta_table(tmp_path, "stored").columns) == stored
