@@ -6,7 +6,8 @@
 #
 # Reads  DATA/photos/{id}.jpg and WORK/00_validate/photos.csv (the validated id list)
 # Writes WORK/02_hvr/: images.npy (N, S, S, 3) uint8, ids.txt (row order), meta.json,
-#        stats.csv (per-photo size, colour and edge statistics, photo_stats.py; same row order), DONE
+#        stats.csv (per-photo size, colour, edge and texture statistics, photo_stats.py; same
+#        row order), DONE
 #
 #   02_hvr_augment.sh --photos DATA/photos --ids WORK/00_validate/photos.csv --out WORK/02_hvr \
 #                     --profile cpu --mode stretch --python .venv/bin/python
@@ -17,7 +18,7 @@
 # --mode pad:     pad to a square by replicating the edge pixels, then resize (the 1st place).
 # Greyscale and CMYK photos are converted to sRGB (-colorspace sRGB); the store is always RGB.
 # The same decode also writes the photo at its own size (OUT/.rgb/b.*/native/, raw, temporary),
-# from which the pack step takes the colour and edge statistics before removing it.
+# from which the pack step takes the colour, edge and texture statistics before removing it.
 # Resumable: each batch of photos lands in OUT/.rgb/b.*/ as S*S*3 raw bytes, committed only when
 # the whole batch decoded; a rerun redoes only the photos no committed batch holds with the bytes
 # validation checked (photos.csv's sha256), and DONE is written after images.npy.

@@ -32,7 +32,7 @@ photo as decoded / of the stored S x S pixels.
 Past the recipe too, `blend`: a non-negative linear blend (with an intercept) of the single
 networks' eras and `meta_only`, its weights fitted on the out-of-fold rows of the other folds
 (fold k's rows never weigh their own prediction); the test side uses weights fitted on every row.
-The boosters see the networks and the statistics as 104 + 89 raw columns on ~2k rows; the blend
+The boosters see the networks and the statistics as 104 + 99 raw columns on ~2k rows; the blend
 sees five predictions, each already cross-validated (docs/results.md has both CVs).
 
 Post-processing (the recipe): final = ratio * stack + (1 - ratio) * the target network's TTA
@@ -107,7 +107,8 @@ def features(source, fold, split, extra=None):
 
 def meta_table(hvr_dir, which):
     """02's per-photo statistics, indexed by object_id, every column prefixed meta_; `which`:
-    native / stored keep the size and only that half of the colour and edge columns."""
+    native / stored keep the size and only that half of the colour and edge columns; the texture
+    columns (photo_stats.NATIVE_ONLY: measured on the photo as decoded alone) go with native."""
     path = Path(hvr_dir) / "stats.csv"
     if not path.exists():
         common.fail(f"{path} is missing: this WORK's stage 02 predates the per-photo statistics. Run "
@@ -117,7 +118,8 @@ def meta_table(hvr_dir, which):
     if which == "native":
         table = table.drop(columns=[c for c in table.columns if c.endswith("_stored")])
     elif which == "stored":
-        table = table.drop(columns=[c for c in photo_stats.PIXEL_COLUMNS])
+        table = table.drop(columns=[c for c in (*photo_stats.PIXEL_COLUMNS, *photo_stats.NATIVE_ONLY)
+                                    if c in table])      # a WORK of before the texture has none
     return table.add_prefix("meta_")
 
 

@@ -2,7 +2,11 @@
 aspect, its JPEG's bytes (and per pixel: how much detail the encoder kept), its colour (RGB means
 and spreads, 8-bin HSV histograms, saturation's mean and spread, brightness percentiles, the share
 of grey and of paper-white pixels), its texture (edge strength; luma's mean step to the next pixel,
-at full and at half resolution) and its framing (the middle's luma against the whole's).
+at full and at half resolution) and its framing (the middle's luma against the whole's); and, at
+the photo's own resolution only, the histogram of luma's local binary patterns (lbp0..lbp9: paper
+grain, print screens, hatching), which lowers the statistics' booster's CV on the real data where
+gradient orientations, spectral bands and the JPEG's encoding facts added nothing to it
+(TEXTURE_GROUPS; docs/texture.md, bench/texture_study.py).
 
 Stage 02 computes them once, from its one decode of each photo (no second pass over the JPEGs),
 and writes WORK/02_hvr/stats.csv in the store's row order; 06_stack.py --meta on gives them to
@@ -31,7 +35,13 @@ PIXEL_COLUMNS = (["r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std"]
                  + ["s_mean", "s_std", *(f"v_p{q}" for q in V_PERCENTILES), "grey", "paper",
                     "step", "step_half", "middle_minus_all"])
 SIZE_COLUMNS = ["width", "height", "aspect", "file_bytes", "bytes_per_pixel"]
-COLUMNS = [*SIZE_COLUMNS, *PIXEL_COLUMNS, *(f"{c}_stored" for c in PIXEL_COLUMNS)]
+
+# Texture at the photo's own resolution, which the networks' S x S squares lose: of the photo as
+# decoded only (no _stored twin), in groups that bench/texture_study.py adds or leaves out whole.
+LBP_CODES = 10      # 8-neighbour rotation-invariant uniform codes: 0..8 neighbours >= the centre, 9 the rest
+TEXTURE_GROUPS = {"lbp": [f"lbp{k}" for k in range(LBP_CODES)]}
+NATIVE_ONLY = [c for group in TEXTURE_GROUPS.values() for c in group]
+COLUMNS = [*SIZE_COLUMNS, *PIXEL_COLUMNS, *(f"{c}_stored" for c in PIXEL_COLUMNS), *NATIVE_ONLY]
 
 
 def content_box(width, height, size, mode):
@@ -70,7 +80,8 @@ def row(native, stored, file_bytes=np.nan):
     part of the S x S stored image (content_box); file_bytes, its JPEG's size (NaN: unknown)."""
     height, width = native.shape[:2]
     size = [width, height, width / height, file_bytes, file_bytes / (width * height)]
-    return np.concatenate([size, pixel_stats(native), pixel_stats(stored)])
+    luma = native.astype(np.float32) / 255 @ LUMA
+    return np.concatenate([size, pixel_stats(native), pixel_stats(stored), lbp_histogram(luma)])
 
 
 def pixel_stats(rgb):
@@ -110,3 +121,27 @@ def step(luma):
     down = np.abs(np.diff(luma, axis=0)).mean() if luma.shape[0] > 1 else 0.0
     across = np.abs(np.diff(luma, axis=1)).mean() if luma.shape[1] > 1 else 0.0
     return float(down + across)
+
+
+def lbp_histogram(luma):
+    """Shares of luma's interior pixels per rotation-invariant uniform local binary pattern: bit p
+    says neighbour p (of 8, in circular order) >= the centre; a code with at most 2 changes around
+    the circle is its count of ones (0..8: from a bright spot through line ends, corners and edges
+    to a flat patch), any other is 9 (noise, print screens, fine hatching). Zeros for a photo under
+    3 pixels on a side."""
+    rows, cols = luma.shape
+    if rows < 3 or cols < 3:
+        return np.zeros(LBP_CODES)
+    centre = luma[1:-1, 1:-1]
+    ring = [(-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)]
+    bit = lambda dy, dx: luma[1 + dy: rows - 1 + dy, 1 + dx: cols - 1 + dx] >= centre
+    first = previous = bit(*ring[0])
+    ones, changes = first.astype(np.uint8), np.zeros(centre.shape, np.uint8)
+    for dy, dx in ring[1:]:                 # one neighbour at a time: a large photo's memory stays small
+        current = bit(dy, dx)
+        ones += current
+        changes += current != previous
+        previous = current
+    changes += previous != first
+    code = np.where(changes <= 2, ones, LBP_CODES - 1)
+    return np.bincount(code.ravel(), minlength=LBP_CODES) / code.size

@@ -7,7 +7,7 @@ figures, are checked by the files they write. A function renamed in a pipeline f
 a script no longer matches, fails here instead of in the next benchmark run. benchlib.py runs
 through the others; results_doc.py and meta_params.py run in tests/test_cpu_hour.py (on the
 four-head pipeline and the smoke pipeline), and so does study.py's choice of rows (--only); here
-study.py trains one configuration.
+study.py trains one configuration. texture_study.py runs in tests/test_texture.py.
 
 The figures themselves (speeds of a few toy steps on a shared machine) are not checked, except
 where the script reproduces a number the pipeline wrote: stack_params.py's recipe row is 06's
