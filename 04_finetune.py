@@ -79,7 +79,8 @@ p.add_argument("--batch", type=int, default=None, help="global batch size (profi
 p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="1-8",
                help="views per image per epoch: 8 = all (recipe), fewer = random ones (profile)")
 p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
-p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="ce: cross-entropy for onehot")
+p.add_argument("--loss", default=None, choices=["mse", "ce"],
+               help="onehot's loss: mse on the one-hot (the recipe) or ce, a cross-entropy classifier (profile)")
 p.add_argument("--freeze", action="store_true", help="train only layer3, layer4 and the head")
 training.add_optimizer_options(p)
 p.add_argument("--keep-epochs", default=None, choices=["all", "last"],

@@ -32,8 +32,10 @@ photo as decoded / of the stored S x S pixels.
 Past the recipe too, `blend`: a non-negative linear blend (with an intercept) of the single
 networks' eras and `meta_only`, its weights fitted on the out-of-fold rows of the other folds
 (fold k's rows never weigh their own prediction); the test side uses weights fitted on every row.
-The boosters see the networks and the statistics as 104 + 99 raw columns on ~2k rows; the blend
-sees five predictions, each already cross-validated (docs/results.md has both CVs).
+`blend_steps` takes onehot's class probabilities in place of its expected class, as P(era >= c)
+for c = 1, 2, 3 (their sum is the expected class), each weighed on its own.
+The boosters see the networks and the statistics as 104 + 99 raw columns on ~2k rows; a blend
+sees four to six predictions, each already cross-validated (docs/results.md has the CVs).
 
 Post-processing (the recipe): final = ratio * stack + (1 - ratio) * the target network's TTA
 mean; where the onehot network's TTA-mean score for a class exceeds the threshold, that class;
@@ -74,6 +76,10 @@ RECIPE_POST = (0.5, 0.94)
 RATIOS = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 THRESHOLDS = [0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, np.inf]   # inf: no override
 K = ("0", "1", "2")
+# The level-two blends and their inputs besides meta_only: each era head's era; or the same with
+# onehot's P(era >= c) in place of its expected class (their sum), each step weighed on its own.
+BLENDS = {"blend": [f"{h}_model" for h in tasks.ERA_HEADS],
+          "blend_steps": ["target_model", *tasks.step_columns(), "sortingdate_model"]}
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--folds", required=True, help="stage 01's directory")
@@ -85,7 +91,7 @@ p.add_argument("--submit", default="best", choices=["best", "recipe"],
                help="best: the stack with the lowest CV (of --mode and --meta, when given), tuned "
                     "post-processing; recipe: the recipe's own (seed mode, its 104 columns, 0.5 / 0.94)")
 p.add_argument("--mode", default=None, choices=["seed", "oof"],
-               help="--submit best: only this mode's stacks (and not the blend)")
+               help="--submit best: only this mode's stacks (and not the blends)")
 p.add_argument("--hvr", required=True, help="stage 02's directory (its stats.csv)")
 p.add_argument("--meta", default="on", choices=["off", "on", "native", "stored"],
                help="the _meta stacks' per-photo statistics: both halves (on), only those of the photo as "
@@ -261,6 +267,8 @@ def out_of_fold_table(source, train, oof_fold, level1):
         oof.loc[rows, tasks.TTA_COLUMNS[0]] = tasks.target_tta(X)
         for name, values in zip(tasks.TTA_COLUMNS[1:], tasks.onehot_tta(X).T):
             oof.loc[rows, name] = values
+        for name, values in tasks.onehot_steps(X).items():
+            oof.loc[rows, name] = values
     for name, parts in singles.items():
         oof[name + "_model"] = pd.concat(parts)
     for name, (pred, *_rest) in level1.items():
@@ -269,20 +277,27 @@ def out_of_fold_table(source, train, oof_fold, level1):
 
 
 def level_two(oof, test_all, meta_only, test_ids, oof_fold):
-    """The single networks' eras and the statistics' booster, blended linearly: adds oof's
-    `blend` column; returns the blend's test prediction, the fitted blend and its inputs' names."""
+    """The single networks' eras (or onehot's steps) and the statistics' booster, blended
+    linearly (BLENDS): adds each blend's column to oof; returns {blend: (its test prediction, the
+    fitted blend, its inputs' names)}."""
     test_inputs = pd.DataFrame({f"{n}_model": v for n, v in tasks.head_eras(test_all).items()}, index=test_all.index)
+    for name, values in tasks.onehot_steps(test_all).items():
+        test_inputs[name] = values
     test_inputs["meta_only"] = pd.Series(meta_only[1], index=test_ids.to_numpy()).loc[test_all.index]
-    pred, test_pred, blender = blend(oof[test_inputs.columns], test_inputs, oof["target"].to_numpy(), oof_fold)
-    oof["blend"] = pd.concat([pred[k] for k in K])
-    return test_pred, blender, list(test_inputs.columns)
+    blends = {}
+    for name, inputs in BLENDS.items():
+        inputs = [*inputs, "meta_only"]
+        pred, test_pred, blender = blend(oof[inputs], test_inputs[inputs], oof["target"].to_numpy(), oof_fold)
+        oof[name] = pd.concat([pred[k] for k in K])
+        blends[name] = (test_pred, blender, inputs)
+    return blends
 
 
 def submittable(args, stacks, untested):
     """The predictions --submit best may choose from (--mode and --meta narrow them)."""
     candidates = [n for n in stacks if (args.mode is None or n.startswith(f"stack_{args.mode}"))
                   and (args.meta != "off" or not n.endswith("_meta")) and n not in untested]
-    candidates += ["blend"] if args.mode is None and args.meta != "off" else []
+    candidates += list(BLENDS) if args.mode is None and args.meta != "off" else []
     if not candidates:
         common.fail(f"--mode {args.mode}: its stacks have no test side (05 ran with --fold-test no: "
                     f"make FOLD_TEST=yes, or another --mode)")
@@ -334,7 +349,7 @@ def main():
     stacks, meta_only = level_one(source, folds, oof_fold, meta_table(args.hvr, args.meta))
     oof = out_of_fold_table(source, train, oof_fold, {"meta_only": meta_only, **stacks})
     test_all = features(source, "all", "test")
-    blend_test, blender, blend_inputs = level_two(oof, test_all, meta_only, test_ids, oof_fold)
+    blends = level_two(oof, test_all, meta_only, test_ids, oof_fold)
 
     untested = [n for n, (_pred, test_pred, *_rest) in stacks.items() if test_pred is None]   # cannot be submitted
     if untested:
@@ -356,12 +371,13 @@ def main():
     for name, (_pred, test_pred, *_rest) in stacks.items():
         if name not in untested:
             test[name] = test_pred
-    test["blend"] = blend_test
+    for name, (test_pred, *_rest) in blends.items():
+        test[name] = test_pred
     test_tta, test_hot = tasks.target_tta(test_all), tasks.onehot_tta(test_all)
     test["final"] = post_process(test[chosen].to_numpy(), test_tta, test_hot, ratio, threshold)
     test["recipe"] = post_process(test["stack_seed"].to_numpy(), test_tta, test_hot, *RECIPE_POST)
 
-    columns = ["meta_only", *[c for c in oof if c.endswith("_model")], *stacks, "blend", "recipe", "final",
+    columns = ["meta_only", *[c for c in oof if c.endswith("_model")], *stacks, *blends, "recipe", "final",
                "final_recipe_post"]
     cv = cv_table(oof, columns)
     common.write_csv(out / "cv.csv", cv, float_format="%.5f")
@@ -371,10 +387,11 @@ def main():
         "submit": args.submit, "stack": chosen, "meta": args.meta, "post": post, "ratio": ratio, "threshold": threshold,
         "candidates": candidates,
         "best_iterations": {name: [int(i) for i in v[2]] for name, v in stacks.items()},
-        "blend_weights": {"intercept": float(blender.intercept_), **dict(zip(blend_inputs, map(float, blender.coef_)))},
+        "blend_weights": {name: {"intercept": float(blender.intercept_), **dict(zip(inputs, map(float, blender.coef_)))}
+                          for name, (_test, blender, inputs) in blends.items()},
         "cv_overall": {c: float(cv.iloc[-1][c]) for c in ["const_mean", *columns]},
     })
-    shown = importance(blender, blend_inputs) if chosen == "blend" else importance(stacks[chosen][3])
+    shown = importance(*blends[chosen][1:]) if chosen in blends else importance(stacks[chosen][3])
     reporting.stack_plots(out, shown, oof["target"].to_numpy(), oof["final"].to_numpy())
     stage.finish(vars(args))
     print(cv.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -145,6 +145,24 @@ def era_prediction(task, kind, mean_out, date_stats):
     return None
 
 
+def era_steps(scores):
+    """(N, 4) one-hot scores -> (N, 3): P(era >= c) for c = 1, 2, 3 (scores normalised as in
+    era_of_scores). Their sum is the expected class; a blend weighs each step on its own."""
+    prob = scores.clip(min=0)
+    prob = prob / prob.sum(1)[:, None].clip(min=1e-6)
+    return np.stack([prob[:, c:].sum(1) for c in range(1, N_CLASSES)], 1)
+
+
+def step_columns():
+    """06's blend inputs of onehot's P(era >= c), c = 1, 2, 3: onehot_ge1 ..."""
+    return [f"onehot_ge{c}" for c in range(1, N_CLASSES)]
+
+
+def onehot_steps(table):
+    """{step column: P(era >= c)} of onehot's 8-view mean, from 05's feature columns of a table."""
+    return dict(zip(step_columns(), era_steps(table[onehot_columns()].to_numpy()).T))
+
+
 def head_eras(table):
     """{head: era} that each era head's 8-view mean implies, from 05's feature columns of a table:
     the target itself, onehot's expected class, sortingdate's year."""

@@ -34,6 +34,7 @@ MODELS = {
     "stack_seed_meta": "seed stack with the per-photo statistics (`stack_seed_meta`)",
     "stack_oof_meta": "oof stack with the statistics (`stack_oof_meta`)",
     "blend": "non-negative linear blend of the three heads and `meta_only`, nested (`blend`)",
+    "blend_steps": "the same with onehot's P(era >= 1, 2, 3) for its expected class (`blend_steps`)",
     "recipe": "the recipe's own submission: `stack_seed` + 0.5 / 0.94 (`SUBMIT=recipe`)",
     "final": "**the submission** (`SUBMIT=best`: stack and post-processing chosen nested)",
 }
@@ -45,6 +46,12 @@ p.add_argument("--study", help="make study's directory")
 p.add_argument("--command", default="", help="the command that made WORK, as the page shows it")
 p.add_argument("--note", default="", help="what the files cannot say about the run (a machine shared, a stage redone)")
 p.add_argument("--out", required=True)
+
+
+def blend_weights(params):
+    """{blend: {input: weight}} of params.json (a run before blend_steps kept one blend's, flat)."""
+    weights = params.get("blend_weights", {})
+    return {"blend": weights} if "intercept" in weights else weights
 
 
 def time_figures(path):
@@ -126,8 +133,8 @@ def main():
     lines += [reporting.markdown(table),
               f"Submitted: `{params['stack']}`, post-processing `{params['post']}` (ratio {params['ratio']}, "
               f"threshold {params['threshold']})."
-              + (f" Blend weights: {', '.join(f'{k} {v:.3f}' for k, v in params['blend_weights'].items())}."
-                 if "blend_weights" in params else "") + "\n"]
+              + "".join(f" `{name}` weights: {', '.join(f'{k} {v:.3f}' for k, v in weights.items())}."
+                        for name, weights in blend_weights(params).items()) + "\n"]
     if args.time:
         wall, rss = time_figures(args.time)
         lines.append(f"Wall time {wall:.1f} min, peak resident memory {rss:.2f} GiB (`/usr/bin/time -v`).\n")

@@ -168,10 +168,10 @@ def test_without_fold_test_the_oof_stacks_are_scored_not_submitted(multi_run, ma
     cv = pd.read_csv(work / "06_stack" / "cv.csv")
     assert cv[["stack_oof", "stack_oof_meta"]].stack().between(0, 3).all()
     test = pd.read_csv(work / "06_stack" / "test.csv")
-    assert {"stack_seed", "stack_seed_meta", "blend", "final"} <= set(test.columns)
+    assert {"stack_seed", "stack_seed_meta", "blend", "blend_steps", "final"} <= set(test.columns)
     assert not {"stack_oof", "stack_oof_meta"} & set(test.columns)
     params = json.loads((work / "06_stack" / "params.json").read_text())
-    assert params["candidates"] == ["stack_seed", "stack_seed_meta", "blend"] and params["stack"] in params["candidates"]
+    assert params["candidates"] == ["stack_seed", "stack_seed_meta", "blend", "blend_steps"] and params["stack"] in params["candidates"]
     oof_only = make("stack", work=smoke_copy(multi_run, tmp_path / "oof"), data=demo_data, PROFILE="smoke",
                     STACK_ARGS="--mode oof", check=False, **CPU_SHAPE)
     assert oof_only.returncode != 0 and "make FOLD_TEST=yes" in oof_only.stderr, oof_only.stderr[-800:]
@@ -297,6 +297,31 @@ def test_blend_weighs_each_fold_with_the_other_folds_rows_only():
     # weights are never negative: a reversed input gets 0, not -1
     _, _, reversed_fit = stack.blend(-x, x.iloc[:5], y, fold)
     assert (reversed_fit.coef_ >= 0).all()
+
+
+def test_onehot_steps_sum_to_the_expected_class_and_a_blend_can_weigh_each():
+    """blend_steps' inputs: P(era >= c) of onehot's scores (clipped and normalised as for its
+    expected class), falling with c; when the truth weighs the steps unequally, the step blend
+    finds it and the expected class cannot."""
+    import tasks
+    stack = load_script("06_stack.py")
+    rng = np.random.default_rng(1)
+    scores = rng.dirichlet(np.ones(4), 400) + rng.normal(0, 0.05, (400, 4))
+    steps = tasks.era_steps(scores)
+    assert np.allclose(steps.sum(1), tasks.era_of_scores(scores))
+    assert (np.diff(steps, axis=1) <= 1e-12).all() and (steps >= 0).all() and (steps <= 1 + 1e-9).all()
+    table = pd.DataFrame(scores, columns=tasks.onehot_columns())
+    assert np.allclose(np.column_stack(list(tasks.onehot_steps(table).values())), steps)
+    ids = pd.Index([f"o{i}" for i in range(400)])
+    fold = pd.Series(np.repeat(["0", "1", "2", "0"], 100), index=ids)
+    y = 3 * steps[:, 2] + 0.5 * steps[:, 0]
+    by_step = pd.DataFrame(steps, index=ids, columns=tasks.step_columns())
+    expected = pd.DataFrame({"era": steps.sum(1)}, index=ids)
+    step_pred, _, fit = stack.blend(by_step, by_step, y, fold)
+    era_pred, _, _ = stack.blend(expected, expected, y, fold)
+    assert fit.coef_ == pytest.approx([0.5, 0, 3], abs=1e-6)
+    rmse = lambda pred: stack.rmse(pd.concat(pred.values()).loc[ids], y)
+    assert rmse(step_pred) < 1e-6 < rmse(era_pred)
 
 
 def test_shifted_views_are_the_view_then_a_mirrored_translation():

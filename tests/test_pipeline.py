@@ -153,7 +153,7 @@ def test_all_ends_with_a_valid_submission_and_report(smoke_run, demo_data):
     cv = pd.read_csv(work / "06_stack" / "cv.csv", dtype={"fold": str})
     assert list(cv["fold"]) == ["0", "1", "2", "overall"]
     for col in ("const_mean", "meta_only", "target_model", "stack_seed", "stack_oof", "stack_seed_meta",
-                "stack_oof_meta", "blend", "final", "final_recipe_post"):
+                "stack_oof_meta", "blend", "blend_steps", "final", "final_recipe_post"):
         assert cv[col].between(0, 3).all(), col
     report = (work / "07_submit" / "report.md").read_text()
     for picture in ("jigsaw_loss.png", "cv_multi.png", "importance.png", "confusion.png"):
