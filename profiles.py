@@ -43,7 +43,9 @@ PROFILES = {
                    views=1,                # one random view per image per epoch (the 8 are TTA)
                    shift=0, ckpt_every=100, init="scratch", keep_epochs="last",
                    eval_views=1, eval_rows=384,    # per epoch: 1 view of 384 rows; the last: 8 of all
-                   precision="fp32", photo_inputs="none", mixup=0.0, loss="mse", **CPU_OPTIM),
+                   precision="fp32", photo_inputs="none", mixup=0.0,
+                   loss="ce",              # onehot a classifier: its probabilities for blend_steps
+                   **CPU_OPTIM),
         "05": dict(batch=256,              # ResNet18 at 48 px infers fastest at 128-256
                    fold_test="no",         # test.csv through fold all's networks only
                    precision="fp32"),
