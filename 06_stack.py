@@ -14,20 +14,17 @@ Writes WORK/06_stack/:
         --hvr work/02_hvr --out work/06_stack [--nets multi] [--submit recipe]
 
 Two modes, both always computed and scored.
-  seed: as the recipe: fold k's booster trains on fold k's *training-side* network outputs
-        (the rows that network was fitted on), stops early on its held-out side; the `all`
-        booster (fold `all` network's train outputs, the mean best iteration) predicts test.
-  oof:  each train row's features come from the fold network that did not see it; boosters
-        are cross-validated over those rows with the same folds; the `all` booster (all rows,
-        mean best iteration) predicts test from the 3 fold networks' test features averaged.
-        Where 05 described no test side for the fold networks (--fold-test no, the cpu
-        profile), the oof stacks are scored but never submitted.
-Out-of-fold predictions use each row's out-of-fold fold (01's oof_fold.csv).
+  seed: as the recipe: fold k's booster trains on fold k's *training-side* network outputs, stops
+        early on its held-out side; the `all` booster (fold `all` network's train outputs, the
+        mean best iteration) predicts test.
+  oof:  each train row's features come from the fold network that did not see it; boosters are
+        cross-validated over those rows; the `all` booster (all rows, mean best iteration)
+        predicts test from the 3 fold networks' test features averaged (none with 05
+        --fold-test no, the cpu profile: then the oof stacks are scored, never submitted).
 
-Past the recipe, the `_meta` stacks' table gains the per-photo statistics of stage 02
-(photo_stats.py: size, aspect, colour, edges), which the square networks never see. The
-ablations --meta native / stored keep the size and only the colour and edge statistics of the
-photo as decoded / of the stored S x S pixels.
+Past the recipe, the `_meta` stacks' table gains 02's per-photo statistics (photo_stats.py),
+which the square networks never see; --meta native / stored keep only those of the photo as
+decoded / of the stored S x S pixels.
 
 Past the recipe too, `blend`: a non-negative linear blend (with an intercept) of the single
 networks' eras and `meta_only`, its weights fitted on the out-of-fold rows of the other folds
@@ -341,7 +338,6 @@ def cv_table(oof, columns):
 def main():
     args = common.parse(p, "06")
     stage = common.Stage(args.out)
-    out = stage.dir
     folds, oof_fold = read_folds(args.folds)
     train = folds["all"]["train"].set_index("object_id")
     test_ids = folds["all"]["test"]["object_id"]
@@ -380,10 +376,10 @@ def main():
     columns = ["meta_only", *[c for c in oof if c.endswith("_model")], *stacks, *blends, "recipe", "final",
                "final_recipe_post"]
     cv = cv_table(oof, columns)
-    common.write_csv(out / "cv.csv", cv, float_format="%.5f")
-    common.write_csv(out / "oof.csv", oof.reset_index(), float_format="%.6g")
-    common.write_csv(out / "test.csv", test.reset_index(), float_format="%.6g")
-    common.write_json(out / "params.json", {
+    common.write_csv(stage.dir / "cv.csv", cv, float_format="%.5f")
+    common.write_csv(stage.dir / "oof.csv", oof.reset_index(), float_format="%.6g")
+    common.write_csv(stage.dir / "test.csv", test.reset_index(), float_format="%.6g")
+    common.write_json(stage.dir / "params.json", {
         "submit": args.submit, "stack": chosen, "meta": args.meta, "post": post, "ratio": ratio, "threshold": threshold,
         "candidates": candidates,
         "best_iterations": {name: [int(i) for i in v[2]] for name, v in stacks.items()},
@@ -392,7 +388,7 @@ def main():
         "cv_overall": {c: float(cv.iloc[-1][c]) for c in ["const_mean", *columns]},
     })
     shown = importance(*blends[chosen][1:]) if chosen in blends else importance(stacks[chosen][3])
-    reporting.stack_plots(out, shown, oof["target"].to_numpy(), oof["final"].to_numpy())
+    reporting.stack_plots(stage.dir, shown, oof["target"].to_numpy(), oof["final"].to_numpy())
     stage.finish(vars(args))
     print(cv.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"[06] submission ({args.submit}): {chosen}, post-processing ratio {ratio} threshold {threshold} "

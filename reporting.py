@@ -287,12 +287,16 @@ def write_report(out, sub, *, data, jigsaw, finetune, stack, timed):
             f"CV **{params['cv_overall']['final']:.4f}**",
             f"- the recipe's own submission (seed stack of its 104 columns, 0.5 / 0.94): CV "
             f"**{params['cv_overall']['recipe']:.4f}**; the per-photo statistics alone: "
-            f"{params['cv_overall']['meta_only']:.4f}; best iterations {params['best_iterations']}\n",
-            "## Cross-validation (RMSE on the era, out-of-fold)\n",
+            f"{params['cv_overall']['meta_only']:.4f}; best iterations {params['best_iterations']}",
+            *(f"- `{name}`'s weights (fitted on every row): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in weights.items()) for name, weights in params.get("blend_weights", {}).items()
+              if isinstance(weights, dict)),
+            "\n## Cross-validation (RMSE on the era, out-of-fold)\n",
             "Columns: constant train mean; LightGBM on 02's per-photo statistics alone; each network's TTA "
-            "mean; the LightGBM stack in both modes, without and with the statistics (_meta); "
-            "the recipe's own submission (`recipe`); the submitted prediction (`final`, its stack and "
-            "post-processing chosen nested); the submitted stack with the recipe's 0.5/0.94.\n",
+            "mean; the LightGBM stack in both modes, without and with the statistics (_meta); the linear "
+            "blends of the heads and the statistics (`blend`; `blend_steps`: onehot's class probabilities "
+            "as P(era >= c)); the recipe's own submission (`recipe`); the submitted prediction (`final`, "
+            "its stack and post-processing chosen nested); the submitted stack with the recipe's 0.5/0.94.\n",
             markdown(cv), "## Fine-tune runs, last epoch\n",
             markdown(pd.DataFrame(runs)) if runs else "(none)\n",
             "## Held-out era RMSE per epoch (fold all: its own train rows)\n",

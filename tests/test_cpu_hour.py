@@ -238,7 +238,7 @@ def test_study_configurations_are_complete_and_distinct():
     names = [n for n, _, _ in study.CONFIGS]
     assert len(set(names)) == len(names)
     assert {a for _, a, _ in study.CONFIGS} == {"base", "epochs", "schedule", "size", "arch", "heads", "jigsaw", "init",
-                                                "augment", "ensemble", "precision", "inputs"}
+                                                "augment", "ensemble", "precision", "inputs", "loss"}
     configs = [tuple(sorted(dict(study.BASE, **c).items())) for _, _, c in study.CONFIGS]
     assert len(set(configs)) == len(configs)
     assert math.isclose(study.PIPELINE_NETS, 3 + 1.5)
