@@ -247,10 +247,11 @@ setup: $(VENV_STAMP) $(SYSDEPS_STAMP) ## build .venv from requirements.txt and c
 # GPUS set: CUDA must work on every one of them, or make stops here, in seconds, naming the cause
 # (no driver, a driver too old, an id not visible, torch without CUDA); the stages would otherwise
 # train on the CPU. PROFILE=full without GPUS: days of CPU work, so it stops here with a measured
-# estimate unless FULL_ON_CPU=yes (or nothing is left to train).
+# estimate unless FULL_ON_CPU=yes (or nothing is left to train). PROFILE=cpu says its estimate
+# (sized for an hour on a 2-core machine; a slower CPU takes longer) and goes on.
 FT_STAMPS = $(foreach r,$(FT_RUNS),$(DIR_FT)/$(r)/DONE)
 TRAINING_LEFT = $(filter-out $(wildcard $(DIR_JIG)/DONE $(FT_STAMPS)),$(DIR_JIG)/DONE $(FT_STAMPS))
-preflight: | $(VENV_STAMP) ## check the machine before any stage (CUDA on GPUS; PROFILE=full's CPU time)
+preflight: | $(VENV_STAMP) ## check the machine before any stage (CUDA on GPUS; PROFILE=full and cpu: the CPU time)
 ifneq ($(GPUS),)
 	@$(PY) devices.py check --gpus $(GPUS)
 else ifeq ($(PROFILE)$(FULL_ON_CPU)$(if $(TRAINING_LEFT),left),fullleft)
@@ -258,6 +259,8 @@ else ifeq ($(PROFILE)$(FULL_ON_CPU)$(if $(TRAINING_LEFT),left),fullleft)
 	@$(PY) devices.py estimate --profile full --data $(RAW) --folds $(DIR_FOLDS) --nets $(words $(NETS)) --seeds $(SEEDS)
 	@echo "error: PROFILE=full without GPUS stops before training: set GPUS=0,1,.. to use GPUs," \
 	  "PROFILE=cpu for the CPU hour, or FULL_ON_CPU=yes to train the recipe on this CPU anyway" >&2; exit 3
+else ifeq ($(PROFILE)$(if $(TRAINING_LEFT),left),cpuleft)
+	@$(PY) devices.py estimate --profile cpu --data $(RAW) --folds $(DIR_FOLDS) --nets $(words $(NETS)) --seeds $(SEEDS)
 else
 	@:
 endif

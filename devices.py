@@ -27,6 +27,7 @@ COMPUTE_MODES = {0: "Default", 1: "Exclusive_Thread", 2: "Prohibited", 3: "Exclu
 CU_DEVICE_ATTRIBUTE_COMPUTE_MODE = 20
 CUDA_ERROR_NO_DEVICE = 100
 ESTIMATE_SECONDS = 3.0   # estimate: seconds of measured training (and as many of inference)
+ESTIMATE_PIXELS = 400_000  # estimate: the most pixels (images x side^2) a measured batch holds
 
 
 def parse_gpus(text):
@@ -203,24 +204,26 @@ def measure_rates(profile, seconds=ESTIMATE_SECONDS):
     import torch
     import training
     training.configure_threads()
-    c2, c4 = common.PROFILES[profile]["02"], common.PROFILES[profile]["04"]
+    c2, c4, c5 = (common.PROFILES[profile][s] for s in ("02", "04", "05"))
     model = training.build_model(c4["arch"], 1, width=c4.get("width", training.WIDTH)).to(memory_format=torch.channels_last)
-    batch = 8
-    x = torch.randn(batch, 3, c2["size"], c2["size"]).contiguous(memory_format=torch.channels_last)
+    # the profile's own batches (a CPU's images/s depend on them), cut to keep a step to a second or so
+    fits = max(1, ESTIMATE_PIXELS // c2["size"] ** 2)
+    batch, infer_batch = min(c4["batch"], fits), min(c5["batch"], fits)
+    x = torch.randn(infer_batch, 3, c2["size"], c2["size"]).contiguous(memory_format=torch.channels_last)
     optim = torch.optim.Adam(model.parameters())
     device = torch.device("cpu")
 
-    def timed(step):
+    def timed(step, size):
         step()
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds or n < 1:
             step()
             n += 1
-        return n * batch / (time.perf_counter() - t0)
+        return n * size / (time.perf_counter() - t0)
 
     def train_step():
         with training.autocast(device, c4["precision"]):
-            loss = model(x).float().square().mean()
+            loss = model(x[:batch]).float().square().mean()
         optim.zero_grad()
         loss.backward()
         optim.step()
@@ -229,9 +232,9 @@ def measure_rates(profile, seconds=ESTIMATE_SECONDS):
         with torch.inference_mode(), training.autocast(device, c4["precision"]):
             model(x)
 
-    train_rate = timed(train_step)
+    train_rate = timed(train_step, batch)
     model.eval()
-    return train_rate, timed(infer_step)
+    return train_rate, timed(infer_step, infer_batch)
 
 
 def cmd_estimate(args):
@@ -257,7 +260,8 @@ def cmd_estimate(args):
     print(f"PROFILE={args.profile} on this CPU: about {human(total)} of training and inference "
           f"({', '.join(f'{s} {human(v)}' for s, v in seconds.items())}) for {where}, at the "
           f"{rate_train:.1f} images/s training and {rate_infer:.1f} inference measured here just now "
-          f"({c4['arch']} at {c2['size']} px, {os.cpu_count()} cores)", flush=True)
+          f"({c4['arch']} at {c2['size']} px, {os.cpu_count()} cores); the network's steps alone: the "
+          f"run also moves and scores its data, so count on more", flush=True)
 
 
 def human(seconds):
