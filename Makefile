@@ -250,6 +250,7 @@ setup: $(VENV_STAMP) $(SYSDEPS_STAMP) ## build .venv from requirements.txt and c
 # estimate unless FULL_ON_CPU=yes (or nothing is left to train). PROFILE=cpu says its estimate
 # (sized for an hour on a 2-core machine; a slower CPU takes longer) and goes on.
 FT_STAMPS = $(foreach r,$(FT_RUNS),$(DIR_FT)/$(r)/DONE)
+TRAINING_GOALS := $(filter-out hvr,$(PIPELINE_GOALS)) preflight#   the goals that may train
 TRAINING_LEFT = $(filter-out $(wildcard $(DIR_JIG)/DONE $(FT_STAMPS)),$(DIR_JIG)/DONE $(FT_STAMPS))
 preflight: | $(VENV_STAMP) ## check the machine before any stage (CUDA on GPUS; PROFILE=full and cpu: the CPU time)
 ifneq ($(GPUS),)
@@ -259,7 +260,7 @@ else ifeq ($(PROFILE)$(FULL_ON_CPU)$(if $(TRAINING_LEFT),left),fullleft)
 	@$(PY) devices.py estimate --profile full --data $(RAW) --folds $(DIR_FOLDS) --nets $(words $(NETS)) --seeds $(SEEDS)
 	@echo "error: PROFILE=full without GPUS stops before training: set GPUS=0,1,.. to use GPUs," \
 	  "PROFILE=cpu for the CPU hour, or FULL_ON_CPU=yes to train the recipe on this CPU anyway" >&2; exit 3
-else ifeq ($(PROFILE)$(if $(TRAINING_LEFT),left),cpuleft)
+else ifeq ($(PROFILE)$(if $(TRAINING_LEFT),left)$(if $(filter $(TRAINING_GOALS),$(MAKECMDGOALS)),train),cpulefttrain)
 	@$(PY) devices.py estimate --profile cpu --data $(RAW) --folds $(DIR_FOLDS) --nets $(words $(NETS)) --seeds $(SEEDS)
 else
 	@:

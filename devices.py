@@ -238,11 +238,10 @@ def measure_rates(profile, seconds=ESTIMATE_SECONDS):
 
 
 def cmd_estimate(args):
-    import pandas as pd
     data = Path(args.data)
-    if (data / "train.csv").exists():
-        train = len(pd.read_csv(data / "train.csv", usecols=[0]))
-        test = len(pd.read_csv(data / "test.csv", usecols=[0])) if (data / "test.csv").exists() else 0
+    train, test = csv_rows(data / "train.csv"), csv_rows(data / "test.csv")
+    if train is not None:
+        test = test or 0
         where = f"{train} train + {test} test photos in {data}"
     else:
         train, test = 3937, 5919
@@ -262,6 +261,18 @@ def cmd_estimate(args):
           f"{rate_train:.1f} images/s training and {rate_infer:.1f} inference measured here just now "
           f"({c4['arch']} at {c2['size']} px, {os.cpu_count()} cores); the network's steps alone: the "
           f"run also moves and scores its data, so count on more", flush=True)
+
+
+def csv_rows(path):
+    """Rows of a raw CSV for an estimate (its lines after the header), None when it is no
+    readable regular file: the estimate runs before validation, which judges the files."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return max(sum(1 for _ in f) - 1, 0)
+    except OSError:
+        return None
 
 
 def human(seconds):
