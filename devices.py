@@ -209,7 +209,7 @@ def measure_rates(profile, seconds=ESTIMATE_SECONDS):
     # the profile's own batches (a CPU's images/s depend on them), cut to keep a step to a second or so
     fits = max(1, ESTIMATE_PIXELS // c2["size"] ** 2)
     batch, infer_batch = min(c4["batch"], fits), min(c5["batch"], fits)
-    x = torch.randn(infer_batch, 3, c2["size"], c2["size"]).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(max(batch, infer_batch), 3, c2["size"], c2["size"]).contiguous(memory_format=torch.channels_last)
     optim = torch.optim.Adam(model.parameters())
     device = torch.device("cpu")
 
@@ -230,7 +230,7 @@ def measure_rates(profile, seconds=ESTIMATE_SECONDS):
 
     def infer_step():
         with torch.inference_mode(), training.autocast(device, c4["precision"]):
-            model(x)
+            model(x[:infer_batch])
 
     train_rate = timed(train_step, batch)
     model.eval()

@@ -80,13 +80,19 @@ def row(native, stored, file_bytes=np.nan):
     part of the S x S stored image (content_box); file_bytes, its JPEG's size (NaN: unknown)."""
     height, width = native.shape[:2]
     size = [width, height, width / height, file_bytes, file_bytes / (width * height)]
-    luma = native.astype(np.float32) / 255 @ LUMA
-    return np.concatenate([size, pixel_stats(native), pixel_stats(stored), lbp_histogram(luma)])
+    x, luma = planes(native)        # made once: a photo of 25 megapixels makes them in a second
+    return np.concatenate([size, pixel_stats(native, (x, luma)), pixel_stats(stored), lbp_histogram(luma)])
 
 
-def pixel_stats(rgb):
-    """The values of PIXEL_COLUMNS of an (h, w, 3) uint8 image."""
+def planes(rgb):
+    """(x, luma) of an (h, w, 3) uint8 image: its RGB as float32 in [0, 1], and its luma."""
     x = rgb.astype(np.float32) / 255
+    return x, x @ LUMA
+
+
+def pixel_stats(rgb, made=None):
+    """The values of PIXEL_COLUMNS of an (h, w, 3) uint8 image (`made`: its planes(), if made)."""
+    x, luma = planes(rgb) if made is None else made
     flat = x.reshape(-1, 3)
     px = rgb.reshape(-1, 3).astype(np.int64)          # exact sums: mean and spread in float64
     mean = px.sum(0) / len(px)
@@ -95,7 +101,6 @@ def pixel_stats(rgb):
     hue, sat, val = hsv(flat)
     for channel in (hue, sat, val):
         out += list(np.bincount(np.minimum((channel * BINS).astype(int), BINS - 1), minlength=BINS) / len(flat))
-    luma = x @ LUMA
     if luma.shape[0] >= 3 and luma.shape[1] >= 3:   # the Laplacian needs a neighbour on every side
         ring = sum(luma[1 + dy: luma.shape[0] - 1 + dy, 1 + dx: luma.shape[1] - 1 + dx]
                    for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)

@@ -210,6 +210,12 @@ def stack_plots(out, shown, y, final):
     save_figure(fig, out / "confusion.png")
 
 
+def blend_weights(params):
+    """{blend: {input: weight}} of 06's params.json (a run before blend_steps kept one blend's, flat)."""
+    weights = params.get("blend_weights", {})
+    return {"blend": weights} if "intercept" in weights else weights
+
+
 def stage_times(stage_dirs):
     """(stage or stage/run, wall seconds, revision) of every provenance.json in the directories
     and their run directories."""
@@ -288,9 +294,8 @@ def write_report(out, sub, *, data, jigsaw, finetune, stack, timed):
             f"- the recipe's own submission (seed stack of its 104 columns, 0.5 / 0.94): CV "
             f"**{params['cv_overall']['recipe']:.4f}**; the per-photo statistics alone: "
             f"{params['cv_overall']['meta_only']:.4f}; best iterations {params['best_iterations']}",
-            *(f"- `{name}`'s weights (fitted on every row): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in weights.items()) for name, weights in params.get("blend_weights", {}).items()
-              if isinstance(weights, dict)),
+            *(f"- `{name}`'s weights (fitted on every row): " + ", ".join(f"{k} {v:.3f}" for k, v in weights.items())
+              for name, weights in blend_weights(params).items()),
             "\n## Cross-validation (RMSE on the era, out-of-fold)\n",
             "Columns: constant train mean; LightGBM on 02's per-photo statistics alone; each network's TTA "
             "mean; the LightGBM stack in both modes, without and with the statistics (_meta); the linear "

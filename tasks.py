@@ -126,10 +126,15 @@ def era_of_year(year):
     return ((year - 1550) / 100).clip(0, N_CLASSES - 1)
 
 
-def era_of_scores(scores):
-    """(N, 4) one-hot scores -> the expected class: negatives clipped, then normalised."""
+def class_probabilities(scores):
+    """(N, 4) one-hot scores -> class probabilities: negatives clipped, then normalised."""
     prob = scores.clip(min=0)
-    prob = prob / prob.sum(1)[:, None].clip(min=1e-6)
+    return prob / prob.sum(1)[:, None].clip(min=1e-6)
+
+
+def era_of_scores(scores):
+    """(N, 4) one-hot scores -> the expected class of their class_probabilities."""
+    prob = class_probabilities(scores)
     return sum(c * prob[:, c] for c in range(N_CLASSES))
 
 
@@ -146,10 +151,9 @@ def era_prediction(task, kind, mean_out, date_stats):
 
 
 def era_steps(scores):
-    """(N, 4) one-hot scores -> (N, 3): P(era >= c) for c = 1, 2, 3 (scores normalised as in
-    era_of_scores). Their sum is the expected class; a blend weighs each step on its own."""
-    prob = scores.clip(min=0)
-    prob = prob / prob.sum(1)[:, None].clip(min=1e-6)
+    """(N, 4) one-hot scores -> (N, 3): P(era >= c) for c = 1, 2, 3 of their class_probabilities.
+    Their sum is the expected class; a blend weighs each step on its own."""
+    prob = class_probabilities(scores)
     return np.stack([prob[:, c:].sum(1) for c in range(1, N_CLASSES)], 1)
 
 

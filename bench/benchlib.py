@@ -6,6 +6,7 @@ same run on the same machine, adds `name_vs_ref: ratio x`, where the ratio says 
 better ours is (a rate: ours / ref; a size or a time: ref / ours).
 """
 import argparse
+import importlib
 import os
 import shutil
 import subprocess
@@ -57,6 +58,16 @@ def note(text):
 
 
 # -----------------------------------------------------------------------------
+def statistics_inputs(work):
+    """What 06's meta_only sees in a WORK with 01 and 02 done: (the folds, each train row's
+    out-of-fold fold, 02's statistics (--meta on) and the era, both by train row)."""
+    stack = importlib.import_module("06_stack")
+    folds, oof_fold = stack.read_folds(Path(work) / "01_sgkfold")
+    meta = stack.meta_table(Path(work) / "02_hvr", "on").loc[oof_fold.index]
+    y = folds["all"]["train"].set_index("object_id")["target"].loc[oof_fold.index]
+    return folds, oof_fold, meta, y
+
+
 def real_data_dir(data=None):
     """The real competition directory: `data` when it holds train.csv and photos/, else
     $ATMA11_DATA, else data/raw (make's default DATA); None when none exists."""

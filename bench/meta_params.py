@@ -11,7 +11,6 @@ Two scores per parameter set, pooled over the 3 folds' out-of-fold rows:
 """
 import argparse
 import importlib
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -45,10 +44,7 @@ def curve(params, meta, y, folds, oof_fold, rounds):
 
 def main():
     args = p.parse_args()
-    work = Path(args.work)
-    folds, oof_fold = stack.read_folds(work / "01_sgkfold")
-    meta = stack.meta_table(work / "02_hvr", "on").loc[oof_fold.index]
-    y = folds["all"]["train"].set_index("object_id")["target"].loc[oof_fold.index]
+    folds, oof_fold, meta, y = benchlib.statistics_inputs(args.work)
     sets = {"recipe": (stack.LGB_PARAMS, stack.EARLY_STOP), "meta": (stack.META_PARAMS, stack.META_EARLY_STOP)}
     for name, (params, patience) in sets.items():
         rmse = curve(params, meta, y, folds, oof_fold, args.rounds)

@@ -48,12 +48,6 @@ p.add_argument("--note", default="", help="what the files cannot say about the r
 p.add_argument("--out", required=True)
 
 
-def blend_weights(params):
-    """{blend: {input: weight}} of params.json (a run before blend_steps kept one blend's, flat)."""
-    weights = params.get("blend_weights", {})
-    return {"blend": weights} if "intercept" in weights else weights
-
-
 def time_figures(path):
     """(wall minutes, peak resident GB) from `/usr/bin/time -v`."""
     text = Path(path).read_text()
@@ -134,7 +128,7 @@ def main():
               f"Submitted: `{params['stack']}`, post-processing `{params['post']}` (ratio {params['ratio']}, "
               f"threshold {params['threshold']})."
               + "".join(f" `{name}` weights: {', '.join(f'{k} {v:.3f}' for k, v in weights.items())}."
-                        for name, weights in blend_weights(params).items()) + "\n"]
+                        for name, weights in reporting.blend_weights(params).items()) + "\n"]
     if args.time:
         wall, rss = time_figures(args.time)
         lines.append(f"Wall time {wall:.1f} min, peak resident memory {rss:.2f} GiB (`/usr/bin/time -v`).\n")

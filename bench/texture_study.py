@@ -87,15 +87,12 @@ def page(command, rows, blended, adopted):
 
 def main():
     args = p.parse_args()
-    work = Path(args.work)
-    folds, oof_fold = stack.read_folds(work / "01_sgkfold")
-    meta = stack.meta_table(work / "02_hvr", "on").loc[oof_fold.index]
-    y = folds["all"]["train"].set_index("object_id")["target"].loc[oof_fold.index]
-    run = work / "06_stack" / "oof.csv"
+    folds, oof_fold, meta, y = benchlib.statistics_inputs(args.work)
+    run = Path(args.work) / "06_stack" / "oof.csv"
     nets = None
     if run.exists():
         oof = pd.read_csv(run, dtype={"object_id": str}).set_index("object_id").loc[oof_fold.index]
-        nets = oof[[c for c in oof.columns if c.endswith("_model")]]
+        nets = oof[stack.BLENDS["blend"]]           # 06's blend: the heads' eras, beside meta_only
         benchlib.emit("blend_as_run_rmse", f"{stack.rmse(oof['blend'], y):.4f}", "")
     base, groups = groups_present(meta)
     rows = {}
