@@ -92,7 +92,7 @@ def main():
     nets = None
     if run.exists():
         oof = pd.read_csv(run, dtype={"object_id": str}).set_index("object_id").loc[oof_fold.index]
-        nets = oof[stack.BLENDS["blend"]]           # 06's blend: the heads' eras, beside meta_only
+        nets = oof[[c for c in oof.columns if c.endswith("_model")]]
         benchlib.emit("blend_as_run_rmse", f"{stack.rmse(oof['blend'], y):.4f}", "")
     base, groups = groups_present(meta)
     rows = {}
