@@ -3,8 +3,9 @@ aspect, its JPEG's bytes (and per pixel: how much detail the encoder kept), its 
 and spreads, 8-bin HSV histograms, saturation's mean and spread, brightness percentiles, the share
 of grey and of paper-white pixels), its texture (edge strength; luma's mean step to the next pixel,
 at full and at half resolution) and its framing (the middle's luma against the whole's); and, at
-the photo's own resolution only, the histogram of luma's local binary patterns (lbp0..lbp9: paper
-grain, print screens, hatching), which lowers the statistics' booster's CV on the real data where
+the photo's own resolution only, the histograms of luma's local binary patterns at its pixels and at
+half its resolution (lbp0..lbp9, lbp_half0..lbp_half9: paper grain, print screens, hatching, each at
+two scales), which lower the statistics' booster's CV on the real data where
 gradient orientations, spectral bands and the JPEG's encoding facts added nothing to it
 (TEXTURE_GROUPS; docs/texture.md, bench/texture_study.py).
 
@@ -28,6 +29,8 @@ GREY_S = 0.08       # saturation below this: a grey pixel
 PAPER_V, PAPER_S = 0.85, 0.15    # brighter and less saturated than these: a paper-white pixel
 V_PERCENTILES = (10, 50, 90)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+RING = [(-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)]    # 8 neighbours, in circular order
+CHUNK = 1 << 20     # pixels per slice of a photo's HSV statistics
 
 PIXEL_COLUMNS = (["r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std"]
                  + [f"{c}_hist{k}" for c in "hsv" for k in range(BINS)]
@@ -39,7 +42,8 @@ SIZE_COLUMNS = ["width", "height", "aspect", "file_bytes", "bytes_per_pixel"]
 # Texture at the photo's own resolution, which the networks' S x S squares lose: of the photo as
 # decoded only (no _stored twin), in groups that bench/texture_study.py adds or leaves out whole.
 LBP_CODES = 10      # 8-neighbour rotation-invariant uniform codes: 0..8 neighbours >= the centre, 9 the rest
-TEXTURE_GROUPS = {"lbp": [f"lbp{k}" for k in range(LBP_CODES)]}
+TEXTURE_GROUPS = {"lbp": [f"lbp{k}" for k in range(LBP_CODES)],                 # at the photo's pixels
+                  "lbp_half": [f"lbp_half{k}" for k in range(LBP_CODES)]}       # at half its resolution
 NATIVE_ONLY = [c for group in TEXTURE_GROUPS.values() for c in group]
 COLUMNS = [*SIZE_COLUMNS, *PIXEL_COLUMNS, *(f"{c}_stored" for c in PIXEL_COLUMNS), *NATIVE_ONLY]
 
@@ -81,13 +85,15 @@ def row(native, stored, file_bytes=np.nan):
     height, width = native.shape[:2]
     size = [width, height, width / height, file_bytes, file_bytes / (width * height)]
     x, luma = planes(native)        # made once: a photo of 25 megapixels makes them in a second
-    return np.concatenate([size, pixel_stats(native, (x, luma)), pixel_stats(stored), lbp_histogram(luma)])
+    return np.concatenate([size, pixel_stats(native, (x, luma)), pixel_stats(stored),
+                           lbp_histogram(luma), lbp_histogram(halve(luma))])
 
 
 def planes(rgb):
     """(x, luma) of an (h, w, 3) uint8 image: its RGB as float32 in [0, 1], and its luma."""
-    x = rgb.astype(np.float32) / 255
-    return x, x @ LUMA
+    x = rgb.astype(np.float32)
+    x /= 255                                        # in place: one photo-sized float array, not two
+    return x, (x.reshape(-1, 3) @ LUMA).reshape(x.shape[:2])
 
 
 def pixel_stats(rgb, made=None):
@@ -98,25 +104,60 @@ def pixel_stats(rgb, made=None):
     mean = px.sum(0) / len(px)
     spread = np.sqrt(np.maximum(np.einsum("ij,ij->j", px, px) / len(px) - mean ** 2, 0))
     out = [*(mean / 255), *(spread / 255)]
-    hue, sat, val = hsv(flat)
-    for channel in (hue, sat, val):
-        out += list(np.bincount(np.minimum((channel * BINS).astype(int), BINS - 1), minlength=BINS) / len(flat))
+    histograms, saturation = colour(flat)
+    out += histograms
     if luma.shape[0] >= 3 and luma.shape[1] >= 3:   # the Laplacian needs a neighbour on every side
-        ring = sum(luma[1 + dy: luma.shape[0] - 1 + dy, 1 + dx: luma.shape[1] - 1 + dx]
-                   for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
-        lap = np.abs(8 * luma[1:-1, 1:-1] - ring)
+        lap = 8 * luma[1:-1, 1:-1]
+        for dy, dx in RING:                         # in place: no photo-sized temporary per neighbour
+            lap -= luma[1 + dy: luma.shape[0] - 1 + dy, 1 + dx: luma.shape[1] - 1 + dx]
+        np.abs(lap, out=lap)
         out += [float(lap.mean()), float((lap > EDGE_LEVEL).mean())]
     else:
         out += [0.0, 0.0]
-    out += [float(sat.mean()), float(sat.std()), *np.percentile(val, V_PERCENTILES).tolist(),
-            float((sat < GREY_S).mean()), float(((val > PAPER_V) & (sat < PAPER_S)).mean())]
-    half = luma[: luma.shape[0] // 2 * 2, : luma.shape[1] // 2 * 2]
-    half = half.reshape(half.shape[0] // 2, 2, half.shape[1] // 2, 2).mean((1, 3))
-    out += [step(luma), step(half)]
+    out += saturation
+    out += [step(luma), step(halve(luma))]
     rows, cols = luma.shape
     middle = luma[rows // 4: rows - rows // 4, cols // 4: cols - cols // 4]
     out += [float(middle.mean() - luma.mean())]          # never empty: a 1-pixel side keeps its pixel
     return np.asarray(out, dtype=np.float64)
+
+
+def halve(luma):
+    """luma at half its resolution: the mean of each 2 x 2 block (an odd last row or column dropped)."""
+    half = luma[: luma.shape[0] // 2 * 2, : luma.shape[1] // 2 * 2]
+    return half.reshape(half.shape[0] // 2, 2, half.shape[1] // 2, 2).mean((1, 3))
+
+
+def colour(flat):
+    """(the h, s and v histograms' shares, [s_mean, s_std, v's percentiles, grey, paper]) of float
+    RGB pixels (n, 3), taken CHUNK pixels at a time: a 25-megapixel photo's HSV temporaries stay
+    small (whole, they took 20 s of page faults); counts are exact, sums in float64."""
+    n = len(flat)
+    counts = np.zeros((3, BINS), np.int64)
+    levels = np.zeros(256, np.int64)                # v is one of the 256 values k / 255
+    s_sum = s_squares = grey = paper = 0
+    for start in range(0, n, CHUNK):
+        hue, sat, val = hsv(flat[start: start + CHUNK])
+        for k, channel in enumerate((hue, sat, val)):
+            counts[k] += np.bincount(np.minimum((channel * BINS).astype(int), BINS - 1), minlength=BINS)
+        levels += np.bincount(np.rint(val * 255).astype(int), minlength=256)
+        s64 = sat.astype(np.float64)
+        s_sum, s_squares = s_sum + s64.sum(), s_squares + s64 @ s64
+        grey += int((sat < GREY_S).sum())
+        paper += int(((val > PAPER_V) & (sat < PAPER_S)).sum())
+    s_mean = s_sum / n
+    percentiles = [level_percentile(levels, q) / 255 for q in V_PERCENTILES]
+    return list((counts / n).ravel()), [s_mean, math.sqrt(max(s_squares / n - s_mean ** 2, 0)), *percentiles,
+                                        grey / n, paper / n]
+
+
+def level_percentile(counts, q):
+    """np.percentile(values, q) (linear interpolation) of integer values given by their counts."""
+    position = q / 100 * (counts.sum() - 1)
+    below = int(math.floor(position))
+    ends = np.cumsum(counts)
+    lo, hi = (int(np.searchsorted(ends, i, side="right")) for i in (below, min(below + 1, ends[-1] - 1)))
+    return lo + (position - below) * (hi - lo)
 
 
 def step(luma):
@@ -138,11 +179,10 @@ def lbp_histogram(luma):
     if rows < 3 or cols < 3:
         return np.zeros(LBP_CODES)
     centre = luma[1:-1, 1:-1]
-    ring = [(-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)]
     bit = lambda dy, dx: luma[1 + dy: rows - 1 + dy, 1 + dx: cols - 1 + dx] >= centre
-    first = previous = bit(*ring[0])
+    first = previous = bit(*RING[0])
     ones, changes = first.astype(np.uint8), np.zeros(centre.shape, np.uint8)
-    for dy, dx in ring[1:]:                 # one neighbour at a time: a large photo's memory stays small
+    for dy, dx in RING[1:]:                 # one neighbour at a time: a large photo's memory stays small
         current = bit(dy, dx)
         ones += current
         changes += current != previous

@@ -228,9 +228,11 @@ def test_make_fans_finetunes_out_one_per_gpu(make, demo_data, tmp_path):
     assert "devices.py check --gpus 0,1,2,3" in p.stdout                                    # before any stage
     p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="smoke", check=False)
     assert p.stdout.count("CUDA_VISIBLE_DEVICES= .venv/bin/python 04_finetune.py --task multi") == 4   # GPUS empty: CPU
-    p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="cpu", check=False)   # SEEDS=2
-    assert p.stdout.count("04_finetune.py --task multi") == 8 and "--task target" not in p.stdout
-    assert p.stdout.count("--seed 1") == 4 and "--seed 2" not in p.stdout
+    p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="cpu", check=False)   # SEEDS=1
+    assert p.stdout.count("04_finetune.py --task multi") == 4 and "--task target" not in p.stdout
+    assert "--seed 1" not in p.stdout
+    p = make("-n", "finetune", work=tmp_path, data=demo_data, PROFILE="cpu", SEEDS=2, check=False)
+    assert p.stdout.count("04_finetune.py --task multi") == 8 and p.stdout.count("--seed 1") == 4 and "--seed 2" not in p.stdout
     p = make("-n", "-j4", "all", work=tmp_path, data=demo_data, PROFILE="smoke", NETS=TASK_NETS, SEEDS=3, check=False)
     runs = re.findall(r"04_finetune.py --task (\w+) --fold (\w+) \\\n.*\n  --profile smoke (?:--seed (\d))?", p.stdout)
     assert sorted(runs) == sorted((t, f, s) for t in tasks.TASKS for f in common.FOLDS for s in ("", "1", "2"))

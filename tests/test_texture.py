@@ -45,6 +45,15 @@ def test_lbp_of_a_constant_a_checkerboard_and_noise():
     assert photo_stats.lbp_histogram(x) == pytest.approx(lbp_by_hand(x))
 
 
+def test_lbp_half_is_the_lbp_of_the_photos_2x2_block_means():
+    rgb = noise((13, 17), seed=2)                # odd sides: the last row and column are dropped
+    luma = luma_of(rgb)
+    blocks = np.array([[luma[2 * i: 2 * i + 2, 2 * j: 2 * j + 2].mean() for j in range(8)] for i in range(6)])
+    values = dict(zip(photo_stats.COLUMNS, photo_stats.row(rgb, rgb)))
+    assert [values[c] for c in photo_stats.TEXTURE_GROUPS["lbp_half"]] == pytest.approx(lbp_by_hand(blocks))
+    assert [values[c] for c in photo_stats.TEXTURE_GROUPS["lbp"]] == pytest.approx(lbp_by_hand(luma))
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (2, 2), (2, 9), (9, 2)])
 def test_a_photo_of_one_or_two_pixels_a_side_has_defined_texture(shape):
     values = dict(zip(photo_stats.COLUMNS, photo_stats.row(noise(shape), noise(shape))))
@@ -67,7 +76,7 @@ def test_02_writes_the_texture_columns_for_hostile_photos(tmp_path):
     for name in ("grey", "png"):            # noise: every group has weight, each sums to 1
         for columns in photo_stats.TEXTURE_GROUPS.values():
             assert stats.loc[name, columns].sum() == pytest.approx(1, abs=1e-5)
-    assert (stats.loc[["thin", "two"], photo_stats.TEXTURE_GROUPS["lbp"]] == 0).all().all()   # no interior
+    assert (stats.loc[["thin", "two"], photo_stats.NATIVE_ONLY] == 0).all().all()   # no interior at either scale
 
 
 def test_texture_study_runs_on_a_toy_work(demo_data, demo_folds, tmp_path):
@@ -104,7 +113,8 @@ def test_texture_study_runs_on_a_toy_work(demo_data, demo_folds, tmp_path):
         assert figures[f"meta_only_{n}_rmse"] == pytest.approx(np.sqrt(pooled), abs=2e-4)
     text = page.read_text()
     assert text.startswith("# ") and f"python bench/texture_study.py --work {work} --write {page}" in text
-    assert all(f"| {n.replace('_', '+')} |" in text for n in variants) and "\nAdopted (forward selection" in text
+    rows = {line.split(" | ")[0][2:] for line in text.splitlines() if line.startswith("| base")}
+    assert {r.replace("+", "_") for r in rows} == variants and "\nAdopted (forward selection" in text
 
 
 def test_06s_meta_ablations_keep_the_texture_with_the_photo_as_decoded(tmp_path):
