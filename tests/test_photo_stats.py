@@ -153,3 +153,18 @@ def test_framing_texture_and_paper_statistics_by_hand():
     assert r["middle_minus_all"] == pytest.approx((1 - luma_frame) * 0.75, abs=1e-5)
     tiny = named(np.zeros((1, 1, 3), np.uint8))              # a 1-pixel photo: defined, no NaN
     assert not np.isnan(list(tiny.values())).any()
+
+
+def test_colour_statistics_are_the_same_in_slices_and_whole(monkeypatch):
+    """A large photo's HSV statistics go CHUNK pixels at a time: slices of 1,000 pixels give what
+    one pass gives, and v's percentiles from its level counts are np.percentile's."""
+    rgb = np.random.default_rng(3).integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    rgb[:20] = rgb[:20] // 64 * 64                 # repeated levels: the percentiles fall on ties
+    flat = photo_stats.planes(rgb)[0].reshape(-1, 3)
+    whole = photo_stats.colour(flat)
+    monkeypatch.setattr(photo_stats, "CHUNK", 1000)
+    sliced = photo_stats.colour(flat)
+    assert sliced[0] == whole[0] and sliced[1] == pytest.approx(whole[1], abs=1e-12)
+    _h, sat, val = photo_stats.hsv(flat)
+    assert whole[1][2:5] == pytest.approx(np.percentile(val, photo_stats.V_PERCENTILES), abs=1e-6)
+    assert whole[1][:2] == pytest.approx([sat.mean(), sat.std()], abs=1e-6)
