@@ -79,7 +79,8 @@ def test_the_jigsaw_ran_under_torchrun_with_two_ranks(rehearsal):
     log = pd.read_csv(work / "03_jigsaw" / "loss.csv")
     assert log["step"].is_unique                    # rank 0 alone writes
     photos = len((work / "02_hvr" / "ids.txt").read_text().split())
-    assert log["step"].max() == math.ceil(photos * 8 * 8 / common.PROFILES["rehearsal"]["03"]["batch"])
+    c3 = common.PROFILES["rehearsal"]["03"]
+    assert log["step"].max() == math.ceil(photos * c3["views"] * c3["perms"] / c3["batch"])
 
 
 def test_the_recipe_is_submitted(rehearsal, demo_data):
