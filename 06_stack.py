@@ -63,10 +63,10 @@ LGB_PARAMS = dict(objective="regression", metric="l2", boosting_type="gbdt", num
                   verbose=-1, seed=0, num_threads=0, deterministic=True, force_row_wise=True)
 ROUNDS = 10_000          # upper bound; early stopping decides
 EARLY_STOP = 10          # the recipe's early-stopping patience
-# meta_only is no stack of the recipe's: on ~2k rows of 99 correlated statistics a slower booster
+# meta_only is no stack of the recipe's: on ~2k rows of 109 correlated statistics a slower booster
 # that sees half the columns per tree does better (bench/meta_params.py on the real data: pooled
-# CV 0.7775 against 0.7867 with the recipe's; 0.7777 against 0.7868 at each one's best round
-# count shared by the 3 folds; with the 89 before lbp: 0.8049 against 0.8105).
+# CV 0.7688 against 0.7781 with the recipe's; 0.7690 against 0.7763 at each one's best round
+# count shared by the 3 folds; with the 89 before the LBP: 0.8049 against 0.8105).
 META_PARAMS = {**LGB_PARAMS, "learning_rate": 0.02, "feature_fraction": 0.5}
 META_EARLY_STOP = 50     # patience scaled with the smaller rate
 RECIPE_POST = (0.5, 0.94)
