@@ -151,6 +151,13 @@ def test_make_says_when_it_uses_demo_data(make, tmp_path):
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.stdout.count("04_finetune.py --task multi") == 4 and "--task target" not in p.stdout, p.stdout
     assert "--profile smoke" in p.stdout and "--seed 1" not in p.stdout
+    # ... as two jobs of one torch thread each (make's database: -p), and only the demo's all
+    database = lambda *args: subprocess.run(["make", "-C", str(REPO), "--no-print-directory", "-n", "-p", *args],
+                                            capture_output=True, text=True, env=env, timeout=60).stdout
+    demo_all = database("all", f"WORK={tmp_path / 'work'}")
+    assert re.search(r"^MAKEFLAGS = .* -j2 -Otarget ", demo_all, re.M) and re.search(r"^TORCH_THREADS = 1$", demo_all, re.M)
+    assert not re.search(r"^TORCH_THREADS = 1$", database("all", f"WORK={tmp_path / 'work'}", "TORCH_THREADS=2"), re.M)
+    assert " -j2 " not in database("validate", f"WORK={tmp_path / 'work'}")
     (tmp_path / "empty").mkdir()
     p = make("-n", "validate", work=tmp_path / "work", data=tmp_path / "empty", check=False)
     assert p.returncode != 0 and "demo" not in p.stdout, p.stdout
