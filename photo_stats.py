@@ -84,25 +84,30 @@ def row(native, stored, file_bytes=np.nan):
     part of the S x S stored image (content_box); file_bytes, its JPEG's size (NaN: unknown)."""
     height, width = native.shape[:2]
     size = [width, height, width / height, file_bytes, file_bytes / (width * height)]
-    x, luma = planes(native)        # made once: a photo of 25 megapixels makes them in a second
-    return np.concatenate([size, pixel_stats(native, (x, luma)), pixel_stats(stored),
-                           lbp_histogram(luma), lbp_histogram(halve(luma))])
+    made = planes(native)           # once, for its statistics and its texture at both scales
+    _x, luma, half = made
+    return np.concatenate([size, pixel_stats(native, made), pixel_stats(stored),
+                           lbp_histogram(luma), lbp_histogram(half)])
 
 
 def planes(rgb):
-    """(x, luma) of an (h, w, 3) uint8 image: its RGB as float32 in [0, 1], and its luma."""
+    """(x, luma, half) of an (h, w, 3) uint8 image: its RGB as float32 in [0, 1], its luma, and
+    luma at half resolution (halve)."""
     x = rgb.astype(np.float32)
     x /= 255                                        # in place: one photo-sized float array, not two
-    return x, (x.reshape(-1, 3) @ LUMA).reshape(x.shape[:2])
+    luma = (x.reshape(-1, 3) @ LUMA).reshape(x.shape[:2])
+    return x, luma, halve(luma)
 
 
 def pixel_stats(rgb, made=None):
     """The values of PIXEL_COLUMNS of an (h, w, 3) uint8 image (`made`: its planes(), if made)."""
-    x, luma = planes(rgb) if made is None else made
+    x, luma, half = planes(rgb) if made is None else made
     flat = x.reshape(-1, 3)
-    px = rgb.reshape(-1, 3).astype(np.int64)          # exact sums: mean and spread in float64
-    mean = px.sum(0) / len(px)
-    spread = np.sqrt(np.maximum(np.einsum("ij,ij->j", px, px) / len(px) - mean ** 2, 0))
+    # exact sums from each channel's 256 level counts (no photo-sized int64 copy): mean and spread
+    counts = np.stack([np.bincount(rgb[..., c].ravel(), minlength=256) for c in range(3)])
+    levels = np.arange(256, dtype=np.int64)
+    mean = counts @ levels / len(flat)
+    spread = np.sqrt(np.maximum(counts @ levels ** 2 / len(flat) - mean ** 2, 0))
     out = [*(mean / 255), *(spread / 255)]
     histograms, saturation = colour(flat)
     out += histograms
@@ -115,7 +120,7 @@ def pixel_stats(rgb, made=None):
     else:
         out += [0.0, 0.0]
     out += saturation
-    out += [step(luma), step(halve(luma))]
+    out += [step(luma), step(half)]
     rows, cols = luma.shape
     middle = luma[rows // 4: rows - rows // 4, cols // 4: cols - cols // 4]
     out += [float(middle.mean() - luma.mean())]          # never empty: a 1-pixel side keeps its pixel
@@ -130,8 +135,8 @@ def halve(luma):
 
 def colour(flat):
     """(the h, s and v histograms' shares, [s_mean, s_std, v's percentiles, grey, paper]) of float
-    RGB pixels (n, 3), taken CHUNK pixels at a time: a 25-megapixel photo's HSV temporaries stay
-    small (whole, they took 20 s of page faults); counts are exact, sums in float64."""
+    RGB pixels (n, 3), taken CHUNK pixels at a time, so that a 25-megapixel photo's HSV
+    temporaries stay small; counts are exact, sums in float64."""
     n = len(flat)
     counts = np.zeros((3, BINS), np.int64)
     levels = np.zeros(256, np.int64)                # v is one of the 256 values k / 255
