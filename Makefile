@@ -232,12 +232,11 @@ help: ## list the targets (the default goal)
 all: submit ## the whole pipeline, every stage that exists (demo data when DATA has no train.csv)
 
 # ---- environment: .venv rebuilt only when requirements.txt changes -------------------------
-# Created once; a changed requirements.txt is installed into it (pip skips what is satisfied),
-# so an edited comment costs seconds, not a rebuild. pip compiles every module at install: with
-# PYTHONDONTWRITEBYTECODE set (as here), --no-compile would recompile them in every process.
+# Created once; a changed requirements.txt is installed into it (what is satisfied is skipped),
+# so an edited comment costs seconds, not a rebuild. setup_venv.py installs with uv (torch's 6 GB
+# unpacked in parallel, from the sources pip is configured with), else with pip.
 $(VENV_STAMP): requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PYTHON) setup_venv.py --venv $(VENV) --requirements requirements.txt
 	cp requirements.txt $@
 
 $(SYSDEPS_STAMP): | $(VENV_STAMP)

@@ -94,6 +94,41 @@ def test_running_interpreter_has_the_pinned_versions():
     assert not wrong, f"installed versions differ from the pins (pinned, installed): {wrong}"
 
 
+# ---- setup_venv.py -------------------------------------------------------------------------------
+def test_uv_is_given_the_package_sources_pip_is_configured_with():
+    import setup_venv
+    config = "\n".join([
+        "global.cert='/etc/ssl/certs/ca.crt'",
+        "global.constraint='/etc/xdg/pip/constraints.txt'",
+        "global.extra-index-url='file:///opt/a/simple file:///opt/b/simple'",
+        "global.find-links='/opt/wheels'",
+        ":env:.find-links='/opt/wheels'",           # the same place twice: passed once
+        ":env:.default-timeout='180'",              # not a source
+        "user.index-url='https://mirror.example/simple'",
+    ])
+    options, env = setup_venv.pip_sources(config)
+    assert options == ["--constraint", "/etc/xdg/pip/constraints.txt",
+                       "--extra-index-url", "file:///opt/a/simple", "--extra-index-url", "file:///opt/b/simple",
+                       "--find-links", "/opt/wheels", "--index-url", "https://mirror.example/simple"]
+    assert env == {"SSL_CERT_FILE": "/etc/ssl/certs/ca.crt"}
+    assert setup_venv.pip_sources("") == ([], {})
+
+
+def test_setup_venv_falls_back_to_pip_when_uv_cannot_be_installed(tmp_path):
+    """A release of uv that does not exist: pip installs the requirements, and the venv has them."""
+    pin = next(line for line in requirement_lines() if line.startswith("tqdm=="))   # small, pure Python
+    (tmp_path / "req.txt").write_text(pin + "\n")
+    venv = tmp_path / "venv"
+    p = subprocess.run([sys.executable, str(REPO / "setup_venv.py"), "--venv", str(venv),
+                        "--requirements", str(tmp_path / "req.txt"), "--uv", "uv==0.0.0"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "uv did not install the requirements; pip installs them" in p.stdout, p.stdout
+    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import tqdm; print(tqdm.__version__)"],
+                             capture_output=True, text=True)
+    assert version.stdout.strip() == pin.split("==")[1], version.stderr
+
+
 # ---- make help -----------------------------------------------------------------------------------
 def make_database():
     """Make's own view of the rules (Makefile and every included .mk): `make -p -q help`."""
