@@ -20,6 +20,7 @@ RANKS ?= $(if $(filter rehearsal,$(PROFILE)),2,$(filter-out 0,$(NGPUS)))#  03's 
 FULL_ON_CPU ?=#            yes: PROFILE=full trains without GPUS (days); else it stops first, with a measured estimate
 FOLD_TEST ?=#              05: yes: the fold networks describe test.csv too (the oof stacks' test side) | no: only fold all's (oof stacks scored, not submitted) | empty: the profile's (cpu no, else yes)
 PYTHON ?= python3#         the interpreter that builds .venv
+INSTALLER ?= uv#           make setup: uv (parallel; pip where uv fails) | pip
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
 JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --loss ce --epochs 10
 FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --loss ce
@@ -72,6 +73,7 @@ endif
 # name, the value, its allowed values (words)
 one_of = $(if $(filter-out 1,$(words $(2)))$(filter-out $(3),$(2)),$(error $(1)=$(2): one of $(3)))
 $(call one_of,PROFILE,$(PROFILE),$(PROFILE_NAMES))
+$(call one_of,INSTALLER,$(INSTALLER),uv pip)
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/requirements.txt
@@ -236,7 +238,7 @@ all: submit ## the whole pipeline, every stage that exists (demo data when DATA 
 # so an edited comment costs seconds, not a rebuild. setup_venv.py installs with uv (torch's 6 GB
 # unpacked in parallel, from the sources pip is configured with), else with pip.
 $(VENV_STAMP): requirements.txt
-	$(PYTHON) setup_venv.py --venv $(VENV) --requirements requirements.txt
+	$(PYTHON) setup_venv.py --venv $(VENV) --requirements requirements.txt --installer $(INSTALLER)
 	cp requirements.txt $@
 
 $(SYSDEPS_STAMP): | $(VENV_STAMP)

@@ -164,6 +164,19 @@ def test_study_trains_a_configuration(smoke_run, demo_data, tmp_path):
     assert (out / "study.png").stat().st_size > 0 and (out / "provenance.json").exists()
 
 
+def test_fresh_clone(tmp_path):
+    """A newcomer's setup in a fresh clone of HEAD, at toy size: one small pin instead of
+    requirements.txt (the real install is minutes; CI's own fresh clone runs it), no make all."""
+    pin = next(line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith("tqdm=="))
+    (tmp_path / "req.txt").write_text(pin + "\n")
+    clones = tmp_path / "clones"
+    clones.mkdir()
+    p = run_bench("fresh_clone.py", "--requirements", tmp_path / "req.txt", "--no-all", "--tmp", clones)
+    got = figures(p.stdout)
+    assert set(got) == {"fresh_uv_setup"} and got["fresh_uv_setup"][0] > 0, p.stdout
+    assert not any(clones.iterdir())                # the clone is removed
+
+
 def test_end_to_end(tmp_path):
     """Figure 4's script up to its first make goal (the whole smoke pipeline is minutes, and
     tests/test_pipeline.py runs it): demo data, `make validate` timed, then rerun, which must
