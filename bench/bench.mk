@@ -14,10 +14,10 @@ BENCH_DATA := $(if $(wildcard $(DATA)/train.csv),--data $(DATA))
 
 .PHONY: bench bench-input bench-clone study
 
-bench-clone: ## a newcomer's make setup and make all in a fresh clone of HEAD, timed: uv, then pip alone
+bench-clone: | $(VENV_STAMP) ## a newcomer's make setup and make all in a fresh clone of HEAD, timed: uv, then pip alone
 	@mkdir -p $(BENCH_DIR)
-	python3 bench/fresh_clone.py --installer uv --tmp $(BENCH_DIR) | tee -a $(BENCH_LOG)
-	python3 bench/fresh_clone.py --installer pip --no-all --tmp $(BENCH_DIR) | tee -a $(BENCH_LOG)
+	$(PY) bench/fresh_clone.py --installer uv --tmp $(BENCH_DIR) | tee -a $(BENCH_LOG)
+	$(PY) bench/fresh_clone.py --installer pip --no-all --tmp $(BENCH_DIR) | tee -a $(BENCH_LOG)
 
 STUDY_DIR := $(WORK)/study
 study: $(DIR_HVR)/DONE $(DIR_FOLDS)/DONE ## the CPU budget study on fold 0 (PROFILE=cpu, real data): WORK/study/study.csv, study.png
