@@ -194,7 +194,8 @@ def train(args, run_dir, dist, on_epoch_end=None):
     training.banner("04", args, dist, task=args.task, fold=args.fold, train=len(train_df),
                     size=meta["size"], arch=args.arch, init=args.init, epochs=args.epochs,
                     schedule=f"{args.optim}/{args.schedule}/lr={args.lr:g}")
-    batches = variants.batches(args, Batches(args, len(train_df), store, pos, vidx, (y, w), extra, device))
+    batches = variants.batches(args, Batches(args, len(train_df), store, pos, vidx, (y, w), extra, device),
+                               train_df["object_id"])
 
     common.seed_everything(args.seed)
     inputs = 0 if extra is None else extra.shape[1]
@@ -217,10 +218,10 @@ class Evaluator:
         self.px = pixels.to_pixels(images[pixels.store_rows(ids, self.held["object_id"], args.hvr).numpy()], device)
         self.y, self.w = targets(args.task, self.held, args.folds, self.date_stats)
         self.extra = variants.photo_inputs(args.hvr, self.held["object_id"], args.photo_inputs)
+        self.boxes = variants.crop_boxes(args.hvr, self.held["object_id"], args.crop) if args.crop else None
         self.era = torch.tensor(self.held["target"].to_numpy(), dtype=torch.float32)
         n = len(self.held)     # the rows of an epoch's score: a fixed random subset, or all
         self.subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: args.eval_rows or n].sort().values
-        self.vidx = pixels.view_index(meta["size"]).to(device)
         self.args, self.device, self.path = args, device, run_dir / "eval.csv"
         self.eras = [t for t, _ in tasks.heads(args.task) if t in tasks.ERA_HEADS]
         self.columns = ["epoch", "split", "n", "views", "loss", "rmse", *map(tasks.eval_column, self.eras), "seconds"]
@@ -238,8 +239,9 @@ class Evaluator:
         views = range(8 if last else args.eval_views)
         rows = torch.arange(len(self.held)) if last else self.subset
         extra = None if self.extra is None else self.extra[rows].to(self.device)
-        outputs = training.predict_views(model, self.px[rows.to(self.px.device)], self.vidx, self.device,
-                                         args.batch * 4, views, precision=args.precision, extra=extra).cpu()
+        outputs = variants.predict_views(vars(args), model, self.px[rows.to(self.px.device)], self.device,
+                                         args.batch * 4, views, precision=args.precision, extra=extra,
+                                         boxes=None if self.boxes is None else self.boxes[rows]).cpu()
         if last and self.split == "heldout":      # 05 describes this side with them, no second pass
             training.save_views(self.path.parent / training.HELDOUT_VIEWS, self.held["object_id"], outputs,
                                 epoch=epoch, bf16=training.bf16(self.device, args.precision))

@@ -81,7 +81,6 @@ def main():
                                                 "05", unfinished) for seed in range(args.seeds)]
 
     images, ids, meta = pixels.load_store(args.hvr)
-    vidx = pixels.view_index(meta["size"]).to(dist.device)
     wanted = splits(args.folds, args.fold, args.fold_test)
     if "test" not in wanted:             # an earlier run's, of --fold-test yes
         for suffix in (".npz", ".parquet"):
@@ -99,6 +98,7 @@ def main():
         model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0),
                                      config.get("width", training.WIDTH)).to(dist.device)
         model.load_state_dict(state["model"])
+        boxes = variants.crop_boxes(args.hvr, every, config["crop"]) if config.get("crop") else None
         kind = config.get("photo_inputs", "none")
         if kind not in extras:                          # stats.csv read once, not once per seed
             extras[kind] = variants.photo_inputs(args.hvr, every, kind)
@@ -115,8 +115,9 @@ def main():
             for start in training.progress(range(rows.start, rows.stop, CHUNK), dist, desc=desc):
                 chunk = slice(start, min(start + CHUNK, rows.stop))
                 more = None if extra is None else extra[chunk].to(dist.device)
-                parts.append(training.predict_views(model, px[chunk].to(dist.device), vidx, dist.device, args.batch,
-                                                    precision=args.precision, extra=more).cpu())
+                parts.append(variants.predict_views(config, model, px[chunk].to(dist.device), dist.device, args.batch,
+                                                    precision=args.precision, extra=more,
+                                                    boxes=None if boxes is None else boxes[chunk]).cpu())
         seeds.append(tasks.in_units(args.task, torch.cat(parts), config).numpy())
     outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))
     for split, oids in wanted.items():

@@ -31,7 +31,7 @@ PROFILES = {
                    holdout_trains=True, ckpt_every=200, precision="auto", **RECIPE_OPTIM),   # every photo
         "04": dict(arch="resnet34", width=64, epochs=10, batch=256, views=8, shift=0, ckpt_every=200, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # 10: the seed's final networks
-                   precision="auto", photo_inputs="none", mixup=0.0, loss="mse", **RECIPE_OPTIM),
+                   precision="auto", photo_inputs="none", mixup=0.0, crop=0, loss="mse", **RECIPE_OPTIM),
         "05": dict(batch=512, precision="auto", fold_test="yes"),   # every network on every object
     },
     "cpu": {
@@ -44,7 +44,7 @@ PROFILES = {
                    views=1,                # one random view per image per epoch (the 8 are TTA)
                    shift=0, ckpt_every=100, init="scratch", keep_epochs="last",
                    eval_views=1, eval_rows=384,    # per epoch: 1 view of 384 rows; the last: 8 of all
-                   precision="fp32", photo_inputs="none", mixup=0.0,
+                   precision="fp32", photo_inputs="none", mixup=0.0, crop=0,
                    loss="ce",              # onehot a classifier: its probabilities for blend_steps
                    **CPU_OPTIM),
         "05": dict(batch=256,              # ResNet18 at 48 px infers fastest at 128-256
@@ -58,7 +58,7 @@ PROFILES = {
                    holdout_trains=False, ckpt_every=4, precision="fp32", **dict(RECIPE_OPTIM, halve_views=1)),
         "04": dict(arch="resnet18", width=16, epochs=2, batch=16, views=1, shift=0, ckpt_every=1000, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # ckpt_every 1000: epoch ends only
-                   precision="fp32", photo_inputs="none", mixup=0.0, loss="mse",
+                   precision="fp32", photo_inputs="none", mixup=0.0, crop=0, loss="mse",
                    **dict(RECIPE_OPTIM, halve_views=1)),   # halved per (1-view) epoch: 8 steps at
                                                            # one rate diverge (held-out RMSE 3.1 vs 1.5)
         "05": dict(batch=64, precision="fp32", fold_test="yes"),

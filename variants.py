@@ -1,12 +1,17 @@
 """The fine-tune variants the budget study measured and no profile adopted: each training view
-shifted by a few pixels, mixup, and photo inputs (the photo's shape, or all of 02's statistics,
-given to the head beside the pooled features). docs/profiles.md has their rows; they stay so
-that `make study` reproduces its table. Every profile turns them off.
+shifted by a few pixels, mixup, photo inputs (the photo's shape, or all of 02's statistics,
+given to the head beside the pooled features), and crops (the network sees C x C crops of a
+store at the photos' own resolution, not the whole photo resized). docs/profiles.md and
+docs/crops.md have their rows; they stay so that the studies reproduce their tables. Every
+profile turns them off.
 
-04_finetune.py knows them through two calls only: `add_options` (its command line) and `batches`
-(its training batches: the recipe's own unless a variant is on). A network trained with photo
-inputs needs them wherever it predicts (04's evaluator, 05): `photo_inputs`.
+04_finetune.py knows them through a few calls: `add_options` (its command line), `batches` (its
+training batches: the recipe's own unless a variant is on) and `predict_views` (its
+evaluator's, and 05's, outputs of a network). A network trained with photo inputs needs them
+wherever it predicts: `photo_inputs`; one trained on crops, its photos' crop places: `crop_boxes`.
 """
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,8 @@ import pandas as pd
 import torch
 
 import common
+import pixels
+import training
 
 PHOTO_INPUTS = ("none", "shape", "stats")
 SHAPE_COLUMNS = ("width", "height", "aspect")
@@ -29,6 +36,12 @@ def add_options(p):
     p.add_argument("--mixup", type=float, default=None,
                    help="mixup: each training image blended with another of the epoch, weight ~ Beta(a, a), "
                         "the losses blended alike; 0: off (profile; the recipe: 0)")
+    p.add_argument("--crop", type=int, default=None, metavar="C",
+                   help="train on C x C crops of the store, one at a random place within the photo per "
+                        "view (a store at the photos' resolution: 02 --size 224 --mode pad); predict the "
+                        "mean over a grid of --eval-crops crops per side; 0: the whole photo (profile)")
+    p.add_argument("--eval-crops", type=int, default=3, choices=range(1, 9), metavar="1-8",
+                   help="with --crop: the prediction's grid, this many crops along each side (default 3)")
     p.add_argument("--photo-inputs", default=None, choices=PHOTO_INPUTS,
                    help="what the head gets besides the pixels: none (the recipe), shape (the photo's "
                         "size and aspect), stats (all of 02's per-photo statistics) (profile)")
@@ -59,12 +72,108 @@ def photo_inputs(store_dir, wanted, kind):
     return torch.from_numpy(table.loc[list(wanted)].to_numpy(np.float32))
 
 
-def batches(args, recipe):
+def batches(args, recipe, object_ids):
     """The training batches 04 fits with: `recipe` itself (every profile; photo inputs are its
-    `extra`), or shifted views and mixup built on it. `recipe` (04's Batches) gives
+    `extra`), or crops, shifted views and mixup built on it. `recipe` (04's Batches) gives
     plan(epoch, g) -> rows (row, view), pixels(rows, offsets) -> x, extra(rows) -> the photo
-    inputs or None, forward(net, x, extra) -> outputs, losses(outputs, rows) -> (B, heads)."""
+    inputs or None, forward(net, x, extra) -> outputs, losses(outputs, rows) -> (B, heads);
+    object_ids: the photos of its rows."""
+    if args.crop and (args.shift or args.mixup):
+        common.fail("--crop takes neither --shift nor --mixup")
+    if args.crop:
+        return Cropped(args, recipe, crop_boxes(args.hvr, object_ids, args.crop))
     return Varied(args, recipe) if args.shift or args.mixup else recipe
+
+
+# ---- crops ----------------------------------------------------------------------------------
+def crop_boxes(store_dir, wanted, crop):
+    """(N, 2, 2) long: for each photo of `wanted`, the first and last top-left corner (y, x) a
+    C x C crop may take in the store: within the photo, not its padding (02 --mode pad centres
+    the photo, long side to S, on an edge-replicated square; --mode stretch fills it). Along a
+    side shorter than C, the crop is centred on the photo (one place, its padding in it)."""
+    store_dir = Path(store_dir)
+    meta = json.loads((store_dir / "meta.json").read_text())
+    size = meta["size"]
+    if crop > size:
+        common.fail(f"--crop {crop}: larger than the store's {size} x {size} photos ({store_dir})")
+    table = pd.read_csv(store_dir / "stats.csv", dtype={"object_id": str}).set_index("object_id")
+    missing = [w for w in wanted if w not in table.index]
+    if missing:
+        common.fail(f"{store_dir / 'stats.csv'}: no size for {common.show_ids(missing)}")
+    hw = table.loc[list(wanted), ["height", "width"]].to_numpy(np.float64)
+    if meta.get("mode", "stretch") == "pad":
+        extent = np.floor(hw * size / hw.max(1, keepdims=True)).astype(np.int64)   # the photo, in store pixels
+        first = (size - extent) // 2
+    else:
+        extent, first = np.full(hw.shape, size, np.int64), np.zeros(hw.shape, np.int64)
+    last = first + extent - crop
+    short = last < first
+    first[short] = last[short] = (first + (extent - crop) // 2)[short]
+    first, last = np.clip(first, 0, size - crop), np.clip(last, 0, size - crop)
+    return torch.from_numpy(np.stack([first, last], 1))
+
+
+def grid_origins(boxes, per_side):
+    """(N, per_side**2, 2): the top-left corners of an even per_side x per_side grid of crops
+    within each photo's box (crop_boxes), from corner to corner."""
+    steps = torch.linspace(0, 1, per_side, dtype=torch.float64) if per_side > 1 else torch.tensor([0.5], dtype=torch.float64)
+    first, last = boxes[:, 0].double(), boxes[:, 1].double()         # (N, 2): y, x
+    along = (first[:, None] + steps[None, :, None] * (last - first)[:, None]).round().long()   # (N, K, 2)
+    ys, xs = along[:, :, 0], along[:, :, 1]
+    return torch.stack([ys[:, :, None].expand(-1, -1, per_side), xs[:, None, :].expand(-1, per_side, -1)], -1).reshape(
+        len(boxes), per_side * per_side, 2)
+
+
+class Cropped:
+    """The recipe's batches (rows, views, losses) on crops: a row of the plan is row, view, y, x,
+    the crop's corner drawn uniformly within the photo's box after the epoch's order (a resumed
+    run draws the same)."""
+
+    def __init__(self, args, recipe, boxes):
+        self.recipe, self.boxes, self.crop = recipe, boxes, args.crop
+        self.vidx = pixels.view_index(args.crop).to(recipe.device)
+
+    def plan(self, epoch, g):
+        plan = self.recipe.plan(epoch, g)
+        box = self.boxes[plan[:, 0]]
+        span = (box[:, 1] - box[:, 0] + 1).double()
+        corner = box[:, 0] + (torch.rand(len(plan), 2, generator=g, dtype=torch.float64) * span).long()
+        return torch.cat([plan, corner], 1)
+
+    def loss(self, net, rows):
+        x = pixels.to_input(self.recipe.store[self.recipe.pos[rows[:, 0]]], rows[:, 1], self.vidx,
+                            channels_last=True, crops=rows[:, 2:4])
+        out = self.recipe.forward(net, x, self.recipe.extra(rows))
+        return self.recipe.losses(out, rows).sum(), {}
+
+
+@torch.inference_mode()
+def predict_views(config, model, px, device, batch, views=range(8), *, precision, extra=None, boxes=None):
+    """(N, V, D): training.predict_views of a network, or for one trained on crops (config's
+    crop), each view's outputs averaged over its grid of crops (boxes: crop_boxes of px's rows)."""
+    size = math.isqrt(px.shape[1])
+    if not config.get("crop"):
+        return training.predict_views(model, px, pixels.view_index(size).to(device), device, batch, views,
+                                      precision=precision, extra=extra)
+    corners = grid_origins(boxes, config.get("eval_crops", 3)).to(device)     # (N, K, 2)
+    n, k = corners.shape[:2]
+    vidx = pixels.view_index(config["crop"]).to(device)
+    views = torch.as_tensor(list(views), device=device)
+    step = max(batch // (k * len(views)), 1)
+    model.eval()
+    model.to(memory_format=torch.channels_last)
+    outs = []
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        reps = k * len(views)      # each photo: every crop in every view
+        x = pixels.to_input(px[start:start + m].repeat_interleave(reps, 0), views.repeat(m * k), vidx,
+                            channels_last=True,
+                            crops=corners[start:start + m].repeat_interleave(len(views), 1).reshape(-1, 2))
+        more = None if extra is None else extra[start:start + m].repeat_interleave(reps, 0)
+        with training.autocast(device, precision):
+            out = model(x, more).float().view(m, k, len(views), -1)
+        outs.append(out.mean(1))
+    return torch.cat(outs)
 
 
 class Varied:

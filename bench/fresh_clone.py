@@ -5,7 +5,8 @@ The repository (its committed HEAD) is cloned into a temporary directory, then, 
              ImageMagick check (installed with apt-get where it is missing and we are root);
   all        `make all`: the whole pipeline on the generated demo data (the README's first command
              has both, since `make all` builds .venv itself).
-Each is one line `fresh_<installer>_<step>: seconds s`; the clone is removed at the end.
+As on a fresh machine, pip's and uv's caches start empty (their own, under the temporary
+directory). Each is one line `fresh_<installer>_<step>: seconds s`; the clone is removed at the end.
 `--requirements FILE` installs FILE instead of requirements.txt and `--no-all` stops after setup:
 the script's own check in seconds (tests/test_bench.py), no figure of the product.
 
@@ -48,6 +49,7 @@ def main():
     env = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="bench_clone_") as tmp:
         clone = Path(tmp) / "clone"
+        env.update(PIP_CACHE_DIR=f"{tmp}/pip-cache", UV_CACHE_DIR=f"{tmp}/uv-cache")
         subprocess.run(["git", "clone", "--quiet", str(benchlib.ROOT), str(clone)], check=True)
         if args.requirements:
             shutil.copy(args.requirements, clone / "requirements.txt")
