@@ -55,11 +55,14 @@ if [ -n "$profile" ] && [ -z "${size_given:-}" ]; then
 fi
 case "$mode" in
   stretch) geometry=() ;;
-  # The viewport grows the canvas to max(w,h) square, centred; -virtual-pixel edge fills it
-  # with copies of the edge pixels; +repage drops the offset before the resize.
-  pad) geometry=(-virtual-pixel edge -set option:distort:viewport
-                 '%[fx:max(w,h)]x%[fx:max(w,h)]-%[fx:max((h-w)/2,0)]-%[fx:max((w-h)/2,0)]'
-                 -distort SRT 0 +repage) ;;
+  # The viewport grows the canvas to max(w,h) square, the photo centred at a whole-pixel offset;
+  # -virtual-pixel edge fills it with copies of the edge pixels; -filter point makes the
+  # distortion copy pixels (its default resampling blurs them, by up to 10 levels), +filter gives
+  # the resize its own filter back; +repage drops the offset before the resize. At the photos'
+  # own size (--size 224 on the real data) the photo is in the store exactly as decoded.
+  pad) geometry=(-virtual-pixel edge -filter point -set option:distort:viewport
+                 '%[fx:max(w,h)]x%[fx:max(w,h)]-%[fx:floor(max((h-w)/2,0))]-%[fx:floor(max((w-h)/2,0))]'
+                 -distort SRT 0 +filter +repage) ;;
   *) echo "02_hvr_augment.sh: --mode must be stretch or pad, not $mode" >&2; exit 2 ;;
 esac
 [[ "$size" =~ ^[0-9]+$ ]] && [ "$size" -ge 9 ] || { echo "--size must be an integer >= 9" >&2; exit 2; }

@@ -50,15 +50,16 @@ COLUMNS = [*SIZE_COLUMNS, *PIXEL_COLUMNS, *(f"{c}_stored" for c in PIXEL_COLUMNS
 
 def content_box(width, height, size, mode):
     """(top, bottom, left, right) of the photo's own pixels in its S x S stored image: all of
-    it for `stretch`; for `pad` the centred part that is not replicated edge, shrunk inwards to
-    whole pixels (the boundary pixels blend photo and padding), never empty."""
+    it for `stretch`; for `pad` the part that is not replicated edge (02 centres the photo at a
+    whole-pixel offset, then resizes the square), shrunk inwards to whole pixels (the boundary
+    pixels blend photo and padding), never empty."""
     if mode == "stretch":
         return 0, size, 0, size
     m = max(width, height)
     scale = size / m
 
     def span(extent):
-        start = (m - extent) / 2 * scale
+        start = (m - extent) // 2 * scale
         a, b = math.ceil(start - 1e-9), math.floor(start + extent * scale + 1e-9)
         return (a, b) if b > a else (min(int(start), size - 1), min(int(start), size - 1) + 1)
 

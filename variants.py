@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 import common
+import photo_stats
 import pixels
 import training
 
@@ -88,9 +89,9 @@ def batches(args, recipe, object_ids):
 # ---- crops ----------------------------------------------------------------------------------
 def crop_boxes(store_dir, wanted, crop):
     """(N, 2, 2) long: for each photo of `wanted`, the first and last top-left corner (y, x) a
-    C x C crop may take in the store: within the photo, not its padding (02 --mode pad centres
-    the photo, long side to S, on an edge-replicated square; --mode stretch fills it). Along a
-    side shorter than C, the crop is centred on the photo (one place, its padding in it)."""
+    C x C crop may take in the store: within the photo's own pixels (photo_stats.content_box:
+    02 --mode pad centres it on an edge-replicated square; at the photos' own size it is there
+    exactly as decoded). Along a side shorter than C, the crop is centred on the photo."""
     store_dir = Path(store_dir)
     meta = json.loads((store_dir / "meta.json").read_text())
     size = meta["size"]
@@ -100,17 +101,14 @@ def crop_boxes(store_dir, wanted, crop):
     missing = [w for w in wanted if w not in table.index]
     if missing:
         common.fail(f"{store_dir / 'stats.csv'}: no size for {common.show_ids(missing)}")
-    hw = table.loc[list(wanted), ["height", "width"]].to_numpy(np.float64)
-    if meta.get("mode", "stretch") == "pad":
-        extent = np.floor(hw * size / hw.max(1, keepdims=True)).astype(np.int64)   # the photo, in store pixels
-        first = (size - extent) // 2
-    else:
-        extent, first = np.full(hw.shape, size, np.int64), np.zeros(hw.shape, np.int64)
-    last = first + extent - crop
+    boxes = np.array([photo_stats.content_box(w, h, size, meta.get("mode", "stretch"))
+                      for w, h in table.loc[list(wanted), ["width", "height"]].itertuples(index=False)])
+    start, end = boxes[:, [0, 2]], boxes[:, [1, 3]]        # (y, x) of the photo's first and past-last pixel
+    first, last = start.copy(), end - crop
     short = last < first
-    first[short] = last[short] = (first + (extent - crop) // 2)[short]
+    first[short] = last[short] = (start + (end - start - crop) // 2)[short]
     first, last = np.clip(first, 0, size - crop), np.clip(last, 0, size - crop)
-    return torch.from_numpy(np.stack([first, last], 1))
+    return torch.from_numpy(np.stack([first, last], 1).astype(np.int64))
 
 
 def grid_origins(boxes, per_side):

@@ -1,5 +1,5 @@
 """The fine-tune's options past the recipe: bf16 autocast on a CPU (--precision), photo inputs
-beside the pixels (--photo-inputs), mixup (--mixup). Each runs through the real 04 and 05 on the
+beside the pixels (--photo-inputs), mixup (--mixup), crops of the photo (--crop). Each runs through the real 04 and 05 on the
 smoke pipeline's stages 00-03, and a run is reproducible: the same command twice trains the same
 weights."""
 import subprocess
@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, smoke_copy
+from conftest import REPO, build_store, smoke_copy
 
 import common
+import pixels
 import training
 import variants
 
@@ -104,3 +105,64 @@ def test_precision_auto_is_bf16_on_gpus_and_native_bf16_cpus_only(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert training.bf16(torch.device("cpu"), "auto")
     assert common.PROFILES["full"]["05"]["precision"] == "auto"        # GPUs: bf16, as before
+
+
+# ---- crops ----------------------------------------------------------------------------------
+def test_a_crop_is_the_stores_pixels_in_its_window_then_its_view():
+    s, c = 11, 5
+    u8 = torch.randint(0, 256, (3, s, s, 3), dtype=torch.uint8)
+    px = pixels.to_pixels(u8.numpy(), "cpu")
+    views, corners = torch.tensor([0, 5, 7]), torch.tensor([[0, 0], [6, 2], [3, 6]])
+    got = pixels.to_input(px, views, pixels.view_index(c), crops=corners)
+    window = torch.stack([u8[b, y:y + c, x:x + c].permute(2, 0, 1) for b, (y, x) in enumerate(corners.tolist())])
+    want = pixels.apply_views(window.contiguous(), views, pixels.view_index(c)).float()
+    scale, shift = pixels.normaliser(torch.device("cpu"))
+    assert torch.allclose(got, want * scale + shift)
+
+
+def test_crop_boxes_keep_crops_within_the_photo(tmp_path):
+    ids = ["a" * 20, "b" * 20, "c" * 20]
+    (tmp_path / "stats.csv").write_text("object_id,width,height\n" + f"{ids[0]},224,100\n{ids[1]},35,224\n{ids[2]},224,224\n")
+    for mode, want in (("pad", [[[62, 0], [114, 176]],            # rows 62..161 hold the photo
+                                 [[0, 87], [176, 87]],              # 35 wide: centred across
+                                 [[0, 0], [176, 176]]]),
+                       ("stretch", [[[0, 0], [176, 176]]] * 3)):
+        (tmp_path / "meta.json").write_text(f'{{"size": 224, "mode": "{mode}"}}')
+        assert variants.crop_boxes(tmp_path, ids, 48).tolist() == want, mode
+    grid = variants.grid_origins(torch.tensor([[[62, 0], [114, 176]]]), 3)     # the first photo's, padded
+    assert grid[0].tolist() == [[y, x] for y in (62, 88, 114) for x in (0, 88, 176)]
+    with pytest.raises(SystemExit):
+        variants.crop_boxes(tmp_path, ids, 225)
+
+
+def test_02s_pad_store_at_the_photos_size_holds_each_photo_as_decoded(real_data, tmp_path):
+    """The real 02 --mode pad at the real photos' own size (224): within each photo's box
+    (crop_boxes of a 1-pixel crop) the store holds the photo exactly as ImageMagick decodes it,
+    not resampled; outside it, every row or column repeats the photo's edge."""
+    train = pd.read_csv(real_data / "train.csv", dtype={"object_id": str})
+    ids = list(train["object_id"][:12])
+    store = build_store(real_data / "photos", ids, tmp_path / "store", 224, mode="pad")
+    images, order, _meta = pixels.load_store(store)
+    boxes = variants.crop_boxes(store, order, 1).numpy()
+    for image, oid, ((top, left), (bottom, right)) in zip(images, order, boxes):
+        decoded = subprocess.run(["convert", str(real_data / "photos" / f"{oid}.jpg"), "-colorspace", "sRGB",
+                                  "-depth", "8", "rgb:-"], capture_output=True, check=True).stdout
+        own = image[top:bottom + 1, left:right + 1]
+        assert np.array_equal(own.reshape(-1), np.frombuffer(decoded, np.uint8)), oid
+        assert (image[:top] == image[top]).all() and (image[bottom + 1:] == image[bottom]).all()
+        assert (image[:, :left] == image[:, left:left + 1]).all() and (image[:, right + 1:] == image[:, right:right + 1]).all()
+
+
+def test_crop_runs_through_finetune_and_features(stages, plain, tmp_path):
+    out = tmp_path / "04_finetune"
+    a = finetune(stages, out, "--epochs", "1", "--crop", "16", "--eval-crops", "2")
+    assert a["config"]["crop"] == 16 and not same_weights(a, plain)
+    assert same_weights(a, finetune(stages, tmp_path / "again", "--epochs", "1", "--crop", "16", "--eval-crops", "2"))
+    ev = pd.read_csv(out / "multi_0" / "eval.csv")
+    assert np.isfinite(ev["rmse_target"]).all()
+    p = subprocess.run([PY, "05_features.py", "--task", "multi", "--fold", "0", "--folds", str(stages / "01_sgkfold"),
+                        "--hvr", str(stages / "02_hvr"), "--runs", str(out), "--out", str(tmp_path / "05"),
+                        "--profile", "smoke"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    train = np.load(tmp_path / "05" / "multi_0" / "train.npz")
+    assert train["outputs"].shape[1] == 8 and np.isfinite(train["outputs"]).all()
