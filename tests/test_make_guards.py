@@ -163,7 +163,8 @@ def test_no_variable_can_run_a_command(goal, variable, work, demo_data):
 
 def test_a_bad_profile_or_choice_is_refused_before_anything_is_written(demo_data, tmp_path):
     for goal, variable in (("all", "PROFILE=bogus"), ("all", "SUBMIT=bogus"), ("all", "NETS=multi bogus"),
-                           ("fold", "FOLD=3"), ("fold", "TASK=era"), ("all", "RESIZE=crop")):
+                           ("fold", "FOLD=3"), ("fold", "TASK=era"), ("all", "RESIZE=crop"),
+                           ("setup", "INSTALLER=conda")):
         p = plain_make(goal, variable, f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
         assert p.returncode != 0 and f"{variable}:" in p.stderr, p.stderr
         assert not (tmp_path / "work").exists()
