@@ -46,23 +46,28 @@ p.add_argument("--python", default=sys.executable)
 p.add_argument("--write", default=None, help="also write the table as a markdown page here")
 
 
-def stage(cmd, done, log):
-    """Run one stage command (its output to log) unless `done` exists; its wall minutes."""
+def stage(name, cmd, done, out):
+    """Run one stage command (its output to OUT/study.log) unless `done` exists; its wall
+    minutes, kept in OUT/minutes.json for a later run that finds it done."""
+    kept = out / "minutes.json"
+    minutes = json.loads(kept.read_text()) if kept.exists() else {}
     if done.exists():
         benchlib.note(f"{done.parent} is done: not rerun")
-        return 0.0
-    t0 = time.time()
-    with open(log, "a") as out:
-        rc = subprocess.run([str(c) for c in cmd], cwd=benchlib.ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+        return minutes.get(name, float("nan"))
+    t0, log = time.time(), out / "study.log"
+    with open(log, "a") as f:
+        rc = subprocess.run([str(c) for c in cmd], cwd=benchlib.ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
     if rc != 0:
-        sys.exit(f"{' '.join(map(str, cmd))} exited {rc}; the end of {log}:\n" + Path(log).read_text()[-3000:])
-    return (time.time() - t0) / 60
+        sys.exit(f"{' '.join(map(str, cmd))} exited {rc}; the end of {log}:\n" + log.read_text()[-3000:])
+    minutes[name] = (time.time() - t0) / 60
+    common.write_text(kept, json.dumps(minutes, indent=1) + "\n")
+    return minutes[name]
 
 
 def crop_eras(run_dir):
     """{crop_<head>_model: Series of eras by object_id} of a finished run's held-out side."""
     views = np.load(run_dir / "heldout_views.npz")
-    config = json.loads((run_dir / "provenance.json").read_text())
+    config = json.loads((run_dir / "provenance.json").read_text())["config"]
     mean_out = views["outputs"].mean(1)
     index = pd.Index(views["object_id"].astype(str), name="object_id")
     out = {}
@@ -92,32 +97,43 @@ def table(rows):
     return "\n".join(lines)
 
 
+def verdict(rows):
+    """The page's conclusion: does the blend take the crop network, and what does it gain."""
+    if "blend_with_crops" not in rows:
+        return "No blend: it needs all three folds."
+    gain = rows["blend"][0] - rows["blend_with_crops"][0]
+    if gain > 0.001:
+        return f"With the crop network's eras the blend's pooled CV is lower by {gain:.4f}."
+    return (f"The crop network's eras do not lower the blend's pooled CV ({rows['blend_with_crops'][0]:.4f} "
+            f"against {rows['blend'][0]:.4f}): not adopted.")
+
+
 def main():
     args = p.parse_args()
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     folds_dir, native, runs = work / "01_sgkfold", out / "02_native", out / "04_finetune"
-    log = out / "study.log"
-    minutes = {"02": stage([benchlib.ROOT / "02_hvr_augment.sh", "--photos", args.photos,
-                            "--ids", work / "00_validate" / "photos.csv", "--out", native,
-                            "--size", args.size, "--mode", "pad", "--python", args.python], native / "DONE", log)}
+    minutes = {"02": stage("02", [benchlib.ROOT / "02_hvr_augment.sh", "--photos", args.photos,
+                                  "--ids", work / "00_validate" / "photos.csv", "--out", native,
+                                  "--size", args.size, "--mode", "pad", "--python", args.python], native / "DONE", out)}
     trained = [k for k in args.folds.split(",")]
     for k in trained:
         extra = ["--epochs", args.epochs] if args.epochs else []
-        minutes[f"04_{k}"] = stage([args.python, "04_finetune.py", "--task", "multi", "--fold", k,
+        minutes[f"04_{k}"] = stage(f"04_{k}", [args.python, "04_finetune.py", "--task", "multi", "--fold", k,
                                     "--folds", folds_dir, "--hvr", native, "--jigsaw", work / "03_jigsaw",
                                     "--out", runs, "--profile", "cpu", "--init", "scratch", "--crop", args.crop,
                                     "--eval-crops", args.eval_crops, *extra],
-                                   runs / f"multi_{k}" / "DONE", log)
+                                   runs / f"multi_{k}" / "DONE", out)
     for name, value in minutes.items():
         benchlib.emit(f"minutes_{name}", f"{value:.1f}", "min")
 
     _folds, oof_fold = stack.read_folds(folds_dir)
     y = _folds["all"]["train"].set_index("object_id")["target"].loc[oof_fold.index]
     crop = {}
-    for k in trained:
+    for k in trained:            # each row from the network of its out-of-fold fold (held-out sides overlap)
+        mine = oof_fold.index[oof_fold.astype(str) == k]
         for col, series in crop_eras(runs / f"multi_{k}").items():
-            crop.setdefault(col, []).append(series)
+            crop.setdefault(col, []).append(series.loc[mine])
     crop = pd.DataFrame({c: pd.concat(parts) for c, parts in crop.items()})
     rows_scored = oof_fold.index[oof_fold.astype(str).isin(trained)]      # the folds trained
     y, oof_fold, crop = y.loc[rows_scored], oof_fold.loc[rows_scored], crop.loc[rows_scored]
@@ -151,7 +167,8 @@ def main():
             "fold is k. The blends are 06's (non-negative least squares, each fold's rows predicted "
             "with the weights fitted on the others'); their weights are those fitted on every row.", "",
             table(rows), "",
-            "Minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items()) + " (0: done by an earlier run).", ""]))
+            verdict(rows), "",
+            "Wall minutes of the study's own stages: " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items()) + ".", ""]))
 
 
 if __name__ == "__main__":
