@@ -157,7 +157,6 @@ def test_crop_runs_through_finetune_and_features(stages, plain, tmp_path):
     out = tmp_path / "04_finetune"
     a = finetune(stages, out, "--epochs", "1", "--crop", "16", "--eval-crops", "2")
     assert a["config"]["crop"] == 16 and not same_weights(a, plain)
-    assert same_weights(a, finetune(stages, tmp_path / "again", "--epochs", "1", "--crop", "16", "--eval-crops", "2"))
     ev = pd.read_csv(out / "multi_0" / "eval.csv")
     assert np.isfinite(ev["rmse_target"]).all()
     p = subprocess.run([PY, "05_features.py", "--task", "multi", "--fold", "0", "--folds", str(stages / "01_sgkfold"),

@@ -25,16 +25,29 @@ TASK_NETS = " ".join(tasks.TASKS)      # NETS: the four tasks' networks per fold
 OPS = {"id": [], "h": ["-flop"], "v": ["-flip"], "hv": ["-flop", "-flip"], "r": ["-rotate", "90"],
        "hr": ["-flop", "-rotate", "90"], "vr": ["-flip", "-rotate", "90"],
        "hvr": ["-flop", "-flip", "-rotate", "90"]}
-PAD = ["-virtual-pixel", "edge", "-set", "option:distort:viewport",
-       "%[fx:max(w,h)]x%[fx:max(w,h)]-%[fx:max((h-w)/2,0)]-%[fx:max((w-h)/2,0)]",
-       "-distort", "SRT", "0", "+repage"]
+
+
+def padded(photo):
+    """The photo as decoded, centred (rounded down) on a square of its long side, the rest its
+    edge pixels repeated (numpy's edge pad): the pad mode's square, made without ImageMagick's
+    distortion. As raw RGB, with its side."""
+    h, w = map(int, subprocess.run(["identify", "-format", "%h %w", str(photo)], check=True,
+                                   capture_output=True, text=True).stdout.split())
+    rgb = np.frombuffer(subprocess.run(["convert", str(photo), "-colorspace", "sRGB", "-depth", "8", "rgb:-"],
+                                       check=True, capture_output=True).stdout, np.uint8).reshape(h, w, 3)
+    m = max(h, w)
+    square = np.pad(rgb, (((m - h) // 2, m - h - (m - h) // 2), ((m - w) // 2, m - w - (m - w) // 2), (0, 0)), mode="edge")
+    return square.tobytes(), m
 
 
 def oracle(photo, size, mode, op):
-    """What ImageMagick itself makes of the photo: resize (after the pad), then the view's ops."""
-    cmd = ["convert", str(photo), *(PAD if mode == "pad" else []), "-resize", f"{size}x{size}!",
-           *OPS[op], "-depth", "8", "rgb:-"]
-    return np.frombuffer(subprocess.run(cmd, check=True, capture_output=True).stdout,
+    """What ImageMagick itself makes of the photo (pad: of padded()): resize, then the view's ops."""
+    source, stdin = [str(photo)], None
+    if mode == "pad":
+        stdin, m = padded(photo)
+        source = ["-size", f"{m}x{m}", "-depth", "8", "rgb:-"]
+    cmd = ["convert", *source, "-resize", f"{size}x{size}!", *OPS[op], "-depth", "8", "rgb:-"]
+    return np.frombuffer(subprocess.run(cmd, check=True, capture_output=True, input=stdin).stdout,
                          np.uint8).reshape(size, size, 3)
 
 
