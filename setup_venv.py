@@ -1,8 +1,8 @@
 """Install requirements.txt into .venv (make setup's recipe), with uv where it can, else pip.
 
-pip unpacks the pinned CUDA torch and its libraries (6 GB installed) on one core: about 150 s on
-a 2-core machine. uv unpacks them in parallel: about 60 s there (docs/benchmarks.md has the
-command). uv reads its own settings, not pip's, so the package sources a machine gives pip (pip
+pip unpacks the pinned CUDA torch and its libraries (6 GB installed) on one core, uv on all of
+them: a fresh .venv took 133 s with pip and 70 s with uv on a 2-core machine (`make
+bench-clone`, docs/benchmarks.md). uv reads its own settings, not pip's, so the package sources a machine gives pip (pip
 config and PIP_* variables: indexes, find-links, a constraints file, a CA bundle) are passed on to
 it, and it picks the best match across them, as pip does. Modules are compiled at install: where
 PYTHONDONTWRITEBYTECODE is set, every process would otherwise recompile torch.
