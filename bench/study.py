@@ -10,7 +10,8 @@ per configuration the minutes it cost and the held-out era RMSE it reached after
 
 The axes, each against one base (one network with four heads, ResNet18, 48 px, AdamW with a
 one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, random init):
-  epochs      6 / 12 / 24
+  epochs      6 / 12 / 24; and the cpu profile's network (ce_24 below) for 32 epochs (ce_32:
+              what the hour's unspent minutes would buy)
   schedule    the recipe's Adam halved per 8-view-equivalent epoch (every 8 one-view epochs),
               the same halved per one-view epoch, cosine, one-cycle
   size        48 / 64 / 96 px at about equal minutes (12 / 7 / 3 epochs)
@@ -84,6 +85,7 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("shape_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="shape")),
     ("stats_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="stats")),
     ("ce_24", "loss", dict(epochs=24, loss="ce")),
+    ("ce_32", "epochs", dict(epochs=32, loss="ce")),   # the cpu profile's network, 8 more epochs
 ]
 JIGSAW_EPOCHS = 4        # one jigsaw run; its epoch-2 checkpoint is the 2-epoch jigsaw (the
                          # recipe's per-epoch halving does not depend on the run's length)
