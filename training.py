@@ -278,7 +278,12 @@ class Dist:
             torch.distributed.barrier()
 
     def close(self):
+        """The end of a run that succeeded on every rank: the ranks wait for each other (rank 0
+        still writes its plots and stamp), then leave the group together. A rank that tore its
+        gloo connections down while rank 0 still held them open was, rarely, aborted by gloo
+        (`terminate called without an active exception`, exit -6) after its work was done."""
         if self.world > 1:
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
