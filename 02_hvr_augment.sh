@@ -57,7 +57,7 @@ case "$mode" in
   stretch) geometry=() ;;
   # The viewport grows the canvas to max(w,h) square, the photo centred at a whole-pixel offset;
   # -virtual-pixel edge fills it with copies of the edge pixels; -filter point makes the
-  # distortion copy pixels (its default resampling blurs them, by up to 10 levels), +filter gives
+  # distortion copy pixels (its default resampling blurs them), +filter gives
   # the resize its own filter back; +repage drops the offset before the resize. At the photos'
   # own size (--size 224 on the real data) the photo is in the store exactly as decoded.
   pad) geometry=(-virtual-pixel edge -filter point -set option:distort:viewport

@@ -91,14 +91,16 @@ def main():
     ends = np.cumsum([0, *map(len, wanted.values())]).tolist()
     span = {split: slice(a, b) for split, a, b in zip(wanted, ends[:-1], ends[1:])}   # rows of `every`
     px = pixels.to_pixels(images[pixels.store_rows(ids, every, args.hvr).numpy()], "cpu")
-    seeds, extras, reused = [], {}, []
+    seeds, extras, boxes, reused = [], {}, {}, []
     for epoch, ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
         state = training.load_checkpoint(ckpt, dist.device)
         config = state["config"]
         model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0),
                                      config.get("width", training.WIDTH)).to(dist.device)
         model.load_state_dict(state["model"])
-        boxes = variants.crop_boxes(args.hvr, every, config["crop"]) if config.get("crop") else None
+        crop = config.get("crop") or 0
+        if crop and crop not in boxes:                  # stats.csv read once, not once per seed
+            boxes[crop] = variants.crop_boxes(args.hvr, every, crop)
         kind = config.get("photo_inputs", "none")
         if kind not in extras:                          # stats.csv read once, not once per seed
             extras[kind] = variants.photo_inputs(args.hvr, every, kind)
@@ -117,7 +119,7 @@ def main():
                 more = None if extra is None else extra[chunk].to(dist.device)
                 parts.append(variants.predict_views(config, model, px[chunk].to(dist.device), dist.device, args.batch,
                                                     precision=args.precision, extra=more,
-                                                    boxes=None if boxes is None else boxes[chunk]).cpu())
+                                                    boxes=boxes[crop][chunk] if crop else None).cpu())
         seeds.append(tasks.in_units(args.task, torch.cat(parts), config).numpy())
     outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))
     for split, oids in wanted.items():

@@ -216,7 +216,7 @@ ifneq ($(filter all demo validate folds,$(or $(MAKECMDGOALS),help)),)
 $(info No train.csv in DATA=$(DATA): using generated demo data in $(DIR_DEMO) (PROFILE=$(PROFILE)).)
 endif
 # The demo's `make all`: two jobs of one torch thread each, whose many short processes overlap
-# (here 57 s against 74 s one after another, .venv built); TORCH_THREADS given is kept.
+# (`make bench-clone` times it); TORCH_THREADS given is kept.
 ifneq ($(filter all,$(MAKECMDGOALS)),)
 MAKEFLAGS += -j2 --output-sync=target
 export TORCH_THREADS ?= 1

@@ -5,6 +5,7 @@ Shared by the torch stages (03, 04, 05).
     python pixels.py views --store WORK/02_hvr --id OBJECT_ID    # WORK/02_hvr/views_<id>.png
 """
 import argparse
+import functools
 import json
 import math
 from pathlib import Path
@@ -44,8 +45,10 @@ def store_rows(ids, wanted, where):
     return torch.tensor([pos[w] for w in wanted], dtype=torch.long)
 
 
+@functools.lru_cache(maxsize=None)
 def view_index(size):
-    """(8, S*S) long: for each view, the source pixel of every output pixel (row-major)."""
+    """(8, S*S) long: for each view, the source pixel of every output pixel (row-major). Made
+    once per size (callers only read it)."""
     grid = torch.arange(size * size).view(size, size)
     out = []
     for name in VIEWS:

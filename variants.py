@@ -56,21 +56,27 @@ def photo_inputs(store_dir, wanted, kind):
     (train and test alike: no labels), an unknown value (NaN) is its mean; None for `none`."""
     if kind == "none":
         return None
-    path = Path(store_dir) / "stats.csv"
-    if not path.exists():
-        common.fail(f"{path} is missing: photo inputs ({kind}) need 02's per-photo statistics; "
-                    f"rerun 02 into a new WORK")
-    table = pd.read_csv(path, dtype={"object_id": str}).set_index("object_id")
+    table = store_stats(store_dir, wanted, f"photo inputs ({kind})")
     if kind == "shape":
         table = table[list(SHAPE_COLUMNS)]
     for c in LOG_COLUMNS:
         if c in table:
             table[c] = np.log(table[c])
     table = ((table - table.mean()) / table.std().replace(0, 1).fillna(1)).fillna(0)
+    return torch.from_numpy(table.loc[list(wanted)].to_numpy(np.float32))
+
+
+def store_stats(store_dir, wanted, who):
+    """02's per-photo statistics of a store (stats.csv, by object_id: every photo of the store),
+    which must hold each object of `wanted`; `who` needs them (for the error)."""
+    path = Path(store_dir) / "stats.csv"
+    if not path.exists():
+        common.fail(f"{path} is missing: {who} need 02's per-photo statistics; rerun 02 into a new WORK")
+    table = pd.read_csv(path, dtype={"object_id": str}).set_index("object_id")
     missing = [w for w in wanted if w not in table.index]
     if missing:
         common.fail(f"{path}: no statistics for {common.show_ids(missing)}")
-    return torch.from_numpy(table.loc[list(wanted)].to_numpy(np.float32))
+    return table
 
 
 def batches(args, recipe, object_ids):
@@ -97,10 +103,7 @@ def crop_boxes(store_dir, wanted, crop):
     size = meta["size"]
     if crop > size:
         common.fail(f"--crop {crop}: larger than the store's {size} x {size} photos ({store_dir})")
-    table = pd.read_csv(store_dir / "stats.csv", dtype={"object_id": str}).set_index("object_id")
-    missing = [w for w in wanted if w not in table.index]
-    if missing:
-        common.fail(f"{store_dir / 'stats.csv'}: no size for {common.show_ids(missing)}")
+    table = store_stats(store_dir, wanted, f"crops (--crop {crop})")
     boxes = np.array([photo_stats.content_box(w, h, size, meta.get("mode", "stretch"))
                       for w, h in table.loc[list(wanted), ["width", "height"]].itertuples(index=False)])
     start, end = boxes[:, [0, 2]], boxes[:, [1, 3]]        # (y, x) of the photo's first and past-last pixel
@@ -128,7 +131,7 @@ class Cropped:
     run draws the same)."""
 
     def __init__(self, args, recipe, boxes):
-        self.recipe, self.boxes, self.crop = recipe, boxes, args.crop
+        self.recipe, self.boxes = recipe, boxes
         self.vidx = pixels.view_index(args.crop).to(recipe.device)
 
     def plan(self, epoch, g):
@@ -145,10 +148,10 @@ class Cropped:
         return self.recipe.losses(out, rows).sum(), {}
 
 
-@torch.inference_mode()
 def predict_views(config, model, px, device, batch, views=range(8), *, precision, extra=None, boxes=None):
     """(N, V, D): training.predict_views of a network, or for one trained on crops (config's
-    crop), each view's outputs averaged over its grid of crops (boxes: crop_boxes of px's rows)."""
+    crop), of its grid of crops within each photo (boxes: crop_boxes of px's rows), each view's
+    outputs averaged over the photo's crops."""
     size = math.isqrt(px.shape[1])
     if not config.get("crop"):
         return training.predict_views(model, px, pixels.view_index(size).to(device), device, batch, views,
@@ -156,21 +159,16 @@ def predict_views(config, model, px, device, batch, views=range(8), *, precision
     corners = grid_origins(boxes, config.get("eval_crops", 3)).to(device)     # (N, K, 2)
     n, k = corners.shape[:2]
     vidx = pixels.view_index(config["crop"]).to(device)
-    views = torch.as_tensor(list(views), device=device)
-    step = max(batch // (k * len(views)), 1)
-    model.eval()
-    model.to(memory_format=torch.channels_last)
+    step = max(batch // k, 1)             # photos whose crops are cut at once: about a batch of them
     outs = []
     for start in range(0, n, step):
         m = min(step, n - start)
-        reps = k * len(views)      # each photo: every crop in every view
-        x = pixels.to_input(px[start:start + m].repeat_interleave(reps, 0), views.repeat(m * k), vidx,
-                            channels_last=True,
-                            crops=corners[start:start + m].repeat_interleave(len(views), 1).reshape(-1, 2))
-        more = None if extra is None else extra[start:start + m].repeat_interleave(reps, 0)
-        with training.autocast(device, precision):
-            out = model(x, more).float().view(m, k, len(views), -1)
-        outs.append(out.mean(1))
+        window = pixels.crop_index(vidx, torch.zeros(m * k, dtype=torch.long, device=device),
+                                   corners[start:start + m].reshape(-1, 2), size)     # each crop as it is
+        crops = px[start:start + m].repeat_interleave(k, 0).gather(1, window)        # (m*K, C*C) packed
+        more = None if extra is None else extra[start:start + m].repeat_interleave(k, 0)
+        out = training.predict_views(model, crops, vidx, device, batch, views, precision=precision, extra=more)
+        outs.append(out.view(m, k, *out.shape[1:]).mean(1))
     return torch.cat(outs)
 
 

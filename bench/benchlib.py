@@ -24,6 +24,9 @@ REAL_DATA_ENV = "ATMA11_DATA"            # where the real competition files are 
 REAL_PHOTOS = 9856                       # train + test photos of the competition
 RECIPE_VIEWS = 8                         # the 8 symmetries of the square (SEED.md step 2)
 RECIPE_PERMS = 8                         # per image-view per epoch: 7 shuffled + the identity
+# Make variables a user may have exported: a bench's own make sees none of them.
+MAKE_ENV_DROP = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS",
+                 "DATA", "WORK", "GPUS", "PROFILE", "FOLD", "TASK", "INSTALLER")
 # ImageMagick operators of each view, applied in the recipe's order h, v, r.
 VIEW_OPS = {"h": ["-flop"], "v": ["-flip"], "r": ["-rotate", "90"]}
 
@@ -58,14 +61,29 @@ def note(text):
 
 
 # -----------------------------------------------------------------------------
+def fold_labels(work):
+    """A WORK's 01 as 06 reads it: (the folds, each train row's out-of-fold fold, its era)."""
+    stack = importlib.import_module("06_stack")
+    folds, oof_fold = stack.read_folds(Path(work) / "01_sgkfold")
+    y = folds["all"]["train"].set_index("object_id")["target"].loc[oof_fold.index]
+    return folds, oof_fold, y
+
+
 def statistics_inputs(work):
     """What 06's meta_only sees in a WORK with 01 and 02 done: (the folds, each train row's
     out-of-fold fold, 02's statistics (--meta on) and the era, both by train row)."""
     stack = importlib.import_module("06_stack")
-    folds, oof_fold = stack.read_folds(Path(work) / "01_sgkfold")
+    folds, oof_fold, y = fold_labels(work)
     meta = stack.meta_table(Path(work) / "02_hvr", "on").loc[oof_fold.index]
-    y = folds["all"]["train"].set_index("object_id")["target"].loc[oof_fold.index]
     return folds, oof_fold, meta, y
+
+
+def oof_scores(pred, y, oof_fold):
+    """(pooled RMSE, [RMSE of each fold's out-of-fold rows]) of out-of-fold predictions, as
+    06's cv.csv scores them."""
+    stack = importlib.import_module("06_stack")
+    pooled = pred.loc[y.index]
+    return stack.rmse(pooled, y), [stack.rmse(pooled[oof_fold == k], y[oof_fold == k]) for k in stack.K]
 
 
 def real_data_dir(data=None):

@@ -19,7 +19,6 @@ Steps (each skipped when its DONE is there: the study resumes):
 import argparse
 import importlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 import benchlib
 import common
@@ -72,21 +72,11 @@ def crop_eras(run_dir):
     index = pd.Index(views["object_id"].astype(str), name="object_id")
     out = {}
     for t, cols in tasks.heads("multi"):
-        era = tasks.era_prediction(t, config["loss"], _tensor(mean_out[:, cols]),
+        era = tasks.era_prediction(t, config["loss"], torch.from_numpy(np.ascontiguousarray(mean_out[:, cols])),
                                    (config["date_mean"], config["date_std"]))
         if era is not None:
             out[f"crop_{t}_model"] = pd.Series(np.asarray(era, dtype=np.float64), index=index)
     return out
-
-
-def _tensor(a):
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(a))
-
-
-def scores(pred, y, oof_fold):
-    pooled = pred.loc[y.index]
-    return stack.rmse(pooled, y), [stack.rmse(pooled[oof_fold == k], y[oof_fold == k]) for k in stack.K]
 
 
 def table(rows):
@@ -116,7 +106,7 @@ def main():
     minutes = {"02": stage("02", [benchlib.ROOT / "02_hvr_augment.sh", "--photos", args.photos,
                                   "--ids", work / "00_validate" / "photos.csv", "--out", native,
                                   "--size", args.size, "--mode", "pad", "--python", args.python], native / "DONE", out)}
-    trained = [k for k in args.folds.split(",")]
+    trained = args.folds.split(",")
     for k in trained:
         extra = ["--epochs", args.epochs] if args.epochs else []
         minutes[f"04_{k}"] = stage(f"04_{k}", [args.python, "04_finetune.py", "--task", "multi", "--fold", k,
@@ -127,8 +117,7 @@ def main():
     for name, value in minutes.items():
         benchlib.emit(f"minutes_{name}", f"{value:.1f}", "min")
 
-    _folds, oof_fold = stack.read_folds(folds_dir)
-    y = _folds["all"]["train"].set_index("object_id")["target"].loc[oof_fold.index]
+    _folds, oof_fold, y = benchlib.fold_labels(work)
     crop = {}
     for k in trained:            # each row from the network of its out-of-fold fold (held-out sides overlap)
         mine = oof_fold.index[oof_fold.astype(str) == k]
@@ -142,13 +131,13 @@ def main():
     rows = {}
     for col in [*whole.columns, *crop.columns]:
         source = whole if col in whole else crop
-        pooled, per_fold = scores(source[col], y, oof_fold)
+        pooled, per_fold = benchlib.oof_scores(source[col], y, oof_fold)
         rows[col] = (pooled, per_fold, "")
         benchlib.emit(f"{col}_rmse", f"{pooled:.4f}", "")
     if len(trained) == len(stack.K):        # the blend is fitted across folds: all three
         for name, inputs in (("blend", whole), ("blend_with_crops", whole.join(crop))):
             pred, _test, final = stack.blend(inputs, inputs, y.to_numpy(), oof_fold)
-            pooled, per_fold = scores(stack.out_of_fold(pred, oof_fold), y, oof_fold)
+            pooled, per_fold = benchlib.oof_scores(stack.out_of_fold(pred, oof_fold), y, oof_fold)
             weights = ", ".join(f"{c} {w:.3f}" for c, w in zip(inputs.columns, final.coef_))
             rows[name] = (pooled, per_fold, weights)
             benchlib.emit(f"{name}_rmse", f"{pooled:.4f}", "")

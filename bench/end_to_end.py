@@ -34,8 +34,6 @@ GOALS = ("validate", "folds", "hvr", "jigsaw", "finetune", "features", "stack", 
 DEMO_SIZE = (128, 48)     # train, test objects: the tests' demo size
 POLL = 0.1                # seconds between /proc reads
 PAGE = os.sysconf("SC_PAGE_SIZE")
-MAKE_ENV_DROP = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS",
-                 "DATA", "WORK", "GPUS", "PROFILE", "FOLD", "TASK")
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--profile", default="smoke", help="PROFILE for make (smoke, cpu)")
@@ -109,7 +107,7 @@ def measured(cmd, log, env=None, cwd=None):
 
 def main():
     args = p.parse_args()
-    env = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
+    env = {k: v for k, v in os.environ.items() if k not in benchlib.MAKE_ENV_DROP}
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="bench_e2e_") as tmp:
         tmp = Path(tmp).resolve()
         work, logs = tmp / "work", tmp / "logs"

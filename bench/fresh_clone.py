@@ -23,8 +23,6 @@ from pathlib import Path
 
 import benchlib
 
-MAKE_ENV_DROP = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS",
-                 "DATA", "WORK", "GPUS", "PROFILE", "FOLD", "TASK", "INSTALLER")
 
 
 def timed(cmd, cwd, env, log):
@@ -46,7 +44,7 @@ def main():
     p.add_argument("--no-all", action="store_true", help="stop after make setup")
     p.add_argument("--tmp", default=None, help="parent of the clone (default: the system's temp dir)")
     args = p.parse_args()
-    env = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}
+    env = {k: v for k, v in os.environ.items() if k not in benchlib.MAKE_ENV_DROP}
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="bench_clone_") as tmp:
         clone = Path(tmp) / "clone"
         env.update(PIP_CACHE_DIR=f"{tmp}/pip-cache", UV_CACHE_DIR=f"{tmp}/uv-cache")

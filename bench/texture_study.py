@@ -52,12 +52,6 @@ def forward(groups, score):
     return chosen
 
 
-def scores(pred, y, oof_fold):
-    """(pooled RMSE, [RMSE of each fold's out-of-fold rows]) of out-of-fold predictions."""
-    pooled = pred.loc[y.index]
-    return stack.rmse(pooled, y), [stack.rmse(pooled[oof_fold == k], y[oof_fold == k]) for k in stack.K]
-
-
 def table(rows, blended):
     """The markdown table of the variants' rows."""
     head = ["variant", "columns", "meta_only pooled", *(f"fold {k}" for k in stack.K), "rounds"]
@@ -107,7 +101,7 @@ def main():
         pred, _test, rounds, _model = stack.cross_validate(meta[columns], None, folds, oof_fold,
                                                            params=stack.META_PARAMS, patience=stack.META_EARLY_STOP)
         pred = stack.out_of_fold(pred, oof_fold)
-        pooled, per_fold = scores(pred, y, oof_fold)
+        pooled, per_fold = benchlib.oof_scores(pred, y, oof_fold)
         row = {"name": name, "columns": len(columns), "pooled": pooled, "folds": per_fold, "rounds": rounds}
         tag = name.replace("+", "_")
         benchlib.emit(f"meta_only_{tag}_rmse", f"{pooled:.4f}", "")
@@ -116,7 +110,7 @@ def main():
         if nets is not None:
             inputs = nets.assign(meta_only=pred.loc[nets.index])
             blend_pred, *_rest = stack.blend(inputs, inputs, y.to_numpy(), oof_fold)
-            row["blend"], _ = scores(stack.out_of_fold(blend_pred, oof_fold), y, oof_fold)
+            row["blend"], _ = benchlib.oof_scores(stack.out_of_fold(blend_pred, oof_fold), y, oof_fold)
             benchlib.emit(f"blend_{tag}_rmse", f"{row['blend']:.4f}", "")
         rows[key] = row
         return row

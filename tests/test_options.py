@@ -1,7 +1,7 @@
 """The fine-tune's options past the recipe: bf16 autocast on a CPU (--precision), photo inputs
-beside the pixels (--photo-inputs), mixup (--mixup), crops of the photo (--crop). Each runs through the real 04 and 05 on the
-smoke pipeline's stages 00-03, and a run is reproducible: the same command twice trains the same
-weights."""
+beside the pixels (--photo-inputs), mixup (--mixup), crops of the photo (--crop). Each runs
+through the real 04 and 05 on the smoke pipeline's stages 00-03; a mixup run is reproducible:
+the same command twice trains the same weights."""
 import subprocess
 
 import numpy as np
@@ -13,6 +13,7 @@ from conftest import REPO, build_store, smoke_copy
 
 import common
 import pixels
+import tasks
 import training
 import variants
 
@@ -165,3 +166,14 @@ def test_crop_runs_through_finetune_and_features(stages, plain, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     train = np.load(tmp_path / "05" / "multi_0" / "train.npz")
     assert train["outputs"].shape[1] == 8 and np.isfinite(train["outputs"]).all()
+    # 05 predicted from the crops (each view the mean of its 2 x 2 grid), not from the whole photo
+    ids = list(train["object_id"])
+    images, order, _meta = pixels.load_store(stages / "02_hvr")
+    px = pixels.to_pixels(images[pixels.store_rows(order, ids, "store").numpy()], "cpu")
+    model = training.build_model("resnet18", a["config"]["outputs"], 0, a["config"]["width"])
+    model.load_state_dict(a["model"])
+    config = a["config"]
+    predict = lambda c: tasks.in_units("multi", variants.predict_views(
+        c, model, px, torch.device("cpu"), 64, precision="fp32", boxes=variants.crop_boxes(stages / "02_hvr", ids, 16)), config)
+    assert np.allclose(train["outputs"], predict(config).numpy(), atol=1e-5)
+    assert not np.allclose(train["outputs"], predict(dict(config, crop=0)).numpy(), atol=1e-3)
