@@ -9,14 +9,15 @@ MAKEFLAGS += --no-builtin-rules --warn-undefined-variables
 # ---- what users set -------------------------------------------------------------------------
 DATA ?= data/raw#          raw competition files (train.csv, test.csv, ..., photos/)
 WORK ?= work#              every stage writes WORK/<stage>/
-GPUS ?=#                   comma-separated GPU ids (0,1,2,3); empty: CPU. CUDA is checked on them before any stage
+GPUS ?=#                   comma-separated GPU ids as nvidia-smi numbers them (0,1,2,3), within a preset CUDA_VISIBLE_DEVICES; empty: CPU. CUDA is checked on them before any stage
+GPU_LOCKS ?= /tmp/atma11-gpu-locks#  the GPU slot locks, shared by every WORK on this host: two runs never share a GPU
 PROFILE ?= $(if $(GPUS),full,$(if $(DEMO_DATA),smoke,cpu))#  full (the recipe, GPUs) | cpu (the CPU hour) | smoke (seconds: tests, the demo data) | rehearsal (full's path at toy size, CPU)
 FOLD ?= 0#                 make fold: 0 1 2 all
 TASK ?= target#            make fold: target onehot sortingdate word2vec multi
 NETS ?= $(call profile_word,nets)#  per fold: the four tasks' networks (the recipe: full, rehearsal), or multi: one with four heads (cpu, smoke)
 SEEDS ?= $(call profile_word,seeds)#  networks per net and fold, of seeds 0..SEEDS-1, their outputs averaged by 05 (1: the recipe)
 EVAL ?= $(if $(filter rehearsal,$(PROFILE)),process)#  04's evaluator: process (the recipe; GPU default) | inline (CPU default; a GPU in an exclusive compute mode) | empty: that default
-RANKS ?= $(if $(filter rehearsal,$(PROFILE)),2,$(filter-out 0,$(NGPUS)))#  03's processes under torchrun (DDP): one per GPU; rehearsal: 2 on the CPU
+RANKS ?= $(if $(filter rehearsal,$(PROFILE)),2,$(if $(filter MIG-%,$(subst $(comma), ,$(GPUS))),1,$(filter-out 0,$(NGPUS))))#  03's processes under torchrun (DDP): one per GPU (MIG slices: 1); rehearsal: 2 on the CPU
 FULL_ON_CPU ?=#            yes: PROFILE=full trains without GPUS (days); else it stops first, with a measured estimate
 FOLD_TEST ?=#              05: yes: the fold networks describe test.csv too (the oof stacks' test side) | no: only fold all's (oof stacks scored, not submitted) | empty: the profile's (cpu no, else yes)
 PYTHON ?= python3#         the interpreter that builds .venv
@@ -51,7 +52,7 @@ set_by_user = $(filter command% environment% override,$(origin $(1)))
 # $(1)'s text as typed (unexpanded), checked for shell characters, a newline, Make's $
 shell_chars_in = $(strip $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(value $(1)))) \
   $(if $(findstring $(NEWLINE),$(value $(1))),newline))
-SCREENED := PYTHON PROFILE JIGSAW_ARGS FINETUNE_ARGS STACK_ARGS STUDY_ARGS DOCKER IMAGE DOCKER_RUN_ARGS
+SCREENED := PYTHON GPU_LOCKS PROFILE JIGSAW_ARGS FINETUNE_ARGS STACK_ARGS STUDY_ARGS DOCKER IMAGE DOCKER_RUN_ARGS
 unsafe_vars := $(strip $(foreach v,$(SCREENED),$(if $(call set_by_user,$(v)),$(if $(call shell_chars_in,$(v)),$(v)))))
 ifneq ($(unsafe_vars),)
 $(error $(firstword $(unsafe_vars)) holds characters a shell would act on \
@@ -107,6 +108,16 @@ seed_runs = $(foreach s,$(SEED_IDS),$(1)_s$(s))
 FT_RUNS := $(foreach r,$(RUNS),$(r) $(call seed_runs,$(r)))
 GPU_LIST := $(subst $(comma), ,$(GPUS))
 NGPUS := $(words $(GPU_LIST))
+# CUDA's default order is fastest first; nvidia-smi's ids (and the messages') follow the PCI bus.
+export CUDA_DEVICE_ORDER := PCI_BUS_ID
+# CUDA shows a process one MIG slice, and MIG slices have no peer-to-peer for NCCL: 03 trains on
+# the first; the fine-tunes and 05 take one slice each.
+ifneq ($(and $(filter MIG-%,$(GPU_LIST)),$(filter-out 0 1,$(RANKS))),)
+$(error RANKS=$(RANKS) with MIG slices in GPUS: CUDA shows a process one MIG slice and NCCL cannot join slices; leave RANKS unset (03 then trains on $(firstword $(GPU_LIST)), the fine-tunes one per slice))
+endif
+ifneq ($(strip $(words $(GPU_LOCKS)) $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(GPU_LOCKS)))),1)
+$(error GPU_LOCKS=$(GPU_LOCKS): one path without spaces or shell characters)
+endif
 ifneq ($(words $(filter 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,$(or $(RANKS),1))) $(words $(or $(RANKS),1)),1 1)
 $(error RANKS=$(RANKS): 03's processes must be a whole number from 1 to 16)
 endif
@@ -119,9 +130,10 @@ endif
 endif
 # One process, or torchrun with RANKS processes (DDP; by default one per listed GPU) for the
 # single pretext job.
-LAUNCH = $(if $(filter-out 0 1,$(RANKS)),CUDA_VISIBLE_DEVICES=$(GPUS) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(RANKS),CUDA_VISIBLE_DEVICES=$(GPUS) $(PY))
+LAUNCH = $(if $(GPUS),CUDA_DEVICE_ORDER=PCI_BUS_ID )$(if $(filter-out 0 1,$(RANKS)),CUDA_VISIBLE_DEVICES=$(GPUS) \
+  $(VENV)/bin/torchrun --standalone --nproc_per_node=$(RANKS),CUDA_VISIBLE_DEVICES=$(firstword $(GPU_LIST)) $(PY))
 # The fine-tunes: Make runs NGPUS at a time (-j); each holds one free GPU (devices.py on-gpu).
-ON_GPU := $(if $(GPUS),$(PY) devices.py on-gpu --gpus $(GPUS) --locks $(WORK)/.gpu_locks --,CUDA_VISIBLE_DEVICES=)
+ON_GPU := $(if $(GPUS),$(PY) devices.py on-gpu --gpus $(GPUS) --locks $(GPU_LOCKS) --,CUDA_VISIBLE_DEVICES=)
 task_of = $(word 1,$(subst _, ,$(1)))
 fold_of = $(word 2,$(subst _, ,$(1)))
 seed_of = $(patsubst s%,%,$(or $(word 3,$(subst _, ,$(1))),s0))
@@ -254,8 +266,9 @@ setup: $(VENV_STAMP) $(SYSDEPS_STAMP) ## build .venv from requirements.txt and c
 # ---- before any stage ------------------------------------------------------------------------
 # GPUS set: CUDA must work on every one of them, or make stops here, in seconds, naming the cause
 # (no driver, a driver too old, an id not visible, torch without CUDA); the stages would otherwise
-# train on the CPU. PROFILE=full without GPUS: days of CPU work, so it stops here with a measured
-# estimate unless FULL_ON_CPU=yes (or nothing is left to train). PROFILE=cpu says its estimate
+# train on the CPU. PROFILE=full without GPUS: days of CPU work, so a goal that trains stops here
+# with a measured estimate unless FULL_ON_CPU=yes (or nothing is left to train); validate, folds
+# and hvr, which train nothing, go on. PROFILE=cpu says its estimate
 # (sized for an hour on a 2-core machine; a slower CPU takes longer) and goes on.
 FT_STAMPS = $(foreach r,$(FT_RUNS),$(DIR_FT)/$(r)/DONE)
 TRAINING_GOALS := $(filter-out hvr,$(PIPELINE_GOALS)) preflight#   the goals that may train
@@ -263,15 +276,18 @@ TRAINING_LEFT = $(filter-out $(wildcard $(DIR_JIG)/DONE $(FT_STAMPS)),$(DIR_JIG)
 preflight: | $(VENV_STAMP) ## check the machine before any stage (CUDA on GPUS; PROFILE=full and cpu: the CPU time)
 ifneq ($(GPUS),)
 	@$(PY) devices.py check --gpus $(GPUS)
-else ifeq ($(PROFILE)$(FULL_ON_CPU)$(if $(TRAINING_LEFT),left),fullleft)
+else
+	@case "$${CUDA_VISIBLE_DEVICES-}" in ""|-1|NoDevFiles|none|void) ;; *) echo "note: GPUS is empty, so this" \
+	  "run uses the CPU (PROFILE=$(PROFILE)), though CUDA_VISIBLE_DEVICES=$$CUDA_VISIBLE_DEVICES (set before make)" \
+	  "grants GPUs: to train on them, add GPUS=$$CUDA_VISIBLE_DEVICES" >&2 ;; esac
+ifeq ($(PROFILE)$(FULL_ON_CPU)$(if $(TRAINING_LEFT),left)$(if $(filter $(TRAINING_GOALS),$(MAKECMDGOALS)),train),fulllefttrain)
 	@echo "PROFILE=full without GPUS: measuring this CPU for an estimate (a few seconds)"
 	@$(PY) devices.py estimate --profile full --data $(RAW) --folds $(DIR_FOLDS) --nets $(words $(NETS)) --seeds $(SEEDS)
 	@echo "error: PROFILE=full without GPUS stops before training: set GPUS=0,1,.. to use GPUs," \
 	  "PROFILE=cpu for the CPU hour, or FULL_ON_CPU=yes to train the recipe on this CPU anyway" >&2; exit 3
 else ifeq ($(PROFILE)$(if $(TRAINING_LEFT),left)$(if $(filter $(TRAINING_GOALS),$(MAKECMDGOALS)),train),cpulefttrain)
 	@$(PY) devices.py estimate --profile cpu --data $(RAW) --folds $(DIR_FOLDS) --nets $(words $(NETS)) --seeds $(SEEDS)
-else
-	@:
+endif
 endif
 
 # ---- stages ---------------------------------------------------------------------------------

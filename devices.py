@@ -7,7 +7,11 @@ fine-tune's evaluator can run, GPU slots for Make's fan-out, and what a profile 
 
 The driver is asked directly (libcuda through ctypes, NVML where present), before torch touches
 it: torch's own `cuda.is_available()` says only False, and the stages would then train on the
-CPU. Nothing here writes under WORK except the slot locks of on-gpu.
+CPU. Nothing here writes except the slot locks of on-gpu (gpu_slots.py).
+
+GPU ids are nvidia-smi's: CUDA_DEVICE_ORDER=PCI_BUS_ID wherever a GPU is used (CUDA's own default
+order is fastest first). A CUDA_VISIBLE_DEVICES set before make (a SLURM job, a scheduler, a
+container runtime) is the set of GPUs this job was granted: GPUS must name GPUs within it.
 """
 import argparse
 import ctypes
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 import common
+import gpu_slots
 import tasks
 
 # -----------------------------------------------------------------------------
@@ -26,6 +31,23 @@ GPU_ID_RE = re.compile(r"^(\d{1,3}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})$")   # an inde
 COMPUTE_MODES = {0: "Default", 1: "Exclusive_Thread", 2: "Prohibited", 3: "Exclusive_Process"}
 CU_DEVICE_ATTRIBUTE_COMPUTE_MODE = 20
 CUDA_ERROR_NO_DEVICE = 100
+# cuInit's errors that are no missing GPU, each with its way out (CUresult, cuda.h)
+CUINIT_ERRORS = {
+    34: "the libcuda.so.1 loaded is the CUDA toolkit's stub, not the driver's: in a container start "
+        "it with the NVIDIA runtime (--gpus), and keep .../stubs out of LD_LIBRARY_PATH",
+    35: "the driver's user-space library (libcuda) is newer than its kernel module: the driver was "
+        "upgraded without a reboot (reboot, or reload the nvidia modules)",
+    802: "the system is not ready: on an NVSwitch machine (HGX, DGX) the Fabric Manager must run "
+         "(systemctl start nvidia-fabricmanager, of the driver's exact version)",
+    803: "the CUDA forward-compatibility library (cuda-compat's libcuda) does not match the kernel "
+         "driver: take the compat folder out of LD_LIBRARY_PATH, or install the matching driver",
+    804: "CUDA forward compatibility (cuda-compat) is not supported on this GPU (data-centre GPUs "
+         "only): update the kernel driver instead, and drop the compat library",
+    999: "the driver failed in an unknown way, most often because the nvidia_uvm kernel module is "
+         "not loaded (after a suspend, or a driver upgrade without a reboot): sudo modprobe "
+         "nvidia_uvm (or nvidia-modprobe -u -c=0); dmesg says more; else reboot",
+}
+NO_GPU_GRANTED = ("", "-1", "NoDevFiles", "none", "void")   # CUDA_VISIBLE_DEVICES values that grant none
 ESTIMATE_SECONDS = 3.0   # estimate: seconds of measured training (and as many of inference)
 ESTIMATE_PIXELS = 400_000  # estimate: the most pixels (images x side^2) a measured batch holds
 
@@ -38,7 +60,29 @@ def parse_gpus(text):
         common.fail(f"GPUS={text}: GPU ids are numbers or GPU-/MIG- UUIDs, comma-separated (0,1,2,3)")
     if len(set(ids)) < len(ids):
         common.fail(f"GPUS={text} names a GPU twice: each id once (the runs would share it)")
+    outside = outside_grant(ids, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if outside:
+        common.fail(outside)
     return ids
+
+
+def outside_grant(gpus, preset):
+    """Why `gpus` may not be used under a preset CUDA_VISIBLE_DEVICES (None: it is unset, or every
+    id is within it). Composed, not replaced: on a node without cgroup device isolation a job
+    granted GPUs 4-7 would otherwise train on its neighbours' 0-3."""
+    if preset is None:
+        return None
+    granted = [g.strip() for g in preset.split(",") if g.strip()]
+    label = f"GPUS={','.join(gpus)}"
+    if preset.strip() in NO_GPU_GRANTED or not all(GPU_ID_RE.match(g) for g in granted):
+        return (f"{label}, but CUDA_VISIBLE_DEVICES={preset!r} (set before make: a scheduler, a container) "
+                f"grants this job no GPU; ask the scheduler for GPUs, or leave GPUS empty for the CPU")
+    outside = [g for g in gpus if g not in granted]
+    if outside:
+        return (f"{label} names GPU {','.join(outside)}, outside the GPUs this job was granted "
+                f"(CUDA_VISIBLE_DEVICES={preset}, set before make): use ids from that list, e.g. "
+                f"GPUS={preset} for all of them")
+    return None
 
 
 # -----------------------------------------------------------------------------
@@ -94,7 +138,7 @@ def compute_modes(cuda=None):
 def cuda_facts(gpus):
     """What the driver and torch say about these GPU ids. Run in a process of its own: the
     driver reads CUDA_VISIBLE_DEVICES once, at cuInit."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    os.environ.update(CUDA_VISIBLE_DEVICES=",".join(gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID")
     import torch
     facts = dict(gpus=gpus, torch=torch.__version__, torch_cuda=torch.version.cuda, **nvml_facts())
     cuda = load_libcuda()
@@ -128,6 +172,8 @@ def diagnose(facts):
                 f"and torch {facts['torch']} needs a driver for CUDA {need[0]}.0 or newer (built for "
                 f"CUDA {facts['torch_cuda']}); update the driver"), None
     seen = f"this machine shows {facts['gpus_total']} GPU(s)" if "gpus_total" in facts else ""
+    if facts.get("init") in CUINIT_ERRORS:
+        return f"{label}: CUDA cannot start (cuInit error {facts['init']}): {CUINIT_ERRORS[facts['init']]}", None
     modes = facts.get("modes", [])
     if facts.get("init") not in (0, None) or len(modes) < len(gpus):
         first = gpus[len(modes)] if len(modes) < len(gpus) else gpus[0]
@@ -149,6 +195,13 @@ def diagnose(facts):
 
 def cmd_check(args):
     gpus = parse_gpus(args.gpus)
+    if len(gpus) > 1 and any(g.startswith("MIG-") for g in gpus):
+        # CUDA shows a process one MIG slice: each is checked in a process of its own, as each
+        # 04/05 run uses one (03 trains on the first: make sets RANKS=1 for MIG slices)
+        failed = 0
+        for gpu in gpus:
+            failed |= subprocess.call([sys.executable, __file__, "check", "--gpus", gpu])
+        sys.exit(2 if failed else 0)
     facts = cuda_facts(gpus)
     error, report = diagnose(facts)
     if error:
@@ -281,40 +334,10 @@ def human(seconds):
             return f"{seconds / size:.1f} {unit}" if unit != "min" else f"{seconds / size:.0f} min"
 
 
-# -----------------------------------------------------------------------------
-# GPU slots: Make runs up to len(GPUS) recipes at once (-j); each takes a free GPU here.
-def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
-    """Run `cmd` with CUDA_VISIBLE_DEVICES set to one GPU of `gpus` that no other run holds.
-
-    The hold is an flock on lock_dir/gpu<id>.lock, released by the kernel when the last process
-    holding its descriptor ends, however it ends: no stale locks after a kill. The command
-    inherits the descriptor (its number in $GPU_SLOT_FD) and passes it on to its own helpers
-    (04's evaluator), so the GPU stays held while any process of the run lives.
-    With no GPUs the command runs as is.
-    """
-    if not gpus:       # GPUS empty: the CPU, even on a machine that has GPUs
-        return subprocess.call(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
-    Path(lock_dir).mkdir(parents=True, exist_ok=True)
-    while True:
-        for gpu in gpus:
-            path = Path(lock_dir) / f"gpu{gpu}.lock"
-            f = open(path, "w")
-            if not common.lock(f, path, wait=False):
-                f.close()
-                continue
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), GPU_SLOT_FD=str(f.fileno()))
-            print(f"[gpu {gpu}] {' '.join(cmd)}", flush=True)
-            try:
-                return subprocess.call(cmd, env=env, pass_fds=(f.fileno(),))
-            finally:
-                f.close()
-        time.sleep(poll)
-
-
 def cmd_on_gpu(args):
     gpus = parse_gpus(args.gpus) if args.gpus.strip() else []
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    sys.exit(on_free_gpu(gpus, args.locks, cmd))
+    sys.exit(gpu_slots.on_free_gpu(gpus, args.locks, cmd))
 
 
 def main():

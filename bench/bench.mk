@@ -12,12 +12,16 @@ BENCH_RUN := OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY)
 STUDY_ARGS ?=#               make study: e.g. --only base epochs_24
 BENCH_DATA := $(if $(wildcard $(DATA)/train.csv),--data $(DATA))
 
-.PHONY: bench bench-input bench-clone study
+.PHONY: bench bench-input bench-clone bench-syncbn study
 
 bench-clone: | $(VENV_STAMP) ## a newcomer's make setup and make all in a fresh clone of HEAD, timed: uv, then pip alone
 	@mkdir -p $(BENCH_DIR)
 	$(PY) bench/fresh_clone.py --installer uv --tmp $(BENCH_DIR) | tee -a $(BENCH_LOG)
 	$(PY) bench/fresh_clone.py --installer pip --no-all --tmp $(BENCH_DIR) | tee -a $(BENCH_LOG)
+
+bench-syncbn: | $(VENV_STAMP) ## on a GPU: SyncBatchNorm's sync path against BatchNorm, host syncs per step, images/s
+	@mkdir -p $(BENCH_DIR)
+	$(PY) bench/syncbn_check.py --device cuda | tee -a $(BENCH_LOG)
 
 STUDY_DIR := $(WORK)/study
 study: $(DIR_HVR)/DONE $(DIR_FOLDS)/DONE ## the CPU budget study on fold 0 (PROFILE=cpu, real data): WORK/study/study.csv, study.png

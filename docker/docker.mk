@@ -67,19 +67,22 @@ docker_host_only := DATA WORK GPUS PROFILE FOLD TASK PYTHON DOCKER IMAGE DOCKER_
 docker_overrides = $(foreach v,$(sort $(filter-out $(docker_host_only),$(.VARIABLES))),$(if \
   $(filter command line,$(origin $(v))),'$(v)=$(subst ','\'',$($(v)))'))
 
-# $(1): the make target inside; $(2): --gpus or nothing. The host's uid has no account in the
-# image: HOME=/tmp gives matplotlib, rclone and triton a writable home for caches, USER a name
-# for torch.compile's cache (getpass fails without one). --init forwards Ctrl-C to make, so
-# .DELETE_ON_ERROR and the stages' own cleanup run. -j passes through.
+# $(1): the make target inside; $(2): --gpus or nothing. With GPUs the host's slot locks
+# (GPU_LOCKS) are mounted at the same path: runs inside and outside never share a GPU (the
+# locks are named by GPU UUID, the same inside, where the GPUs are numbered from 0). The host's uid has no account in the
+# image: the image's own ENV gives it a writable HOME and cache folders (any runtime has them),
+# USER a name for torch.compile's cache folder (getpass finds none for such a uid). --init
+# forwards Ctrl-C to make, so .DELETE_ON_ERROR and the stages' own cleanup run. -j passes through.
 define docker_run
 	$(call docker_check,$(1))
 	$(docker_image_check)
 	$(if $(docker_data_mount),@test -d $(DATA) || { echo "$@: DATA=$(DATA) is not a directory" \
 	  >&2; exit 1; })
 	mkdir -p $(WORK)
+	$(if $(2),test -d $(GPU_LOCKS) || { mkdir -p $(GPU_LOCKS) && chmod 1777 $(GPU_LOCKS); })
 	$(strip $(DOCKER) run --rm --init --ipc=host --user $$(id -u):$$(id -g) $(2) \
-	  -v $(abspath $(WORK)):/work $(docker_data_mount) $(docker_rclone_mount) $(docker_rclone_env) \
-	  -e HOME=/tmp -e USER=atma11 $(DOCKER_RUN_ARGS) $(IMAGE) \
+	  -v $(abspath $(WORK)):/work $(if $(2),-v $(GPU_LOCKS):$(GPU_LOCKS)) $(docker_data_mount) $(docker_rclone_mount) $(docker_rclone_env) \
+	  -e USER=atma11 $(DOCKER_RUN_ARGS) $(IMAGE) \
 	  make $(filter -j%,$(MAKEFLAGS)) $(1) $(docker_data_var) WORK=/work \
 	  GPUS=$(if $(2),$(docker_gpus_inside)) PROFILE=$(PROFILE) $(docker_overrides))
 endef

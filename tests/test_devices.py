@@ -21,6 +21,7 @@ from conftest import REPO, plain_make
 
 import common
 import devices
+import gpu_slots
 import training
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -219,3 +220,137 @@ def test_compile_without_a_compiler_is_refused_with_a_message(smoke_run, tmp_pat
     assert "--compile: torch.compile builds its kernels with a C++ compiler" in p.stderr
     monkeypatch.setattr("shutil.which", lambda name: None)
     assert training.compile_needs(torch.device("cuda", 0))[0].startswith("a C compiler")
+
+
+# -----------------------------------------------------------------------------
+# A cluster's GPUs: a preset CUDA_VISIBLE_DEVICES composed, nvidia-smi's order, cuInit's errors
+# named, MIG slices one per process, slot locks shared by every WORK on the host.
+FAKE_LIBCUDA = r"""
+#include <stdlib.h>
+int cuInit(unsigned flags) { const char *e = getenv("FAKE_CUINIT"); return e ? atoi(e) : 0; }
+int cuDriverGetVersion(int *v) { *v = 13000; return 0; }
+int cuDeviceGetCount(int *n) { *n = 1; return 0; }
+int cuDeviceGet(int *d, int i) { *d = i; return 0; }
+int cuDeviceGetAttribute(int *v, int attr, int d) { *v = 0; return 0; }
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_driver(tmp_path_factory):
+    """A libcuda.so.1 whose cuInit returns $FAKE_CUINIT: the driver's failures, on any machine."""
+    where = tmp_path_factory.mktemp("fake_driver")
+    (where / "fake.c").write_text(FAKE_LIBCUDA)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", where / "libcuda.so.1", where / "fake.c"], check=True)
+    return where
+
+
+@pytest.mark.parametrize("code,remedy", [
+    (802, "Fabric Manager must run (systemctl start nvidia-fabricmanager"),
+    (803, "forward-compatibility library (cuda-compat's libcuda) does not match the kernel driver"),
+    (804, "forward compatibility (cuda-compat) is not supported on this GPU"),
+    (999, "sudo modprobe nvidia_uvm"),
+    (34, "is the CUDA toolkit's stub"),
+])
+def test_each_cuinit_error_is_named_with_its_remedy_through_make(fake_driver, demo_data, tmp_path, code, remedy):
+    p = plain_make("preflight", "GPUS=0", f"WORK={tmp_path / 'work'}", f"DATA={demo_data}", timeout=120,
+                   env={"LD_LIBRARY_PATH": str(fake_driver), "FAKE_CUINIT": str(code)})
+    assert p.returncode != 0 and f"GPUS=0: CUDA cannot start (cuInit error {code}): " in p.stderr, p.stderr
+    assert remedy in p.stderr and len(p.stderr.splitlines()) == 2       # one line, and make's
+    assert "not visible" not in p.stderr
+
+
+def test_several_mig_slices_are_checked_one_per_process_and_03_trains_on_the_first(fake_driver, demo_data, tmp_path):
+    """CUDA shows a process one MIG slice: each id is checked in a process of its own (here each
+    reports its own cuInit failure), 03 runs as one process on the first slice, every fine-tune
+    takes one slice, and RANKS=2 over slices is refused with the reason."""
+    migs = "MIG-4b0c1c0e-aaaa-5f2e-9c1e-000000000001,MIG-4b0c1c0e-aaaa-5f2e-9c1e-000000000002"
+    p = plain_make("preflight", f"GPUS={migs}", f"WORK={tmp_path / 'work'}", f"DATA={demo_data}", timeout=120,
+                   env={"LD_LIBRARY_PATH": str(fake_driver), "FAKE_CUINIT": "802"})
+    assert p.returncode != 0
+    for mig in migs.split(","):
+        assert f"GPUS={mig}: CUDA cannot start (cuInit error 802)" in p.stderr, p.stderr
+    p = plain_make("-n", "all", f"GPUS={migs}", "PROFILE=full", f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
+    assert p.returncode == 0, p.stderr
+    first = migs.split(",")[0]
+    assert f"CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={first} .venv/bin/python 03_jigsaw.py" in p.stdout
+    assert "torchrun" not in p.stdout and p.stdout.count(f"on-gpu --gpus {migs} --locks /tmp/atma11-gpu-locks -- .venv/bin/python 04_finetune.py") == 16
+    p = plain_make("-n", "all", f"GPUS={migs}", "RANKS=2", f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
+    assert p.returncode != 0 and "RANKS=2 with MIG slices in GPUS" in p.stderr
+
+
+@pytest.mark.parametrize("preset,gpus,expect", [
+    (None, ["0", "1"], None),
+    ("4,5,6,7", ["4", "6"], None),
+    ("GPU-aa,GPU-bb", ["GPU-bb"], None),
+    ("4,5,6,7", ["0", "1", "2", "3"], "names GPU 0,1,2,3, outside the GPUs this job was granted "
+                                      "(CUDA_VISIBLE_DEVICES=4,5,6,7, set before make)"),
+    ("GPU-aa", ["0"], "names GPU 0, outside the GPUs this job was granted"),
+    ("", ["0"], "grants this job no GPU"),
+    ("NoDevFiles", ["0"], "grants this job no GPU"),
+])
+def test_gpus_must_lie_within_a_preset_cuda_visible_devices(preset, gpus, expect):
+    reason = devices.outside_grant(gpus, preset)
+    assert (reason is None) if expect is None else (expect in reason), reason
+
+
+def test_a_job_granted_other_gpus_is_refused_before_any_stage_and_an_empty_gpus_says_it_uses_the_cpu(demo_data, tmp_path):
+    work = tmp_path / "work"
+    p = plain_make("all", "GPUS=0,1", f"WORK={work}", f"DATA={demo_data}", env={"CUDA_VISIBLE_DEVICES": "4,5"})
+    assert p.returncode != 0 and "GPUS=0,1 names GPU 0,1, outside the GPUs this job was granted " \
+                                 "(CUDA_VISIBLE_DEVICES=4,5" in p.stderr, p.stderr
+    assert sorted(f.name for f in work.iterdir()) == [".lock"]
+    p = plain_make("preflight", "PROFILE=smoke", f"WORK={work}", f"DATA={demo_data}", env={"CUDA_VISIBLE_DEVICES": "4,5"})
+    assert p.returncode == 0 and "GPUS is empty, so this run uses the CPU (PROFILE=smoke), though " \
+                                 "CUDA_VISIBLE_DEVICES=4,5 (set before make) grants GPUs: to train on them, add GPUS=4,5" in p.stderr
+    p = plain_make("preflight", "PROFILE=smoke", f"WORK={work}", f"DATA={demo_data}", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert p.returncode == 0 and "GPUS is empty" not in p.stderr
+
+
+def test_every_gpu_command_numbers_gpus_as_nvidia_smi_does(demo_data, tmp_path, fake_driver):
+    """CUDA_DEVICE_ORDER=PCI_BUS_ID in 03's command line and in every run on-gpu starts, and in
+    the driver check."""
+    p = plain_make("-n", "all", "GPUS=0,1", f"WORK={tmp_path}", f"DATA={demo_data}")
+    assert "CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=0,1 .venv/bin/torchrun" in p.stdout, p.stdout
+    out = subprocess.run([PY, "devices.py", "on-gpu", "--gpus", "1", "--locks", tmp_path / "locks", "--", "sh", "-c",
+                          "echo $CUDA_DEVICE_ORDER $CUDA_VISIBLE_DEVICES"], cwd=REPO, capture_output=True,
+                         text=True, env={k: v for k, v in os.environ.items() if k != "CUDA_DEVICE_ORDER"})
+    assert out.stdout.splitlines()[-1] == "PCI_BUS_ID 1"
+    probe = "import devices, os; f = devices.cuda_facts(['0']); print(os.environ['CUDA_DEVICE_ORDER'], f['init'])"
+    out = subprocess.run([PY, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, LD_LIBRARY_PATH=str(fake_driver), FAKE_CUINIT="0"))
+    assert out.stdout.split() == ["PCI_BUS_ID", "0"], out.stderr
+
+
+def test_gpu_slot_locks_are_per_host_and_take_any_id(demo_data, tmp_path):
+    """Two WORKs name the same lock folder (make's GPU_LOCKS), so a GPU one holds is busy for the
+    other; an old-style MIG id (slashes) is one plain lock file."""
+    for work in ("w1", "w2"):
+        p = plain_make("-n", "fold", "GPUS=0", f"WORK={tmp_path / work}", f"DATA={demo_data}")
+        assert "on-gpu --gpus 0 --locks /tmp/atma11-gpu-locks --" in p.stdout, p.stdout
+    p = plain_make("-n", "fold", "GPUS=0", f"GPU_LOCKS={tmp_path / 'locks'}", f"WORK={tmp_path}/w1", f"DATA={demo_data}")
+    assert f"--locks {tmp_path / 'locks'} --" in p.stdout
+    mig = "MIG-GPU-4b0c1c0e-aaaa-5f2e-9c1e-000000000001/1/0"
+    locks = tmp_path / "shared" / "locks"
+    held = subprocess.Popen([PY, "devices.py", "on-gpu", "--gpus", mig, "--locks", locks, "--", "sleep", "30"],
+                            cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while not list(locks.glob("*.lock")) and time.time() < deadline:
+            time.sleep(0.05)
+        assert [f.name for f in locks.iterdir()] == ["gpuMIG-GPU-4b0c1c0e-aaaa-5f2e-9c1e-000000000001_1_0.lock"]
+        assert locks.stat().st_mode & 0o7777 == 0o1777                 # every user's runs can lock there
+        time.sleep(1)     # the slot is taken once the command runs
+        second = subprocess.Popen([PY, "devices.py", "on-gpu", "--gpus", mig, "--locks", locks, "--", "true"],
+                                  cwd=REPO, stdout=subprocess.DEVNULL)
+        time.sleep(2)
+        assert second.poll() is None                                   # waits: the GPU is held
+    finally:
+        held.kill()
+        held.wait()
+    assert second.wait(timeout=30) == 0
+
+
+def test_a_gpu_index_and_its_uuid_share_one_slot():
+    uuids = ["GPU-11111111-aaaa", "GPU-22222222-bbbb"]
+    assert gpu_slots.slot_name("1", uuids) == gpu_slots.slot_name("GPU-22222222-bbbb") != gpu_slots.slot_name("0", uuids)
+    assert gpu_slots.slot_name("3", uuids) == "gpu3.lock"          # beyond what NVML lists: the id itself

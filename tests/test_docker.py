@@ -1,14 +1,18 @@
 """The container: the Dockerfile lints clean, installs every tool the pipeline calls and the exact
-requirements from requirements.txt, bakes in no credentials, and leaves `make` inside the image
-using the image's venv; docker/docker.mk's targets print the documented `docker run` flags and
-fail at once, before touching anything, where no Docker engine runs.
+requirements from requirements.txt, torch as the build for the base image's CUDA (from PyTorch's
+index, checked at build time), gives any uid a writable home and caches, bakes in no
+credentials, and leaves `make` inside the image using the image's venv; docker/docker.mk's
+targets print the documented `docker run` flags and fail at once, before touching anything,
+where no Docker engine runs.
 
-No image is built here (no engine on the development machines); `make -n` shows the commands.
+No image is built here (no engine on the development machines): the Dockerfile's own commands
+that need no image (deriving the pins, the build-time check of torch) run here on their own, and
+`make -n` shows docker.mk's.
 """
 import ast
-import importlib.metadata
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -111,6 +115,48 @@ def requirement_names():
     return {re.split(r"[=<>!~\[; ]", line)[0].lower() for line in lines if line}
 
 
+def requirement_pins():
+    """{name: version} of requirements.txt's exact pins."""
+    text = (REPO / "requirements.txt").read_text()
+    return {m[1].lower(): m[2] for m in re.finditer(r"^([\w.-]+)==(\S+)", text, re.M)}
+
+
+def env_values():
+    """The image's ENV as NAME: value (a later ENV wins, as in the image)."""
+    out = {}
+    for i, a in instructions():
+        if i == "ENV":
+            out.update(re.findall(r"(\w+)=(\S+)", a))
+    return out
+
+
+def torch_cuda():
+    """The base image's CUDA as torch names it: ("13.0", "cu130") for CUDA_VERSION 13.0.2."""
+    major, minor = arg_defaults()["CUDA_VERSION"].split(".")[:2]
+    return f"{major}.{minor}", f"cu{major}{minor}"
+
+
+def install_steps():
+    """The commands (split at &&) of the one RUN that installs requirements.txt."""
+    (run,) = [a for i, a in instructions() if i == "RUN" and "-r requirements.txt" in a]
+    return [s.strip() for s in run.split("&&")]
+
+
+def derive_torch_pins(requirements, workdir):
+    """Run the Dockerfile's own steps from its `sed ... requirements.txt` up to the install from
+    TORCH_INDEX on `requirements`, in `workdir`: (exit status, the pin list's lines)."""
+    steps = install_steps()
+    first = next(n for n, s in enumerate(steps) if s.startswith("sed ") and "requirements.txt" in s)
+    last = next(n for n, s in enumerate(steps) if "${TORCH_INDEX}" in s)
+    listing = re.search(r">\s*(\S+)$", steps[first])[1]
+    (workdir / "requirements.txt").write_text(requirements)
+    script = " && ".join(steps[first:last]).replace(listing, "pins.txt")
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", script], cwd=workdir, capture_output=True,
+                       text=True, timeout=10)
+    out = workdir / "pins.txt"
+    return p.returncode, out.read_text().splitlines() if out.exists() else []
+
+
 def make_value(name):
     """A variable of the Makefile as make itself resolves it."""
     p = make("--eval", f"print-value: ; @echo $({name})", "print-value")
@@ -179,17 +225,88 @@ def test_base_is_a_cuda_cudnn_runtime_pinned_by_tag():
     assert re.match(r"\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+$", tag), f"not pinned: {base}"
 
 
-def test_base_cuda_matches_the_torch_wheel():
-    """torch's +cu130 wheels need CUDA 13.0; a base of another minor would not match them."""
-    try:
-        requires = importlib.metadata.requires("torch") or []
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("torch is not installed here")
-    wheel = [m for r in requires for m in re.findall(r"^cuda-toolkit\b[^=]*==(\d+\.\d+)", r)]
-    if not wheel:
-        pytest.skip("this torch wheel names no cuda-toolkit (a CPU or non-Linux build)")
-    base = ".".join(arg_defaults()["CUDA_VERSION"].split(".")[:2])
-    assert base == wheel[0], f"Dockerfile CUDA_VERSION {base} vs torch's cuda-toolkit {wheel[0]}"
+def test_torch_is_the_base_images_cuda_build_from_pytorchs_index(tmp_path):
+    """torch and torchvision: requirements.txt's versions as the +cu130 builds (the base image's
+    CUDA), from PyTorch's index of them, before the rest of requirements.txt comes from PyPI."""
+    cuda, tag = torch_cuda()
+    assert arg_defaults()["TORCH_INDEX"] == f"https://download.pytorch.org/whl/{tag}", \
+        f"TORCH_INDEX is not PyTorch's index of the CUDA {cuda} builds"
+    # The pins come from requirements.txt through the Dockerfile's own commands, run here.
+    pins = requirement_pins()
+    (tmp_path / "ok").mkdir()
+    status, lines = derive_torch_pins((REPO / "requirements.txt").read_text(), tmp_path / "ok")
+    assert status == 0 and lines == [f"{n}=={pins[n]}+{tag}" for n in ("torch", "torchvision")], \
+        (status, lines)
+    # A requirements.txt where one of the two cannot be found stops the build, not the pin.
+    text = (REPO / "requirements.txt").read_text()
+    (tmp_path / "missing").mkdir()
+    status, _ = derive_torch_pins(re.sub(r"(?m)^torchvision==.*$", "", text), tmp_path / "missing")
+    assert status != 0, "a missing torchvision pin must stop the build"
+
+    steps = install_steps()
+    listing = re.search(r">\s*(\S+)$", next(s for s in steps if s.startswith("sed ")))[1]
+    (index_step,) = [n for n, s in enumerate(steps) if "${TORCH_INDEX}" in s]
+    (req_step,) = [n for n, s in enumerate(steps) if "-r requirements.txt" in s]
+    assert re.search(rf'pip install .*--no-deps .*--index-url "\$\{{TORCH_INDEX\}}" -r '
+                     rf'{re.escape(listing)}$', steps[index_step]), steps[index_step]
+    # First, so that requirements.txt's plain pins find the +cu130 builds already there.
+    assert index_step < req_step, "torch must come from TORCH_INDEX before requirements.txt"
+    assert "index-url" not in steps[req_step], "the rest of requirements.txt comes from PyPI"
+    assert "extra-index-url" not in DOCKERFILE.read_text(), "one index per install, not a mix"
+    assert "pip check" in steps[req_step + 1], "what the two installs left must agree"
+
+
+def test_the_build_fails_unless_torch_is_the_base_images_cuda_build(tmp_path):
+    """The RUN right after the install, run here against stand-in torch modules: only the build
+    for the base image's CUDA passes."""
+    steps = instructions()
+    install = next(n for n, (i, a) in enumerate(steps) if i == "RUN" and "-r requirements.txt" in a)
+    instruction, check = steps[install + 1]
+    assert instruction == "RUN" and "torch.version.cuda" in check, \
+        f"the instruction after the install must check torch's CUDA: {instruction} {check}"
+    argv = shlex.split(check)
+    assert argv[:2] == ["python", "-c"] and len(argv) == 3, argv
+    cuda, tag = torch_cuda()
+    version = requirement_pins()["torch"]
+    cases = {(f"{version}+{tag}", cuda): True,
+             (f"{version}+cu128", "12.8"): False,       # another CUDA's build
+             (f"{version}+{tag}", "12.8"): False,       # a label that lies
+             (f"{version}+cpu", None): False,           # no CUDA at all
+             (version, cuda): False}                    # not the +cu130 build
+    for n, ((v, c), passes) in enumerate(cases.items()):
+        fake = tmp_path / str(n) / "torch"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text(
+            f"__version__ = {v!r}\nclass version:\n    cuda = {c!r}\n")
+        p = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=30,
+                           env={**os.environ, "PYTHONPATH": str(fake.parent)})
+        assert (p.returncode == 0) == passes, f"torch {v}, CUDA {c}: exit {p.returncode} {p.stderr}"
+        assert passes or "+cu" in p.stderr, f"the failure must say why: {p.stderr!r}"
+
+
+def test_any_runtime_has_a_writable_home_and_caches():
+    """HOME, MPLCONFIGDIR and TRITON_CACHE_DIR are the image's own ENV, under /tmp: writable for a
+    uid with no account (`docker run --user`) and in Apptainer's read-only image, and set for
+    enroot or a hand-typed `docker run` too. docker.mk does not set them again."""
+    names = ("HOME", "MPLCONFIGDIR", "TRITON_CACHE_DIR")
+    env = env_values()
+    for name in names:
+        assert name in env, f"no ENV {name} in the Dockerfile"
+        assert env[name] == "/tmp" or env[name].startswith("/tmp/"), f"ENV {name}={env[name]}"
+    # Set after the last RUN: no build step (as root) leaves a cache folder others cannot write.
+    steps = instructions()
+    last_run = max(n for n, (i, _) in enumerate(steps) if i == "RUN")
+    for name in names:
+        first_set = min(n for n, (i, a) in enumerate(steps)
+                        if i == "ENV" and re.search(rf"(^|\s){name}=", a))
+        assert first_set > last_run, \
+            f"ENV {name} is set before a RUN, which could create its folder as root"
+    run = dry_run("docker-all", "GPUS=0", "DATA=/x", "WORK=/y")
+    assert "--user $(id -u):$(id -g)" in run, run
+    for name in names:
+        assert f"-e {name}=" not in run, \
+            f"docker.mk sets {name} again: the image's ENV is its one source"
 
 
 def test_installs_requirements_txt_and_repeats_no_pin():
@@ -329,6 +446,18 @@ def test_gpus_are_renumbered_inside_and_absent_without_gpus():
     assert "--gpus '\"device=2,3\"'" in run and "GPUS=0,1 PROFILE=full" in run, run
     run = dry_run("docker-all", "GPUS=", "DATA=/x", "WORK=/y")
     assert "--gpus" not in run and "GPUS= PROFILE=cpu" in run, run
+
+
+def test_the_hosts_gpu_slot_locks_are_shared_with_the_runs_inside():
+    """Renumbered inside (0, 1), the GPUs keep their slots: the host's lock folder is mounted at
+    its own path (the locks are named by UUID), made sticky and writable for all first."""
+    run = dry_run("docker-all", "GPUS=2,3", "DATA=/x", "WORK=/y")
+    assert "-v /tmp/atma11-gpu-locks:/tmp/atma11-gpu-locks " in run, run
+    run = dry_run("docker-all", "GPUS=2,3", "GPU_LOCKS=/srv/locks", "DATA=/x", "WORK=/y")
+    assert "-v /srv/locks:/srv/locks " in run and "'GPU_LOCKS=/srv/locks'" in run, run
+    p = make("-n", "docker-all", "GPUS=2", "GPU_LOCKS=/srv/locks", "DATA=/x", "WORK=/y")
+    assert "mkdir -p /srv/locks && chmod 1777 /srv/locks" in p.stdout
+    assert "-v /tmp/atma11-gpu-locks" not in dry_run("docker-all", "GPUS=", "DATA=/x", "WORK=/y")
 
 
 def test_default_data_that_does_not_exist_is_not_mounted():

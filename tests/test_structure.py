@@ -67,7 +67,8 @@ def test_shared_modules_form_no_cycle_and_stages_import_no_stage():
     assert imports["tasks"] == {"profiles"}
     assert imports["reporting"] == {"common", "tasks"} and imports["rawdata"] == {"common", "tasks"}
     assert imports["pixels"] == {"common"} and imports["training"] == {"common", "pixels"}
-    assert imports["devices"] == {"common", "tasks", "training"}     # training only to measure a CPU
+    assert imports["devices"] == {"common", "gpu_slots", "tasks", "training"}   # training only to measure a CPU
+    assert imports["gpu_slots"] == {"common"}
     assert imports["store_pack"] == {"common", "photo_stats"}       # 02 loads no torch
     assert imports["sync"] == {"common", "remote", "units"} and imports["units"] == {"remote"}
 
