@@ -1,7 +1,8 @@
 """Stage 03: self-supervised 3x3 jigsaw pretraining of a ResNet from random init, as the recipe.
 
 Reads WORK/02_hvr (every photo, train and test). Writes WORK/03_jigsaw/:
-  ckpt_e001.pt ...        self-describing checkpoints (model, optimizer, epoch, step, RNG, config)
+  ckpt_e001.pt ...        each epoch's network (weights, epoch, config); state_e005.pt: the
+                          optimizer and RNG to continue from (training.fit: one, the newest)
   loss.csv, holdout.csv   step/epoch/loss/tile accuracy; per epoch on held-out photos
   loss.png, provenance.json, DONE
 
@@ -45,7 +46,12 @@ p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="
                help="views per image per epoch: 8 = all (recipe), fewer = random ones (profile)")
 p.add_argument("--perms", type=int, default=None, help="permutations per image-view, identity included (profile)")
 p.add_argument("--holdout", type=int, default=None, help="photos kept out to measure accuracy (profile)")
-p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
+p.add_argument("--ckpt-every", type=int, default=None, help="on a CPU: steps between mid-epoch checkpoints (profile)")
+p.add_argument("--ckpt-minutes", type=float, default=training.CKPT_MINUTES,
+               help="on a GPU: minutes of training between resumable checkpoints")
+p.add_argument("--norm", default="sync", choices=["sync", "bn"],
+               help="BatchNorm under DDP on GPUs: sync = over the global batch (SyncBatchNorm, the recipe), "
+                    "bn = over each GPU's share (no exchange between the GPUs per layer and step)")
 p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="mse on the 81-vector (recipe) or per-tile cross-entropy")
 training.add_optimizer_options(p)
 p.add_argument("--holdout-trains", default=None, action=argparse.BooleanOptionalAction,
@@ -125,7 +131,8 @@ def main():
         model.eval()
         sums = torch.zeros(3)
         for chunk in holdout_plan.split(args.batch):
-            figures = puzzle_loss(forward(model, chunk.to(device)), chunk[:, 2:].to(device), args.loss)
+            with training.autotune(len(chunk) == args.batch):
+                figures = puzzle_loss(forward(model, chunk.to(device)), chunk[:, 2:].to(device), args.loss)
             sums += torch.stack([f.sum().cpu() for f in figures])
         loss, tile, puzzle = (sums / max(len(held), 1)).tolist()
         rows = common.read_epoch_rows(out / "holdout.csv")
@@ -144,7 +151,7 @@ def main():
     if dist.main:
         missing = [e for e in range(1, args.epochs + 1) if e not in common.read_epoch_rows(out / "holdout.csv")]
         for epoch in missing:      # killed between a checkpoint and its held-out row
-            model.load_state_dict(training.load_checkpoint(out / common.ckpt_name(epoch))["model"])
+            model.load_state_dict(training.load_weights(out / common.ckpt_name(epoch))["model"])
             on_epoch_end(epoch, model)
         plot(out)
         stage.finish(config)

@@ -2,7 +2,8 @@
 
 Reads WORK/01_sgkfold, WORK/02_hvr, WORK/03_jigsaw. Writes WORK/04_finetune/<task>_<fold>/
 (with --seed k > 0: <task>_<fold>_s<k>/, another network of the same task and fold):
-  ckpt_e001.pt ...   checkpoints (the epoch-end ones are kept: the evaluator and 05 read them)
+  ckpt_e001.pt ...   each epoch's network (weights, epoch, config: the evaluator and 05 read them)
+  state_e010.pt      the optimizer and RNG to continue from (training.fit: one, the newest)
   loss.csv           step, epoch, loss, images/s           eval.csv   one row per epoch
   heldout_views.npz  folds 0-2: the last epoch's 8-view outputs of the held-out side (05 uses them)
   loss.png, provenance.json, log.txt (from make), FAILED (only when it failed), DONE
@@ -78,14 +79,16 @@ p.add_argument("--epochs", type=int, default=None, help="epochs (profile; the re
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
 p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="1-8",
                help="views per image per epoch: 8 = all (recipe), fewer = random ones (profile)")
-p.add_argument("--ckpt-every", type=int, default=None, help="steps between mid-epoch checkpoints (profile)")
+p.add_argument("--ckpt-every", type=int, default=None, help="on a CPU: steps between mid-epoch checkpoints (profile)")
+p.add_argument("--ckpt-minutes", type=float, default=training.CKPT_MINUTES,
+               help="on a GPU: minutes of training between resumable checkpoints")
 p.add_argument("--loss", default=None, choices=["mse", "ce"],
                help="onehot's loss: mse on the one-hot (the recipe) or ce, a cross-entropy classifier (profile)")
 p.add_argument("--freeze", action="store_true", help="train only layer3, layer4 and the head")
 training.add_optimizer_options(p)
 p.add_argument("--keep-epochs", default=None, choices=["all", "last"],
-               help="epoch-end checkpoints kept: all (the evaluator process and the recipe's later "
-                    "resumes read them) or the last (profile)")
+               help="epoch-end checkpoints kept: all (the evaluator process reads them) or the last "
+                    "(profile)")
 p.add_argument("--eval-views", type=int, default=None, choices=(1, 8), help="views scored per epoch (profile)")
 p.add_argument("--eval-rows", type=int, default=None, help="rows scored per epoch, 0: all (profile)")
 p.add_argument("--seed", type=int, default=SEED, choices=range(0, 10), metavar="0-9",
@@ -126,7 +129,7 @@ def build(args, outputs, device, inputs=0):
         training.xavier_init(model)
     if args.init == "jigsaw":
         _, path = training.finished_checkpoint(args.jigsaw, "04 --init jigsaw")
-        state = training.load_checkpoint(path)
+        state = training.load_weights(path)
         trained = (state["config"].get("arch"), state["config"].get("width", training.WIDTH))
         if trained != (args.arch, args.width):
             common.fail(f"--arch {args.arch} --width {args.width} but {args.jigsaw} trained {trained[0]} "
@@ -284,7 +287,7 @@ def evaluate(args, run_dir, dist):
             time.sleep(EVAL_POLL)
             continue
         try:
-            state = training.load_checkpoint(ckpt, dist.device)
+            state = training.load_weights(ckpt)
         except training.UnreadableCheckpoint as e:   # a writer that skipped the atomic rename
             unreadable[ckpt] = unreadable.get(ckpt, 0) + 1
             if unreadable[ckpt] * EVAL_POLL > EVAL_GIVE_UP:
@@ -303,7 +306,7 @@ def evaluate_missing(args, run_dir, dist, ev):
     if missing:
         model = training.build_model(args.arch, tasks.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
         for epoch in missing:
-            model.load_state_dict(training.load_checkpoint(run_dir / common.ckpt_name(epoch), dist.device)["model"])
+            model.load_state_dict(training.load_weights(run_dir / common.ckpt_name(epoch))["model"])
             ev.score(epoch, model)
 
 

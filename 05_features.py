@@ -69,6 +69,15 @@ def splits(folds_dir, fold, fold_test):
     return out
 
 
+def to_device(chunk, device):
+    """A host chunk on the device: on a GPU through pinned memory, asynchronously (a pageable copy
+    is staged by the driver and holds the host until it is done; this one lets the host prepare
+    the next chunk while the GPU works). As it is on a CPU."""
+    if device.type == "cuda":
+        return chunk.pin_memory().to(device, non_blocking=True)
+    return chunk.to(device)
+
+
 def main():
     args = common.parse(p, "05")
     training.configure_threads()
@@ -93,7 +102,7 @@ def main():
     px = pixels.to_pixels(images[pixels.store_rows(ids, every, args.hvr).numpy()], "cpu")
     seeds, extras, boxes, reused = [], {}, {}, []
     for epoch, ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
-        state = training.load_checkpoint(ckpt, dist.device)
+        state = training.load_weights(ckpt)
         config = state["config"]
         model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0),
                                      config.get("width", training.WIDTH)).to(dist.device)
@@ -114,12 +123,14 @@ def main():
                 parts.append(known)
                 continue
             desc = f"{ckpt.parent.name} {split}"
+            outs = []           # copied back once per split, not once per chunk
             for start in training.progress(range(rows.start, rows.stop, CHUNK), dist, desc=desc):
                 chunk = slice(start, min(start + CHUNK, rows.stop))
-                more = None if extra is None else extra[chunk].to(dist.device)
-                parts.append(variants.predict_views(config, model, px[chunk].to(dist.device), dist.device, args.batch,
-                                                    precision=args.precision, extra=more,
-                                                    boxes=boxes[crop][chunk] if crop else None).cpu())
+                more = None if extra is None else to_device(extra[chunk], dist.device)
+                outs.append(variants.predict_views(config, model, to_device(px[chunk], dist.device), dist.device,
+                                                   args.batch, precision=args.precision, extra=more,
+                                                   boxes=boxes[crop][chunk] if crop else None))
+            parts += [torch.cat(outs).cpu()] if outs else []
         seeds.append(tasks.in_units(args.task, torch.cat(parts), config).numpy())
     outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))
     for split, oids in wanted.items():

@@ -62,9 +62,12 @@ def run_name(task, fold, seed=0):
     return f"{task}_{fold}" + (f"_s{seed}" if seed else "")
 
 
-def ckpt_name(epoch, step=None):
-    """Epoch-end checkpoints are ckpt_e003.pt; mid-epoch ones ckpt_e003_s00000120.pt."""
-    return f"ckpt_e{epoch:03d}.pt" if step is None else f"ckpt_e{epoch:03d}_s{step:08d}.pt"
+def ckpt_name(epoch, step=None, state=False):
+    """A network at an epoch's end is ckpt_e003.pt, mid-epoch ckpt_e003_s00000120.pt (the weights
+    the evaluator, 05 and 04 --init read); with state, the optimizer and RNG state a run continues
+    from at that point: state_e003.pt, state_e003_s00000120.pt (training.fit)."""
+    kind = "state" if state else "ckpt"
+    return f"{kind}_e{epoch:03d}.pt" if step is None else f"{kind}_e{epoch:03d}_s{step:08d}.pt"
 
 
 # -----------------------------------------------------------------------------

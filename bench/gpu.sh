@@ -16,17 +16,29 @@
 #
 # run, PROFILE=full (--cpu: PROFILE=rehearsal; figures named gpu_sh_cpu_*). Each check prints
 # `check_<name>: ok|FAILED`; a failed check does not stop the others, and the exit status is 1
-# when any failed. Figures are lines `name: value unit`; stage logs go to DIR/logs.
-#   device       the driver, the compute mode and torch's CUDA (devices.py check)
+# when any failed. Figures are lines `name: value unit`; stage logs go to DIR/logs. The whole run
+# stops at HARD_S (default BUDGET_S + 100) seconds, however a stage hangs (exit 124, said so).
+# The GPU is the first of a preset CUDA_VISIBLE_DEVICES (a scheduler's), else nvidia-smi's 0.
+#   device       the driver, the compute mode, torch's and CUDA's versions (devices.py check)
 #   throughput   ResNet34 at 224 px, training and inference images/s, fp32 and bf16,
 #                channels_last (bench/model_throughput.py); on the GPU also bench/train_loop.py
+#   syncbn       03's SyncBatchNorm function against F.batch_norm in bf16 channels_last, host
+#                syncs per step, ResNet34 at 64 per GPU with it and with BatchNorm
+#                (bench/syncbn_check.py; --cpu: its dry run with stand-ins for the CUDA ops)
 #   pipeline     02 (the store) -> 03 for one epoch -> 04 (target, fold 0) for one epoch with its
 #                evaluator as a process on the GPU -> 05 on that network; wall time of each
 #   resume       04 (target, fold 1, 2 epochs) killed with -9 once it has a checkpoint, then
 #                rerun: it resumes from it, and every epoch is trained and evaluated
-#   ddp          03 under torchrun with 2 ranks on the one GPU (gloo: NCCL refuses two ranks on
-#                one GPU), a short epoch
-#   projection   the whole profile's wall time on one GPU and on four (bench/gpu_project.py)
+#   ddp          03 under torchrun with 2 ranks on the one GPU, a short epoch: the launch, the
+#                split of the batch and rank 0's writes. NCCL refuses two ranks on one GPU, so
+#                they talk over gloo, and under gloo 03 keeps plain BatchNorm: NCCL, and
+#                SyncBatchNorm across GPUs, run only on a host with several GPUs.
+#   projection   the whole profile's wall time on one GPU and on four (bench/gpu_project.py; four
+#                GPUs' 03 at an assumed DDP efficiency, printed)
+# What only a host with several GPUs shows (NCCL between GPUs, SyncBatchNorm's reduction across
+# them, bf16 and channels_last under DDP, 03's scaling): run there, before `make all`,
+#   make jigsaw GPUS=0,1,2,3 WORK=work-ddp-check JIGSAW_ARGS="--epochs 1"
+# a one-epoch 03 on all four GPUs in a WORK of its own (its log: images/s per interval).
 # Budget: BUDGET_S (default 450 s) for the whole run: 03's epoch gets what the rest leaves, and
 # when stopped early its epoch time is extrapolated from its log (04 then starts from random
 # init, said in the output).
@@ -40,6 +52,7 @@ python=${PYTHON:-python3}
 cpu=0                   # --cpu: the dry run at toy size
 log=""                  # run: also append every line to this file
 budget=${BUDGET_S:-450} # run: seconds for the whole run; 03 gets what the rest leaves
+hard=${HARD_S:-$((budget + 100))}   # run: the hard stop, whatever hangs
 reserve=200             # run: seconds kept for what follows 03 (04, 05, resume, ddp, projection)
 limit_mib=64            # prep: the most the working tree and DIR may weigh together (the copy's cap)
 
@@ -129,11 +142,7 @@ setup_python() {
   [ -x "$torchrun" ] || torchrun="$python -m torch.distributed.run"
 }
 
-setup_imagemagick() {
-  if ! command -v mogrify >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
-     ls /var/lib/apt/lists/*Packages >/dev/null 2>&1; then
-    timeout 60 env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagemagick >/dev/null 2>&1 || true
-  fi
+setup_imagemagick() {   # no install attempt: a GPU machine may have no network
   if command -v mogrify >/dev/null; then
     decoder=imagemagick
   else
@@ -151,6 +160,7 @@ ft_args() {   # 04's arguments for a run of task target in $work (fold $1, then 
 check_device() {
   if [ "$cpu" = 1 ]; then
     line "${tag}_device" "cpu ($(nproc) cores)" ""
+    line "${tag}_torch" "$("$python" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')" ""
     echo "# --cpu: the driver and compute-mode checks need a GPU (tests/test_devices.py checks their verdicts)" >&2
     return
   fi
@@ -158,6 +168,8 @@ check_device() {
   if out=$("$python" devices.py check --gpus 0 2>&1); then
     echo "# $out" >&2
     line "${tag}_device" "$("$python" -c 'import torch; print(torch.cuda.get_device_name(0))')" ""
+    line "${tag}_torch" "$("$python" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda,
+      "cuDNN", torch.backends.cudnn.version())')" ""
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=driver_version,compute_mode,clocks.max.sm \
       --format=csv,noheader | sed 's/^/# driver, compute mode, max SM clock: /' >&2
     check device ok
@@ -180,6 +192,16 @@ check_throughput() {
       sed "s/^train_loop_/${tag}_train_loop_/" || rc=$?
   fi
   check throughput "$([ $rc = 0 ] && echo ok)"
+}
+
+check_syncbn() {
+  local rc=0
+  local toy=()
+  [ "$cpu" = 1 ] && toy=(--batch 4 --size 32 --width 8 --warm 1 --steps 1)
+  # its own check lines become figures of this one (check_syncbn_bf16 -> <tag>_syncbn_check_bf16)
+  "$python" bench/syncbn_check.py --device "$([ "$cpu" = 1 ] && echo cpu || echo cuda)" "${toy[@]}" |
+    sed -E -e "s/^check_syncbn_(\w+)/${tag}_syncbn_check_\1/" -e "s/^(syncbn|batchnorm)_/${tag}_\1_/" || rc=$?
+  check syncbn "$([ $rc = 0 ] && echo ok)"
 }
 
 check_pipeline() {
@@ -222,19 +244,19 @@ check_pipeline() {
   init_used=$init
 }
 
-check_resume() {
+check_resume() {   # --ckpt-minutes 0: a state at every epoch end on the GPU too, to resume from
   local run="$work/04_finetune/target_1" pid rc=0 waited=0
   rm -rf "$run"
   say "04 (target, fold 1, 2 epochs): kill -9 once it has a checkpoint, then again"
   # shellcheck disable=SC2046
-  setsid "$python" 04_finetune.py $(ft_args 1 --epochs 2 --init "$init_used") > "$dir/logs/resume_killed.log" 2>&1 &
+  setsid "$python" 04_finetune.py $(ft_args 1 --epochs 2 --init "$init_used" --ckpt-minutes 0) > "$dir/logs/resume_killed.log" 2>&1 &
   pid=$!
   while ! ls "$run"/ckpt_e*.pt >/dev/null 2>&1 && kill -0 $pid 2>/dev/null && [ $waited -lt 1200 ]; do
     sleep 0.1; waited=$((waited + 1))
   done
   kill -9 -- -$pid 2>/dev/null; wait $pid 2>/dev/null
   # shellcheck disable=SC2046
-  stage 04_resumed "$python" 04_finetune.py $(ft_args 1 --epochs 2 --init "$init_used") || rc=$?
+  stage 04_resumed "$python" 04_finetune.py $(ft_args 1 --epochs 2 --init "$init_used" --ckpt-minutes 0) || rc=$?
   grep -q "resuming from ckpt_e" "$dir/logs/04_resumed.log" || { echo "# the rerun did not resume" >&2; rc=1; }
   "$python" - "$run" <<'PY' || rc=1
 import sys, pandas as pd
@@ -267,10 +289,13 @@ run() {
   rm -rf "$work/02_hvr" "$work/03_jigsaw" "$work/03_ddp" "$work/04_finetune" "$work/05_features"
   setup_python || { echo "run: no Python with the pipeline's packages" >&2; exit 2; }
   setup_imagemagick
-  if [ "$cpu" = 1 ]; then export CUDA_VISIBLE_DEVICES=; else export CUDA_VISIBLE_DEVICES=0; fi
+  export CUDA_DEVICE_ORDER=PCI_BUS_ID
+  if [ "$cpu" = 1 ]; then export CUDA_VISIBLE_DEVICES=; else export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES%%,*}; fi
+  [ "$cpu" = 1 ] || [ -n "$CUDA_VISIBLE_DEVICES" ] || export CUDA_VISIBLE_DEVICES=0
   walls="" init_used=jigsaw
   check_device || exit 1
   check_throughput
+  check_syncbn
   if check_pipeline; then
     check_resume
     check_ddp
@@ -286,7 +311,18 @@ run() {
 
 case "$mode" in
   prep) prep ;;
-  run)
+  run)   # itself again under `timeout`, which stops the whole process group at the hard limit
+    if [ -z "${GPU_SH_TIMED:-}" ]; then
+      args=(run); [ "$cpu" = 1 ] && args+=(--cpu)
+      args+=(--dir "$dir" --python "$python"); [ -n "$log" ] && args+=(--log "$log")
+      rc=0
+      GPU_SH_TIMED=1 timeout -k 10 "$hard" "$0" "${args[@]}" || rc=$?
+      if [ $rc = 124 ] || [ $rc = 137 ]; then
+        echo "bench/gpu.sh: stopped at its hard limit of ${hard}s (HARD_S); the logs so far are in $dir/logs" |
+          tee -a ${log:-/dev/null} >&2
+      fi
+      exit $rc
+    fi
     if [ -n "$log" ]; then
       mkdir -p "$(dirname "$log")"
       run 2>&1 | tee -a "$log"

@@ -6,13 +6,14 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
 from conftest import REPO
 
 PY = str(REPO / ".venv" / "bin" / "python")
-CHECKS = ("throughput", "pipeline", "resume", "ddp")
+CHECKS = ("throughput", "syncbn", "pipeline", "resume", "ddp")
 
 
 def test_gpu_sh_dry_run_passes_every_check_and_projects_the_profile(tmp_path):
@@ -33,7 +34,26 @@ def test_gpu_sh_dry_run_passes_every_check_and_projects_the_profile(tmp_path):
         assert math.isfinite(float(figures[f"gpu_sh_cpu_{name}"])) and float(figures[f"gpu_sh_cpu_{name}"]) > 0, name
     assert float(figures["gpu_sh_cpu_projected_4gpu_rehearsal_profile"]) < \
         float(figures["gpu_sh_cpu_projected_1gpu_rehearsal_profile"])
-    assert (tmp_path / "log").read_text().count("check_") == len(CHECKS)
+    assert len(re.findall(r"^check_", (tmp_path / "log").read_text(), re.M)) == len(CHECKS)
+    for dtype in ("fp32", "bf16"):      # SyncBatchNorm's function against F.batch_norm, its own verdicts
+        assert f"gpu_sh_cpu_syncbn_check_{dtype}: ok" in run.stdout
+    assert re.search(r"^gpu_sh_cpu_torch: 2\.\d+\.\d+\S* CUDA ", run.stdout, re.M)
+    assert re.search(r"^gpu_sh_cpu_ddp_efficiency_assumed: 0\.8 x$", run.stdout, re.M)
+
+
+def test_gpu_sh_stops_at_its_hard_limit(tmp_path):
+    """A run that hangs (here: any run, given 3 s) is stopped whole at HARD_S, and says so."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE") and k != "MFLAGS"}
+    where = tmp_path / "gpu"
+    (where / "work" / "01_sgkfold").mkdir(parents=True)
+    (where / "work" / "01_sgkfold" / "DONE").touch()
+    (where / "raw" / "photos").mkdir(parents=True)
+    started = time.time()
+    p = subprocess.run(["bench/gpu.sh", "run", "--cpu", "--dir", where, "--python", PY, "--log", tmp_path / "log"],
+                       cwd=REPO, capture_output=True, text=True, env={**env, "HARD_S": "3"}, timeout=120)
+    assert p.returncode == 124 and time.time() - started < 30, (p.returncode, p.stderr[-2000:])
+    assert "stopped at its hard limit of 3s (HARD_S)" in p.stderr
+    assert "stopped at its hard limit" in (tmp_path / "log").read_text()
 
 
 def test_gpu_sh_without_prepared_data_says_what_to_run(tmp_path):
@@ -77,7 +97,7 @@ def test_every_command_of_the_scaling_page_runs(demo_data, tmp_path):
     assert sum(c.startswith("make hvr") for c in commands) == 2 and sum("torchrun" in c for c in commands) == 2
     for command in commands:
         line = (command.replace("/shared/atmacup11", str(demo_data)).replace("/shared/atma11-work", str(work))
-                .replace("$W", str(work)).replace('"$head:29500"', "127.0.0.1:29511").replace("HOST:29500", "127.0.0.1:29511")
+                .replace("$W", str(work)).replace("WORK=work-ddp-check", f"WORK={tmp_path / 'ddp'}").replace('"$head:29500"', "127.0.0.1:29511").replace("HOST:29500", "127.0.0.1:29511")
                 .replace("--nnodes N", "--nnodes 1").replace("--nproc_per_node G", "--nproc_per_node 1")
                 .replace("--nproc_per_node 8", "--nproc_per_node 1").removeprefix("srun "))
         if line.startswith("make hvr"):
@@ -93,6 +113,9 @@ def test_every_command_of_the_scaling_page_runs(demo_data, tmp_path):
         assert p.returncode == 0, (shell, p.stderr[-3000:])
         if "torchrun" in line:
             assert (work / "03_jigsaw" / "DONE").exists(), shell
+        if line.startswith("make jigsaw"):
+            assert "CUDA_VISIBLE_DEVICES=0,1,2,3 .venv/bin/torchrun --standalone --nproc_per_node=4 03_jigsaw.py" \
+                in p.stdout and "--epochs 1" in p.stdout, p.stdout
         if line.startswith("make all"):
             assert "devices.py check --gpus 0,1" in p.stdout and "04_finetune.py" in p.stdout
     assert (work / "02_hvr" / "DONE").exists()
