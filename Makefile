@@ -58,6 +58,25 @@ ifneq ($(unsafe_vars),)
 $(error $(firstword $(unsafe_vars)) holds characters a shell would act on \
   ($(call shell_chars_in,$(firstword $(unsafe_vars)))): options are plain words (letters, digits, - _ . , = : / + %))
 endif
+# Make's own variables (its paths, commands and derived lists) are no settings: set on the command
+# line, or from the environment under make -e, they would run another command (PY) or write
+# outside WORK, where clean and the lock do not reach (DIR_*). A command line's is known before
+# they are defined, so nothing runs with one; make -e's environment shows only once they are
+# (origin "environment override"): checked again before the WORK lock is taken, and at the end.
+OWN_VARIABLES := VENV PY VENV_STAMP SYSDEPS_STAMP RAW RAW_STAMP DEMO_DATA TASKS FOLDS RUNS FT_RUNS \
+  SEED_IDS GPU_LIST NGPUS LAUNCH ON_GPU HVR_OPTIONS STACK_OPTIONS PIPELINE_GOALS TRAINING_GOALS \
+  TRAINING_LEFT FT_STAMPS CLEAN_PATHS PROFILE_MAKE PROFILE_NAMES SCREENED UNSAFE_CHARS OWN_VARIABLES \
+  WORK_REAL DATA_REAL DRY_RUN WORK_PROFILE STUDY_DIR BENCH_DIR BENCH_LOG BENCH_RUN BENCH_DATA comma \
+  one_of one_or_none_of set_by_user shell_chars_in profile_word seed_runs task_of fold_of seed_of \
+  quoted non_digits keep_options stamp_options feature_options holds_data resolved same_text unless_same \
+  FINGERPRINT_FORCE own_set own_first own_where own_hint own_check leading_dash tilde \
+  $(filter DIR_% docker_% sync_%,$(.VARIABLES))
+own_set = $(strip $(foreach v,$(OWN_VARIABLES),$(if $(filter command override,$(origin $(v))),$(v))))
+own_first = $(firstword $(own_set))
+own_where = $(if $(filter environment,$(origin $(own_first))), in the environment: make -e lets it win)
+own_hint = $(if $(filter PY VENV,$(own_first)),; PYTHON sets the interpreter that builds .venv)
+own_check = $(if $(own_set),$(error $(own_first) is make's own variable, not a setting: unset it$(own_where)$(own_hint)))
+$(own_check)
 unsafe_text := $(strip $(foreach v,REMOTE RUN ID,$(if $(call set_by_user,$(v)),$(if $(or \
   $(findstring $$,$(value $(v))),$(findstring $(NEWLINE),$(value $(v)))),$(v)))))
 ifneq ($(unsafe_text),)
@@ -73,6 +92,8 @@ $(error make reads the profiles with PYTHON=$(PYTHON) profiles.py, which printed
 endif
 # name, the value, its allowed values (words)
 one_of = $(if $(filter-out 1,$(words $(2)))$(filter-out $(3),$(2)),$(error $(1)=$(2): one of $(3)))
+# the same, where empty is allowed too (the profile's or the device's default)
+one_or_none_of = $(if $(strip $(2)),$(call one_of,$(1),$(2),$(3)))
 $(call one_of,PROFILE,$(PROFILE),$(PROFILE_NAMES))
 $(call one_of,INSTALLER,$(INSTALLER),uv pip)
 VENV := .venv
@@ -94,13 +115,13 @@ RUNS := $(foreach t,$(NETS),$(foreach f,$(FOLDS),$(t)_$(f)))
 ifneq ($(words $(filter 1 2 3 4 5 6 7 8 9 10,$(SEEDS))) $(words $(SEEDS)),1 1)
 $(error SEEDS=$(SEEDS): the networks per net and fold must be a whole number from 1 to 10)
 endif
-ifneq ($(filter-out yes no,$(FOLD_TEST)),)
+ifneq ($(filter-out yes no,$(FOLD_TEST))$(filter-out 0 1,$(words $(FOLD_TEST))),)
 $(error FOLD_TEST=$(FOLD_TEST): yes, no, or empty (the profile's))
 endif
-ifneq ($(filter-out process inline,$(EVAL)),)
+ifneq ($(filter-out process inline,$(EVAL))$(filter-out 0 1,$(words $(EVAL))),)
 $(error EVAL=$(EVAL): process, inline, or empty (a process on a GPU, inline on a CPU))
 endif
-ifneq ($(filter-out yes,$(FULL_ON_CPU)),)
+ifneq ($(filter-out yes,$(FULL_ON_CPU))$(filter-out 0 1,$(words $(FULL_ON_CPU))),)
 $(error FULL_ON_CPU=$(FULL_ON_CPU): yes, or empty)
 endif
 SEED_IDS := $(wordlist 2,$(SEEDS),0 1 2 3 4 5 6 7 8 9)
@@ -161,7 +182,7 @@ $(call one_of,RESIZE,$(RESIZE),stretch pad)
 ifneq ($(filter-out $(TASKS) multi,$(NETS))$(if $(NETS),,empty),)
 $(error NETS=$(NETS): multi, or some of $(TASKS))
 endif
-ifneq ($(filter-out auto 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,$(TEST_JOBS)),)
+ifneq ($(filter-out auto 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,$(TEST_JOBS))$(filter-out 1,$(words $(TEST_JOBS))),)
 $(error TEST_JOBS=$(TEST_JOBS): auto, or a number of workers from 0 to 16)
 endif
 non_digits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst \
@@ -173,13 +194,28 @@ endif
 ifneq ($(strip $(words $(GPUS)) $(foreach c,$(UNSAFE_CHARS) = : ~ %,$(findstring $(c),$(GPUS)))),$(if $(GPUS),1,0))
 $(error GPUS=$(GPUS): GPU ids are numbers or GPU-/MIG- UUIDs, comma-separated, no spaces (GPUS=0,1,2,3))
 endif
+# A path that starts with - reads as an option to the commands it is given to (mkdir -p -rf).
+leading_dash := $(firstword $(foreach v,DATA WORK GPU_LOCKS,$(if $(filter -%,$($(v))),$(v))))
+ifneq ($(leading_dash),)
+$(error $(leading_dash)=$($(leading_dash)) begins with -, which the commands given it would read as an option: write ./$($(leading_dash)))
+endif
+# Make never expands ~ (the shells of its recipes would, to another folder than these checks see).
+tilde := $(firstword $(foreach v,DATA WORK GPU_LOCKS,$(if $(filter ~%,$($(v))),$(v))))
+ifneq ($(tilde),)
+$(error $(tilde)=$($(tilde)) begins with ~, which make does not expand: write $$HOME/... or the full path)
+endif
+# The folders as the filesystem resolves them (links followed, as far as they exist), so that a
+# link into DATA, or to the checkout, is seen for what it is; nothing is written before these.
+resolved = $(or $(shell realpath -m -- $(1) 2>/dev/null),$(abspath $(1)))
+WORK_REAL := $(call resolved,$(WORK))
+DATA_REAL := $(call resolved,$(DATA))
 # WORK holds the stages' folders (and make clean removes them): the checkout is no WORK.
-ifneq ($(filter $(abspath $(WORK)) $(abspath $(WORK))/%,$(CURDIR)),)
+ifneq ($(filter $(WORK_REAL) $(WORK_REAL)/%,$(call resolved,$(CURDIR))),)
 $(error WORK=$(WORK) holds this checkout ($(CURDIR)): use a folder of its own, like WORK=work)
 endif
 # Stages write only under WORK; inside DATA they would write into the raw data.
-ifneq ($(filter $(abspath $(DATA)) $(abspath $(DATA))/%,$(abspath $(WORK))),)
-$(error WORK=$(WORK) is inside DATA=$(DATA): the raw data is read-only; use a WORK outside it)
+ifneq ($(filter $(DATA_REAL) $(DATA_REAL)/%,$(WORK_REAL)),)
+$(error WORK=$(WORK) is inside DATA=$(DATA)$(if $(filter-out $(abspath $(WORK)),$(WORK_REAL)), (it resolves to $(WORK_REAL))): the raw data is read-only; use a WORK outside it)
 endif
 # Real data when DATA holds a train.csv; otherwise the generated demo set, but only for the
 # default DATA: a DATA given by hand without train.csv is a mistake, not a wish for demo data.
@@ -193,6 +229,7 @@ endif
 RAW := $(if $(wildcard $(DATA)/train.csv),$(DATA),$(DIR_DEMO))
 HVR_OPTIONS := --mode $(RESIZE)#   02's options (RESIZE), in its command and its options file
 RAW_STAMP := $(if $(wildcard $(DATA)/train.csv),$(DATA)/train.csv,$(DIR_DEMO)/DONE)
+$(own_check)
 # One make at a time on a WORK: a second one is refused at once. The lock is an flock on
 # WORK/.lock held by a helper that exits with this make (a kill -9 too: the kernel releases it);
 # sub-makes inherit it. A dry run (make -n) takes none: MAKEFLAGS's first word holds the
@@ -246,12 +283,14 @@ help: ## list the targets (the default goal)
 all: submit ## the whole pipeline, every stage that exists (demo data when DATA has no train.csv)
 
 # ---- environment: .venv rebuilt only when requirements.txt changes -------------------------
-# Created once; a changed requirements.txt is installed into it (what is satisfied is skipped),
+# Created once; a requirements.txt of other content (not merely newer: a fresh clone's is) is installed into it (what is satisfied is skipped),
 # so an edited comment costs seconds, not a rebuild. setup_venv.py installs with uv (torch's 6 GB
 # unpacked in parallel, from the sources pip is configured with), else with pip.
 $(VENV_STAMP): requirements.txt
-	$(PYTHON) setup_venv.py --venv $(VENV) --requirements requirements.txt --installer $(INSTALLER)
-	cp requirements.txt $@
+	@if cmp -s requirements.txt $@ 2>/dev/null; then touch $@; else \
+	  echo "$(PYTHON) setup_venv.py --venv $(VENV) --requirements requirements.txt --installer $(INSTALLER)"; \
+	  $(PYTHON) setup_venv.py --venv $(VENV) --requirements requirements.txt --installer $(INSTALLER) && \
+	  cp requirements.txt $@; fi
 
 $(SYSDEPS_STAMP): | $(VENV_STAMP)
 	@command -v convert >/dev/null && command -v mogrify >/dev/null || { \
@@ -292,7 +331,11 @@ endif
 
 # ---- stages ---------------------------------------------------------------------------------
 # An options file ($@) holds a stage's options ($(1)) and is rewritten only when they change: its
-# mtime tells Make whether they did. Replaced, never written in place.
+# mtime tells Make whether they did. Replaced, never written in place. Its rule runs only when
+# they differ from what it holds (unless_same: FORCE then), so `make -n` lists only what would run.
+.SECONDEXPANSION:   # the runs' options files name their file ($$@); 05 waits for every seed's run
+same_text = $(if $(subst x$(1),,x$(2))$(subst x$(2),,x$(1)),,same)
+unless_same = $(if $(call same_text,$(strip $(file <$(1))),$(strip $(2))),,FORCE)
 keep_options = @mkdir -p $(@D); { [ -f $@ ] && [ "$$(cat $@)" = '$(1)' ]; } || \
   { echo '$(1)' 2>/dev/null > $@.tmp && mv $@.tmp $@; } || { rm -f $@.tmp; echo "error: could not write $@:" \
   "the disk holding $(WORK) is full, or not writable (df -h $(WORK))" >&2; exit 1; }
@@ -301,8 +344,13 @@ $(DIR_DEMO)/DONE: | $(VENV_STAMP) preflight
 	$(PY) 00_demo_data.py --out $(DIR_DEMO)
 
 # source.txt changes only when the data's content does (checked on every run, in ~0.1 s); a WORK
-# built from other data is refused rather than silently rebuilt over hours of training.
-$(DIR_VALID)/source.txt: $(RAW_STAMP) FORCE | $(VENV_STAMP) preflight
+# built from other data is refused rather than silently rebuilt over hours of training. A dry run
+# asks first (writing nothing) and lists the check only when the content changed.
+FINGERPRINT_FORCE := FORCE
+ifneq ($(and $(DRY_RUN),$(wildcard $(DIR_VALID)/source.txt),$(wildcard $(PY))),)
+FINGERPRINT_FORCE := $(if $(filter same,$(shell $(PY) rawdata.py fingerprint --data $(RAW) --out $(DIR_VALID) --check 2>/dev/null)),,FORCE)
+endif
+$(DIR_VALID)/source.txt: $(RAW_STAMP) $(FINGERPRINT_FORCE) | $(VENV_STAMP) preflight
 	@$(PY) rawdata.py fingerprint --data $(RAW) --out $(DIR_VALID)
 
 $(DIR_VALID)/DONE: $(DIR_VALID)/source.txt
@@ -315,7 +363,7 @@ $(DIR_FOLDS)/DONE: $(DIR_VALID)/DONE
 # DONE (keep_options): another RESIZE redoes 02 and all after it, another JIGSAW_ARGS 03 on, another
 # FINETUNE_ARGS the fine-tunes on; the stages themselves continue only from checkpoints of the same
 # options and inputs (training.settle_checkpoints).
-$(DIR_HVR)/options.txt: FORCE | preflight
+$(DIR_HVR)/options.txt: $(call unless_same,$(DIR_HVR)/options.txt,$(HVR_OPTIONS)) | preflight
 	$(call keep_options,$(HVR_OPTIONS))
 
 $(DIR_HVR)/DONE: $(DIR_VALID)/DONE $(DIR_HVR)/options.txt
@@ -324,14 +372,14 @@ $(DIR_HVR)/DONE: $(DIR_VALID)/DONE $(DIR_HVR)/options.txt
 	./02_hvr_augment.sh --photos $(RAW)/photos --ids $(DIR_VALID)/photos.csv --out $(DIR_HVR) \
 	  $(HVR_OPTIONS) --python $(PY) --profile $(PROFILE)
 
-$(DIR_JIG)/options.txt: FORCE | preflight
+$(DIR_JIG)/options.txt: $(call unless_same,$(DIR_JIG)/options.txt,$(JIGSAW_ARGS)) | preflight
 	$(call keep_options,$(JIGSAW_ARGS))
 
 $(DIR_JIG)/DONE: $(DIR_HVR)/DONE $(DIR_JIG)/options.txt
 	$(LAUNCH) 03_jigsaw.py --hvr $(DIR_HVR) --out $(DIR_JIG) --profile $(PROFILE) $(JIGSAW_ARGS)
 
 .PRECIOUS: $(DIR_FT)/%/options.txt $(DIR_FEAT)/%/options.txt   # made by pattern rules: not intermediate files to delete
-$(DIR_FT)/%/options.txt: FORCE | preflight
+$(DIR_FT)/%/options.txt: $$(call unless_same,$$@,$(FINETUNE_ARGS)) | preflight
 	$(call keep_options,$(FINETUNE_ARGS))
 
 $(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE $(DIR_FT)/%/options.txt
@@ -347,10 +395,10 @@ $(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE $(DIR_FT)/%/options.txt
 # directory (archived with it); FOLD_TEST concerns folds 0-2 only.
 feature_options = $(strip $(if $(SEED_IDS),--seeds $(SEEDS)) \
   $(if $(and $(FOLD_TEST),$(filter-out all,$(call fold_of,$(1)))),--fold-test $(FOLD_TEST)))
-$(DIR_FEAT)/%/options.txt: FORCE | preflight
+$(DIR_FEAT)/%/options.txt: $$(call unless_same,$$@,$$(call feature_options,$$*)) | preflight
 	$(call keep_options,$(call feature_options,$*))
 
-.SECONDEXPANSION:   # 05 of a net and fold waits for every seed's run of it
+# 05 of a net and fold waits for every seed's run of it (secondary expansion)
 $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_FT)/$$(r)/DONE) $(DIR_FEAT)/%/options.txt
 	$(ON_GPU) $(PY) 05_features.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --runs $(DIR_FT) --out $(DIR_FEAT) --profile $(PROFILE) \
@@ -358,7 +406,7 @@ $(DIR_FEAT)/%/DONE: $(DIR_FT)/%/DONE $$(foreach r,$$(call seed_runs,$$*),$(DIR_F
 
 # 06's options are a prerequisite too: another SUBMIT or STACK_ARGS restacks (seconds), nothing more.
 STACK_OPTIONS := $(strip --nets $(NETS) --submit $(SUBMIT) $(STACK_ARGS))
-$(DIR_STACK)/options.txt: FORCE | preflight
+$(DIR_STACK)/options.txt: $(call unless_same,$(DIR_STACK)/options.txt,$(STACK_OPTIONS)) | preflight
 	$(call keep_options,$(STACK_OPTIONS))
 
 $(DIR_STACK)/DONE: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) $(DIR_STACK)/options.txt
@@ -405,3 +453,4 @@ clean: ## delete WORK's stage folders, bench/, study/ and own files (never DATA 
 FORCE:
 
 -include sync/sync.mk docker/docker.mk bench/bench.mk
+$(own_check)

@@ -139,13 +139,22 @@ def read_id_table(data_dir, name):
 def load_train(data_dir):
     """train.csv, validated, typed (sorting_date, target as int), in file order."""
     path, df = read_id_table(data_dir, "train.csv")
+    errors = []
     for col, lo, hi in (("target", 0, N_CLASSES - 1), ("sorting_date", -10_000, 10_000)):
+        # A whole number written with a decimal point ("2.0", "1650.0": what pandas exports for an
+        # integer column that once held a NaN) is that integer; "1.5" is no era and no year.
         num = pd.to_numeric(df[col], errors="coerce")
-        bad = df.loc[num.isna() | (num != num.round()) | (num < lo) | (num > hi), "object_id"]
-        if len(bad):
-            raise DataError(f"{path}: {col} must be an integer in [{lo}, {hi}]; "
-                            f"bad rows for {show_ids(bad)}")
-        df[col] = num.astype(int)
+        bad = num.isna() | (num != num.round()) | (num < lo) | (num > hi)
+        if bad.any():
+            rows = [f"{oid!r}: {value!r}"
+                    for oid, value in zip(df.loc[bad, "object_id"], df.loc[bad, col])]
+            more = f" ... and {len(rows) - 5} more" if len(rows) > 5 else ""
+            errors.append(f"{path}: {col} must be an integer in [{lo}, {hi}] (2.0 is read as 2); "
+                          f"bad rows for {', '.join(rows[:5])}{more}")
+        else:
+            df[col] = num.astype(int)
+    if errors:
+        raise DataError("\n  ".join(errors))
     empty_series = df.loc[df["art_series_id"] == "", "object_id"]
     if len(empty_series):
         raise DataError(f"{path}: empty art_series_id for {show_ids(empty_series)}")
@@ -281,7 +290,7 @@ def entry_stat(entry):
         return entry.stat(follow_symlinks=False)
 
 
-def data_fingerprint(data_dir, cache=None):
+def data_fingerprint(data_dir, cache=None, write_cache=True):
     """sha256 of the CSVs and of every photo's bytes: content, not paths or times, so a WORK
     restored on another machine still matches its data, and a photo replaced by another of the
     same size is noticed. The photos' hash is reused from `cache` (a JSON file) while their
@@ -312,7 +321,7 @@ def data_fingerprint(data_dir, cache=None):
         for e, st in stats:
             ph.update(f"{e.name}:{st.st_size}:".encode() + file_digest(e.path, st))
         known = {"listing": listing, "photos": ph.hexdigest()}
-        if cache:
+        if cache and write_cache:
             write_json(cache, known)
     h.update(known["photos"].encode())
     return h.hexdigest()
@@ -320,9 +329,17 @@ def data_fingerprint(data_dir, cache=None):
 
 def cmd_fingerprint(args):
     """Write OUT/source.txt only when the data's content changed, so Make reruns validation
-    only then; refuse when WORK already holds stages built from other data."""
+    only then; refuse when WORK already holds stages built from other data. With --check, write
+    nothing and print `same` or `changed` (make -n asks, to show only what would run)."""
     out = Path(args.out)
     stamp = out / "source.txt"
+    if args.check:
+        try:
+            now = data_fingerprint(args.data, out / ".photos_listing.json", write_cache=False)
+            print("same" if stamp.read_text().split()[0] == now else "changed")
+        except (OSError, IndexError):
+            print("changed")
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
         with disk_full_is_an_error(out):
@@ -366,6 +383,7 @@ def main():
     f = sub.add_parser("fingerprint", help="write OUT/source.txt when the data's content changed")
     f.add_argument("--data", required=True)
     f.add_argument("--out", required=True)
+    f.add_argument("--check", action="store_true", help="write nothing; print same or changed")
     args = parse(p, "validate", show=sys.argv[1:2] == ["validate"])   # fingerprint: make's, quiet
     with disk_full_is_an_error(args.out):
         {"validate": cmd_validate, "fingerprint": cmd_fingerprint}[args.command](args)

@@ -21,6 +21,16 @@ RCLONE_FLAGS = ["--contimeout=10s", "--timeout=60s", "--retries=3", "--retries-s
                 "--low-level-retries=3", "--stats=30s", "--use-json-log", "-v"]
 PROBE_FLAGS = ["--contimeout=5s", "--timeout=10s", "--retries=1", "--low-level-retries=1"]
 PROBE_WALL_S = 20                    # the reachability probe is killed after this, whatever happens
+# A full remote, as backends word it: the local disk or sftp (no space left on device), S3's and
+# Drive's quotas (QuotaExceeded, storageQuotaExceeded), OneDrive (quotaLimitReached), Dropbox
+# (insufficient_space), B2 (storage_cap_exceeded), Box (storage_limit_exceeded), MinIO
+# (XMinioStorageFull) and WebDAV (507 Insufficient Storage: Nextcloud, ownCloud). Retrying cannot
+# help, so rclone is stopped at the first one. Rate limits ("Quota exceeded for quota metric
+# 'Queries' ... per minute") are not a full remote: rclone's retries ride them out.
+FULL_RE = re.compile(r"no space left|disk quota|quota ?(exceeded|limit ?reached)|storage ?quota|"
+                     r"insufficient[ _]?(space|storage)|storage[ _](cap|limit)[ _]exceeded|"
+                     r"storage ?full", re.I)
+RATE_RE = re.compile(r"rate ?limit|quota metric|per (second|minute|hour|day)", re.I)
 
 
 def rclone_bin():
@@ -37,11 +47,13 @@ def rclone_bin():
 # rclone as a subprocess: JSON logs on stderr (errors and progress shown as they come),
 # listings on stdout.
 def rclone(args, *, show=True):
-    """Run rclone; return (exit code, stdout text, log records)."""
+    """Run rclone; return (exit code, stdout text, log records). A full remote (full_remote) stops
+    it at once: its retries, seconds apart, would only fail again."""
     records = []
     with tempfile.TemporaryFile(mode="w+") as out:
         proc = subprocess.Popen([rclone_bin(), *args, *RCLONE_FLAGS], stdout=out,
                                 stderr=subprocess.PIPE, text=True)
+        stopped = False
         for line in proc.stderr:
             try:
                 rec = json.loads(line)
@@ -49,8 +61,11 @@ def rclone(args, *, show=True):
                 print(line.rstrip(), file=sys.stderr, flush=True)
                 continue
             records.append(rec)
-            if show:
+            if show and not stopped:          # once stopped, the rest is rclone winding down
                 show_record(rec)
+            if full_remote([rec]) and not stopped:
+                proc.terminate()          # SIGTERM: rclone removes its own partial files first
+                stopped = True
         proc.wait()
         out.seek(0)
         return proc.returncode, out.read(), records
@@ -71,6 +86,16 @@ def last_error(records):
     msgs = [r.get("msg", "").strip() for r in records
             if r.get("level") in ("error", "critical", "fatal")]
     return msgs[-1] if msgs else "no message from rclone"
+
+
+def full_remote(records):
+    """rclone's first message saying the remote (or a local disk) is full or over quota, or ""."""
+    for r in records:
+        msg = r.get("msg", "").strip()
+        if (r.get("level") in ("error", "critical", "fatal") and FULL_RE.search(msg)
+                and not RATE_RE.search(msg)):
+            return msg
+    return ""
 
 
 def objects(records, *prefixes):

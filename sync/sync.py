@@ -8,9 +8,14 @@ file that a later `up` replaces first moves to REMOTE/replaced/<run id>/<utc tim
 checkpoint (*.pt) is never replaced at all. A unit's DONE goes last, and only once `rclone
 check` has found all its files identical on the remote (by hash, or by download where the
 remote has none; never by size alone), so a unit with DONE on the remote is always complete.
-Running `up` again resumes. `down` restores a run into WORK the same way round (DONE last, never
-overwriting a local file that differs), then keeps each DONE no older than what it was built
-from, so that `make all` continues from the restored stages instead of rerunning them.
+Running `up` again resumes; a full remote stops it at once, named as the cause. A run holds one
+data set (00_validate/source.txt, the data's fingerprint) and one profile (profile.txt): `up`
+refuses a run that a WORK of other data or another profile built, and records beside each unit
+it archives (.origin, hidden) the data and profile that built it. `down` checks those records
+(every unit of one data set, one profile, WORK's own if it has any), then restores the run into
+WORK the same way round (DONE last, never overwriting a local file that differs), and keeps each
+DONE no older than what it was built from, so that `make all` continues from the restored stages
+instead of rerunning them. `list` names the .partial files a killed upload left.
 
     python sync/sync.py up   --work work --remote atma11:atma11 [--run ID] [--dry-run]
     python sync/sync.py list --remote atma11:atma11
@@ -33,8 +38,8 @@ from pathlib import Path
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))   # the repository's common.py
 import common  # noqa: E402
 from common import fail  # noqa: E402
-from remote import (check_remote, copy, files_from, human, last_error, objects, rclone,  # noqa: E402
-                    under, verify)
+from remote import (check_remote, copy, files_from, full_remote, human, last_error,  # noqa: E402
+                    objects, rclone, under, verify)
 from units import (FILTER, STAMP, finished_units, group, list_files, order_stamps,  # noqa: E402
                    unfinished, unit_dir, unit_of)
 
@@ -43,6 +48,14 @@ IMMUTABLE = (".pt",)                 # checkpoints: archived once; a different o
 FROZEN = ["--immutable", "--checksum"]   # same bytes, new modtime: still the same checkpoint
 RUN_ID_FILE = Path(".sync/run_id")   # in WORK: later sync-ups continue its run; hidden: never sent
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")  # one path component on any remote
+# A run holds one data set and one profile. What built a WORK: its data's fingerprint
+# (rawdata.py fingerprint: the content hash, then the data's path) and its PROFILE (the Makefile).
+SOURCE = "00_validate/source.txt"
+PROFILE = "profile.txt"
+# Beside each archived unit, sync-up records the fingerprint and profile it was built from, so that
+# sync-down can tell a run mixed from two WORKs. Hidden: sync/filter.txt keeps it out of a restore.
+ORIGIN = ".origin"
+PARTIAL = ".partial"                 # rclone's in-flight uploads on local, sftp, ... remotes
 
 
 def size_of(work, paths):
@@ -65,6 +78,78 @@ def save_run(work, run):
 
 
 # -----------------------------------------------------------------------------
+# Which data and profile built a WORK, or a run on the remote.
+@dataclass
+class Origin:
+    data: str = ""            # the data's fingerprint ("" where unknown)
+    path: str = ""            # where that data was (informative: the same data may move)
+    profile: str = ""         # "" until a stage that depends on the profile ran (02 writes it)
+
+
+def origin_of(root):
+    """The Origin of a WORK (or of a run's files fetched from the remote): its source.txt, its
+    profile.txt."""
+    source, profile = Path(root) / SOURCE, Path(root) / PROFILE
+    data, _, path = source.read_text().strip().partition(" ") if source.is_file() else ("", "", "")
+    return Origin(data, path.strip(), profile.read_text().strip() if profile.is_file() else "")
+
+
+def fetch_origins(src, tmp):
+    """Copy what says which data and profile built a run on the remote (its source.txt and
+    profile.txt, every unit's .origin) into a local folder; return (that folder, {unit: Origin})."""
+    into = Path(tmp) / "archived"
+    # listed first: a copy from a run that is not there yet would be retried, seconds apart
+    rc, out, records = rclone(["lsf", "-R", "--files-only", "--fast-list", "--include",
+                               f"/{SOURCE}", "--include", f"/{PROFILE}", "--include", ORIGIN,
+                               src], show=False)
+    if rc not in (0, 3):                 # 3: no such run yet
+        fail(f"cannot list {src}: {last_error(records)}")
+    paths = out.splitlines() if rc == 0 else []
+    rc, records = copy(src, str(into), paths, tmp, "origins.txt", show=False)
+    if rc:
+        fail(f"cannot read {src}: {last_error(records)}")
+    units = {}
+    for path in into.rglob(ORIGIN):
+        unit = str(path.parent.relative_to(into))
+        try:
+            units[unit] = Origin(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as e:
+            fail(f"{under(src, unit, ORIGIN)}: not a record of sync-up's ({e}); was it edited?")
+    return into, units
+
+
+def by_value(named):
+    """{value: [names]} of a {name: value}, empty values left out."""
+    groups = {}
+    for name, value in sorted(named.items()):
+        if value:
+            groups.setdefault(value, []).append(name)
+    return groups
+
+
+def check_same_origin(up, tmp):
+    """sync-up adds to a run only what was built from the same data and profile as the run."""
+    archived, units = fetch_origins(up.dest, tmp)
+    theirs = origin_of(archived)
+    mine = up.origin
+    datas = by_value({SOURCE: theirs.data, **{u: o.data for u, o in units.items()}})
+    profiles = by_value({PROFILE: theirs.profile, **{u: o.profile for u, o in units.items()}})
+    other = [d for d in datas if d != mine.data]
+    if other:
+        path = f" ({theirs.path})" if theirs.data == other[0] and theirs.path else ""
+        fail(f"run {up.run} on {up.remote} was built from other data than {up.work}:\n"
+             f"  run {up.run}: data {other[0][:12]}{path} ({', '.join(datas[other[0]][:4])})\n"
+             f"  {up.work}: data {mine.data[:12]} ({mine.path})\n"
+             f"  A run holds one data set; nothing was sent. Archive {up.work} as another run: "
+             f"RUN=<a new id>")
+    other = [p for p in profiles if mine.profile and p != mine.profile]
+    if other:
+        fail(f"run {up.run} on {up.remote} was built with PROFILE={other[0]}, {up.work} with "
+             f"PROFILE={mine.profile}.\n  A run holds one profile; nothing was sent. Archive "
+             f"{up.work} as another run: RUN=<a new id>")
+
+
+# -----------------------------------------------------------------------------
 # up: plan, send, verify, report.
 @dataclass
 class Upload:
@@ -77,10 +162,12 @@ class Upload:
     sendable: list            # finished units with their DONE through the filter
     by_unit: dict             # unit -> its files
     top: list                 # WORK's own files (profile.txt)
+    origin: Origin            # the data and profile that built WORK
     conflicts: set = field(default_factory=set)   # checkpoints that differ from the archived ones
     ok: list = field(default_factory=list)        # sendable units without a conflict
     content: list = field(default_factory=list)   # their files, less checkpoints and DONE
     ckpts: list = field(default_factory=list)     # their checkpoints
+    origins: list = field(default_factory=list)   # their ORIGIN records (written under tmp)
     records: list = field(default_factory=list)   # rclone's log of the copies
     good: list = field(default_factory=list)      # units verified and stamped on the remote
     bad: set = field(default_factory=set)         # files not on the remote as they are here
@@ -114,9 +201,15 @@ def plan_up(args, tmp):
         run, where = saved_run(work), f"continuing the run in {work / RUN_ID_FILE}"
     else:
         run, where = f"{common.utc_stamp()}-{common.git_revision(7)}", "new run"
+    origin = origin_of(work)
+    if not origin.data and not args.dry_run:
+        fail(f"{work / SOURCE} is missing, so which data built {work} is unknown, and an archived "
+             f"run must say: `make validate WORK={work}` (with the DATA it was built from) "
+             f"writes it")
     remote = args.remote if args.dry_run else check_remote(args.remote)
     up = Upload(work, run, remote, under(remote, "runs", run),
-                under(remote, "replaced", run, common.utc_stamp(precise=True)), sendable, by_unit, top)
+                under(remote, "replaced", run, common.utc_stamp(precise=True)), sendable, by_unit,
+                top, origin)
     print(f"sync-up: {len(sendable)} finished unit(s) of {work} -> {up.dest}  ({where})", flush=True)
     excluded = [u for u in units if u not in sendable]
     if excluded:
@@ -128,6 +221,7 @@ def plan_up(args, tmp):
             print(f"  {u:28s} {len(by_unit[u]):5d} files {size_of(work, by_unit[u]):>9s}")
         print(f"  WORK's own files: {' '.join(top) or '(none)'}")
         return None
+    check_same_origin(up, tmp)
     # a checkpoint that differs from the archived one blocks its whole unit, which stays on the
     # remote as it was
     ckpts = [p for u in sendable for p in by_unit[u] if p.endswith(IMMUTABLE)]
@@ -137,6 +231,10 @@ def plan_up(args, tmp):
     up.ckpts = [p for u in up.ok for p in by_unit[u] if p.endswith(IMMUTABLE)]
     up.content = [p for u in up.ok for p in by_unit[u]
                   if not p.endswith(IMMUTABLE) and p != f"{u}/{STAMP}"] + (top if up.ok else [])
+    record = json.dumps({"data": origin.data, "profile": origin.profile}, sort_keys=True) + "\n"
+    for u in up.ok:
+        common.write_text(Path(tmp) / "origin" / u / ORIGIN, record)
+    up.origins = [f"{u}/{ORIGIN}" for u in up.ok]
     return up
 
 
@@ -151,15 +249,22 @@ def send(up, tmp):
     if restamp:
         rclone(["move", up.dest, up.backup, "--files-from-raw",
                 files_from([f"{u}/{STAMP}" for u in sorted(restamp)], tmp, "unstamp.txt")])
-    _, rec_content = copy(work, up.dest, up.content, tmp, "content.txt", up.keep_old)
-    _, rec_ckpts = copy(work, up.dest, up.ckpts, tmp, "ckpts.txt", FROZEN)
-    up.records += rec_content + rec_ckpts
+    # --checksum for the records: the same record written again (new modtime) is the same record
+    for src, paths, name, flags in ((work, up.content, "content.txt", up.keep_old),
+                                    (str(Path(tmp) / "origin"), up.origins, "origins.txt",
+                                     [*up.keep_old, "--checksum"]),
+                                    (work, up.ckpts, "ckpts.txt", FROZEN)):
+        _, rec = copy(src, up.dest, paths, tmp, name, flags)
+        up.records += rec
+        if full_remote(rec):              # the next copies would only fail the same way
+            return
 
 
 def verify_and_stamp(up, tmp):
     """rclone check of every sent file; then the DONE of each unit found whole, checked too."""
     work = str(up.work)
     up.bad, up.how = verify(work, up.dest, up.content + up.ckpts, tmp)
+    up.bad |= verify(str(Path(tmp) / "origin"), up.dest, up.origins, tmp)[0]
     good = [u for u in up.ok if not any(unit_of(p, up.ok) == u for p in up.bad)]
     stamps = [f"{u}/{STAMP}" for u in good]
     _, rec_stamps = copy(work, up.dest, stamps, tmp, "stamps.txt", up.keep_old)
@@ -187,15 +292,21 @@ def report_up(up):
     checked = up.content + up.ckpts
     print(f"  checked with rclone check ({up.how}): {len(checked) - len(up.bad & set(checked))} of "
           f"{len(checked)} files identical on the remote", flush=True)
+    full = full_remote(up.records)
+    # A full remote is the cause of every file missing there: said once, first, with its way out.
+    cause = (f"{up.remote} is full (rclone: {full}).\n  Free space there, or raise its quota, "
+             f"then run the same command again: it resumes. Not archived:\n  " if full else
+             f"{len(up.sendable) - len(up.good)} unit(s) not archived (their {STAMP} was not sent):"
+             f"\n  ")
     problems = [f"{p}: differs from the checkpoint archived in run {up.run}; checkpoints are never "
                 f"replaced, so this unit was not sent: use a new RUN=..."
                 for p in sorted(up.conflicts)]
-    problems += [f"{p}: not on the remote as it is here; run the same command again to resume"
+    problems += [f"{p}: not on the remote as it is here"
+                 + ("" if full else "; run the same command again to resume")
                  for p in sorted(up.bad)]
-    if problems:
+    if problems or full:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        fail(f"{len(up.sendable) - len(up.good)} unit(s) not archived (their {STAMP} was not sent):\n  "
-             + "\n  ".join(problems[:20]) + more, code=1)
+        fail(cause + "\n  ".join(problems[:20]) + more, code=1)
     print(f"sync-up: run {up.run} archived; restore it elsewhere with "
           f"`make sync-down RUN={up.run} REMOTE={up.remote}`")
 
@@ -219,17 +330,22 @@ def cmd_list(args, tmp):
         if rc not in (0, 3):              # 3: nothing there yet
             fail(f"cannot list {under(remote, part)}: {last_error(records)}")
         listing[part] = json.loads(out) if rc == 0 and out.strip() else []
-    runs = {}
+    runs, partials = {}, {}
     for e in listing["runs"]:
         run, _, path = e["Path"].partition("/")
-        runs.setdefault(run, []).append((path, e))
-    print(f"{len(runs)} run(s) on {remote}  (restore one: make sync-down RUN=<id> REMOTE={remote})")
-    for run in sorted(runs):
-        items = runs[run]
+        if path.endswith(PARTIAL):        # an upload killed mid-file (local, sftp, ... remotes)
+            partials.setdefault(run, []).append((path, e))
+        elif e["Name"] != ORIGIN:         # sync's own records: not files of the run
+            runs.setdefault(run, []).append((path, e))
+    names = sorted(runs.keys() | partials.keys())
+    print(f"{len(names)} run(s) on {remote}  (restore one: make sync-down RUN=<id> REMOTE={remote})")
+    for run in names:
+        items = runs.get(run, [])
         units = {p.rsplit("/", 1)[0] for p, _ in items if "/" in p and p.endswith("/" + STAMP)}
         partial = {unit_dir(p) for p, _ in items if "/" in p and unit_of(p, units) is None}
-        newest = max(e["ModTime"] for _, e in items)[:16].replace("T", " ")
-        n_old = sum(e["Path"].startswith(run + "/") for e in listing["replaced"])
+        newest = max(e["ModTime"] for _, e in items + partials.get(run, []))[:16].replace("T", " ")
+        n_old = sum(e["Path"].startswith(run + "/") and e["Name"] != ORIGIN
+                    for e in listing["replaced"])
         print(f"  {run}  {len(units)} unit(s), {len(items)} files, "
               f"{human(sum(e['Size'] for _, e in items))}, last change {newest}")
         print(f"      {' '.join(sorted(units)) or '(no finished unit)'}")
@@ -239,6 +355,40 @@ def cmd_list(args, tmp):
         if n_old:
             print(f"      {n_old} replaced older version(s) under "
                   f"{under(remote, 'replaced', run)}/")
+        left = partials.get(run, [])
+        if left:
+            print(f"      {len(left)} {PARTIAL} file(s), {human(sum(e['Size'] for _, e in left))}, "
+                  f"left by a sync-up killed mid-file (e.g. {left[0][0]}); never restored. Sending "
+                  f"the same file again replaces its own; the others stay until deleted, once no "
+                  f"sync-up to this run is running:\n        .venv/bin/rclone delete "
+                  f"{under(remote, 'runs', run)} --include '*{PARTIAL}'")
+
+
+def check_restore_origin(work, run, remote, units, tmp):
+    """Every unit restored was built from one data set and one profile, those of WORK if it has
+    any; returns the units archived without a record (by an older sync-up), which go unchecked."""
+    archived, origins = fetch_origins(under(remote, "runs", run), tmp)
+    theirs = origin_of(archived)
+    origins = {u: o for u, o in origins.items() if u in units}
+    for what, source, key in (("data", SOURCE, "data"), ("PROFILE", PROFILE, "profile")):
+        groups = by_value({source: getattr(theirs, key), **{u: getattr(o, key)
+                                                            for u, o in origins.items()}})
+        if len(groups) > 1:
+            fail(f"run {run} on {remote} mixes stages built from different {what}, so no WORK "
+                 f"can continue from it; nothing was restored:\n  "
+                 + "\n  ".join(f"{what} {v[:12]}: {', '.join(names)}"
+                               for v, names in groups.items()))
+    mine = origin_of(work)
+    data = theirs.data or next((o.data for o in origins.values()), "")
+    profile = theirs.profile or next((o.profile for o in origins.values() if o.profile), "")
+    if mine.data and data and mine.data != data:
+        fail(f"{work} was built from other data than run {run}: {work}: data {mine.data[:12]} "
+             f"({mine.path}); run {run}: data {data[:12]} ({theirs.path or 'path unknown'}). "
+             f"Restore it into another WORK=...")
+    if mine.profile and profile and mine.profile != profile:
+        fail(f"{work} holds a PROFILE={mine.profile} run, run {run} is PROFILE={profile}: "
+             f"restore it into another WORK=...")
+    return [u for u in units if u not in origins and u != SOURCE.split("/")[0]]
 
 
 def cmd_down(args, tmp):
@@ -266,7 +416,11 @@ def cmd_down(args, tmp):
         unfinished = f"; unfinished: {', '.join(partial)}" if partial else ""
         fail(f"run {run} on {remote} holds no finished stage (no {STAMP} in it{unfinished}): nothing "
              f"to restore. Its sync-up did not finish: rerun it where the run lives")
+    unchecked = check_restore_origin(work, run, remote, units, tmp)
     print(f"sync-down: {len(units)} unit(s) of {src} -> {work}", flush=True)
+    if unchecked:
+        print(f"  not checked: {', '.join(unchecked)} (archived without a record of the data "
+              f"and profile that built them, by an older sync-up)")
     if partial:
         print(f"  not restored: {', '.join(partial)} (no {STAMP} in the archive: its upload "
               f"did not finish)")

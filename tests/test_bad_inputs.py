@@ -31,6 +31,8 @@ the content is unchanged, write the same bytes as the clean data does.
 | out_of_range_target       | target 4, -1, 2.5                                     | rejected: all three ids                                       |
 | inconsistent_target       | target 1 for a sorting_date in 1701-1800              | rejected: "inconsistent with sorting_date", the id            |
 | bad_sorting_date          | sorting_date "c. 1650"                                | rejected: the id                                              |
+| decimal_integers          | every target and sorting_date as "2.0", "1650.0"      | tolerated: read as integers, same outputs as clean data       |
+| fractional_values         | target "1.5", and another row's sorting_date "1650.5" | rejected: both columns, each id with its value                |
 | empty_series              | art_series_id ""                                      | rejected: the id                                              |
 | train_id_in_test          | a train id appended to test.csv                       | rejected: "ids also in train.csv", the id                     |
 | empty_train_csv           | train.csv of 0 bytes                                  | rejected: "empty file"                                        |
@@ -243,6 +245,24 @@ def bad_sorting_date(r):
     return [str(r.file("train.csv")), "sorting_date must be an integer", r.train_ids[15]]
 
 
+def decimal_integers(r):
+    """As pandas writes an integer column that once held a NaN."""
+    train = r.train.copy()
+    for col in ("target", "sorting_date"):
+        train[col] = [f"{int(v)}.0" for v in train[col]]
+    r.write("train.csv", train)
+    return []
+
+
+def fractional_values(r):
+    train = r.train.copy()
+    train.loc[18, "target"] = "1.5"
+    train.loc[19, "sorting_date"] = "1650.5"
+    r.write("train.csv", train)
+    return [str(r.file("train.csv")), "target must be an integer", f"'{r.train_ids[18]}': '1.5'",
+            "sorting_date must be an integer", f"'{r.train_ids[19]}': '1650.5'"]
+
+
 def empty_series(r):
     train = r.train.copy()
     train.loc[16, "art_series_id"] = ""
@@ -404,6 +424,8 @@ CASES = [
     Case(out_of_range_target, "rejected"),
     Case(inconsistent_target, "rejected"),
     Case(bad_sorting_date, "rejected"),
+    Case(decimal_integers, "tolerated", same=ALL_OUTPUTS),
+    Case(fractional_values, "rejected"),
     Case(empty_series, "rejected"),
     Case(train_id_in_test, "rejected"),
     Case(empty_train_csv, "rejected"),

@@ -7,8 +7,11 @@ path stays absolute.
 The WORKs are copies of the session's smoke pipeline (tests/conftest.py: smoke_run), sharing its
 bytes, with one torch thread per stage as it was built with, so a redone run is bit-identical.
 """
+import os
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -161,13 +164,99 @@ def test_no_variable_can_run_a_command(goal, variable, work, demo_data):
     assert not (REPO / INJECTED).exists() and not (work / INJECTED).exists(), p.stdout[-2000:]
 
 
+@pytest.mark.parametrize("goal,variable", [
+    ("folds", "PY=.venv/bin/python ; touch INJECTED_BY_A_VARIABLE ; true"),
+    ("folds", "DIR_VALID=/tmp/elsewhere"),
+    ("folds", "VENV=/tmp/another-venv"),
+    ("all", "LAUNCH=touch INJECTED_BY_A_VARIABLE"),
+    ("all", "RAW=/tmp/other-raw"),
+])
+def test_makes_own_variables_are_no_settings(goal, variable, demo_data, tmp_path):
+    """Set on the command line, or from the environment under make -e: refused before anything runs."""
+    name = variable.split("=")[0]
+    p = plain_make(goal, variable, f"WORK={tmp_path / 'work'}", f"DATA={demo_data}", timeout=60)
+    assert p.returncode != 0 and f"{name} is make's own variable, not a setting" in p.stderr, p.stderr
+    value = variable.split("=", 1)[1]
+    p = plain_make("-e", goal, f"WORK={tmp_path / 'work'}", f"DATA={demo_data}", env={name: value}, timeout=60)
+    assert p.returncode != 0 and f"{name} is make's own variable" in p.stderr and "make -e" in p.stderr, p.stderr
+    assert not (tmp_path / "work").exists() and not (REPO / INJECTED).exists()
+    assert not Path("/tmp/elsewhere").exists()
+
+
 def test_a_bad_profile_or_choice_is_refused_before_anything_is_written(demo_data, tmp_path):
     for goal, variable in (("all", "PROFILE=bogus"), ("all", "SUBMIT=bogus"), ("all", "NETS=multi bogus"),
                            ("fold", "FOLD=3"), ("fold", "TASK=era"), ("all", "RESIZE=crop"),
-                           ("setup", "INSTALLER=conda")):
+                           ("setup", "INSTALLER=conda"), ("all", "EVAL=inline inline"),
+                           ("all", "FOLD_TEST=yes no"), ("all", "FULL_ON_CPU=yes yes"), ("all", "EVAL=inline,process"),
+                           ("test", "TEST_JOBS=auto 0")):
         p = plain_make(goal, variable, f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
         assert p.returncode != 0 and f"{variable}:" in p.stderr, p.stderr
         assert not (tmp_path / "work").exists()
+
+
+def test_a_work_reached_through_a_link_or_a_tilde_or_a_dash_is_refused_before_anything_is_written(demo_data, tmp_path):
+    """WORK inside DATA through a link, WORK=~/... (make does not expand ~, its shells would),
+    WORK=-rf: each refused, naming it, and nothing written, in DATA or anywhere."""
+    data = Path(shutil.copytree(demo_data, tmp_path / "raw"))
+    before = sorted(p.name for p in data.iterdir())
+    (tmp_path / "into").symlink_to(data)
+    p = plain_make("folds", f"WORK={tmp_path / 'into' / 'work'}", f"DATA={data}")
+    assert p.returncode != 0 and f"is inside DATA={data} (it resolves to {data / 'work'})" in p.stderr, p.stderr
+    home = tmp_path / "home"
+    (home / "d").mkdir(parents=True)
+    (home / "d" / "raw").symlink_to(data)
+    p = plain_make("folds", "WORK=~/d/raw/work", f"DATA={data}", env={"HOME": str(home)})
+    assert p.returncode != 0 and "WORK=~/d/raw/work begins with ~, which make does not expand" in p.stderr, p.stderr
+    assert sorted(p.name for p in data.iterdir()) == before and not (REPO / "~").exists()
+    for dash in ("-rf", "--version"):
+        p = plain_make("folds", f"WORK={dash}", f"DATA={data}")
+        assert p.returncode != 0 and f"WORK={dash} begins with -" in p.stderr and "write ./" in p.stderr, p.stderr
+    p = plain_make("folds", f"WORK={tmp_path}/w", "DATA=-x")
+    assert p.returncode != 0 and "DATA=-x begins with -" in p.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "into", "raw"] and not (REPO / "-rf").exists()
+
+
+def test_a_dry_run_lists_only_what_would_run(work, demo_data):
+    """make -n all on a finished WORK lists no stage (a real make all runs none); with other
+    FINETUNE_ARGS exactly the fine-tunes and what follows them; with changed photos the
+    fingerprint check first. A dry run writes nothing."""
+    names = lambda p: sorted(re.findall(r"\b(0\d_\w+\.(?:py|sh)|rawdata\.py \w+)", p.stdout))
+    before = stamps(work)
+    p = make_in(work, demo_data, "-n", "all")
+    assert names(p) == [], p.stdout
+    p = make_in(work, demo_data, "-n", "all", "FINETUNE_ARGS=--lr 0.002")
+    assert names(p) == ["04_finetune.py"] * 4 + ["05_features.py"] * 4 + ["06_stack.py", "07_submit.py"], p.stdout
+    data = Path(shutil.copytree(demo_data, work.parent / "changed"))
+    photo = sorted((data / "photos").iterdir())[0]
+    photo.write_bytes(photo.read_bytes() + b"\0")
+    p = make_in(work, data, "-n", "all")
+    assert names(p)[:2] == ["01_sgkfold.py", "02_hvr_augment.sh"] and "rawdata.py fingerprint" in names(p), p.stdout
+    assert stamps(work) == before and make_in(work, demo_data, "all").stdout.count("python") == 0
+
+
+def test_an_unchanged_requirements_txt_reinstalls_nothing(tmp_path):
+    """A newer requirements.txt of the same content (a fresh clone's, a git checkout's) only
+    refreshes the stamp; another content installs."""
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    for name in ("Makefile", "profiles.py", "requirements.txt", "setup_venv.py"):
+        shutil.copy2(REPO / name, copy / name)
+    (copy / ".venv").mkdir()
+    shutil.copy2(REPO / "requirements.txt", copy / ".venv" / "requirements.txt")
+    (copy / ".venv" / "sysdeps").write_text("Version: ImageMagick 6.9\n")
+    shim = tmp_path / "python"          # the interpreter make builds .venv with: logs an install
+    shim.write_text(f"#!/bin/sh\n[ \"$1\" = setup_venv.py ] && {{ echo install >> {tmp_path / 'log'}; exit 1; }}\n"
+                    f"exec python3 \"$@\"\n")
+    shim.chmod(0o755)
+    old = time.time() - 3600
+    os.utime(copy / ".venv" / "requirements.txt", (old, old))
+    p = plain_make("setup", f"PYTHON={shim}", cwd=copy)
+    assert p.returncode == 0 and not (tmp_path / "log").exists(), p.stdout + p.stderr
+    assert (copy / ".venv" / "requirements.txt").stat().st_mtime > old + 60       # refreshed
+    with open(copy / "requirements.txt", "a") as f:
+        f.write("tomli==2.0.1\n")
+    p = plain_make("setup", f"PYTHON={shim}", cwd=copy)
+    assert p.returncode != 0 and (tmp_path / "log").read_text() == "install\n"
 
 
 # ---- remotes -----------------------------------------------------------------------------------------

@@ -9,11 +9,16 @@ copy of one small WORK under its own run id, so the tests do not depend on each 
 
     .venv/bin/python -m pytest -q tests/test_sync.py
 """
+import http.client
+import http.server
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -82,6 +87,12 @@ def tree(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def run_files(path):
+    """tree() of an archived run, less sync's own records (.origin: which data and profile built
+    each unit; never restored)."""
+    return {p: b for p, b in tree(path).items() if Path(p).name != ".origin"}
+
+
 def stamp_times(work):
     return {str(p.relative_to(work)): p.stat().st_mtime_ns for p in Path(work).rglob("DONE")}
 
@@ -97,8 +108,7 @@ def root(tmp_path_factory):
 def serve(root, tmp_path_factory, protocol, env, *flags):
     """Start `rclone serve PROTOCOL` on a free port of 127.0.0.1, serving a new directory under
     root; return (process, port, directory), once it accepts connections."""
-    served = root / f"remote-{protocol}"
-    served.mkdir()
+    served = Path(tempfile.mkdtemp(prefix=f"remote-{protocol}-", dir=root))
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"   # test infrastructure, not grepped
     with open(log, "w") as out:
@@ -197,7 +207,14 @@ def test_round_trip_restores_a_run_that_make_continues(root, server, source):
     assert f"{REMOTE}/runs/{run}" in up.stdout and "identical on the remote" in up.stdout
 
     # The remote holds exactly the finished units: no raw data, no temp file, no unfinished run.
-    assert tree(served / "atma11" / "runs" / run) == archived(tree(work))
+    assert run_files(served / "atma11" / "runs" / run) == archived(tree(work))
+    # Beside each unit: the data (its fingerprint) and the profile it was built from.
+    fingerprint = (work / "00_validate/source.txt").read_text().split()[0]
+    units = {str(d.parent.relative_to(work)) for d in work.glob("**/DONE")} - {"00_demo_data"}
+    records = {str(p.parent.relative_to(served / "atma11/runs" / run)): json.loads(p.read_text())
+               for p in (served / "atma11/runs" / run).rglob(".origin")}
+    assert records == {u: {"data": fingerprint, "profile": "cpu"}
+                       for u in units}
     assert run in make("sync-list", env=env).stdout
 
     dest = root / "rt_down"
@@ -246,14 +263,29 @@ def test_interrupted_upload_resumes_and_is_never_restored_half(root, server, sou
     for name in ("ckpt_e002.pt", "DONE"):        # as if the upload had stopped before these
         subprocess.run([rclone_bin(), "deletefile",
                         f"{REMOTE}/runs/resume/04_finetune/target_0/{name}"], env=env, check=True)
-    assert "incomplete" in make("sync-list", env=env).stdout
+    # ... killed mid-file, on a remote where rclone uploads to a partial file first (local, sftp)
+    partial = "04_finetune/target_0/ckpt_e002.pt.5e1f0c2a.partial"
+    subprocess.run([rclone_bin(), "copyto", str(work / "04_finetune/target_0/log.csv"),
+                    f"{REMOTE}/runs/resume/{partial}"], env=env, check=True)
+    # ... and a unit archived by an older sync-up, which recorded no origin
+    subprocess.run([rclone_bin(), "deletefile", f"{REMOTE}/runs/resume/06_stack/.origin"],
+                   env=env, check=True)
+    listed = make("sync-list", env=env).stdout
+    assert "incomplete" in listed
+    assert "1 .partial file(s)" in listed and partial in listed, listed
     dest = root / "resume_down"
     down = make("sync-down", "RUN=resume", env=env, work=dest)
     assert "04_finetune/target_0" in down.stdout and not (dest / "04_finetune").exists()
+    assert "not checked: 06_stack (archived without a record" in down.stdout
+    assert not list(dest.rglob("*.partial")) and not list(dest.rglob(".origin"))
 
     up = make("sync-up", env=env, work=work)     # the same command again (the run id is WORK's)
     assert "resume" in up.stdout
-    assert tree(served / "atma11" / "runs" / "resume") == archived(tree(work))
+    # the partial of a file that S3 never uploads through one stays; the advice deletes it
+    advice = next(line for line in make("sync-list", env=env).stdout.splitlines()
+                  if "rclone delete" in line and "/resume " in line)
+    subprocess.run(advice.strip(), shell=True, cwd=REPO, env=env, check=True)
+    assert run_files(served / "atma11" / "runs" / "resume") == archived(tree(work))
 
 
 def test_second_sync_up_keeps_replaced_versions(root, server, source):
@@ -307,7 +339,7 @@ def test_round_trip_on_a_remote_without_hashes_or_modtimes(root, source, tmp_pat
         work = copy_work(source, root / "dav_up")
         up = make("sync-up", "RUN=dav", "REMOTE=dav:atma11", env=env, work=work)
         assert "rclone check (download)" in up.stdout
-        assert tree(served / "atma11" / "runs" / "dav") == archived(tree(work))
+        assert run_files(served / "atma11" / "runs" / "dav") == archived(tree(work))
         dest = root / "dav_down"
         down = make("sync-down", "RUN=dav", "REMOTE=dav:atma11", env=env, work=dest)
         assert "rclone check (download)" in down.stdout
@@ -315,6 +347,121 @@ def test_round_trip_on_a_remote_without_hashes_or_modtimes(root, source, tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_run_holds_one_data_set_and_one_profile(root, server, source, demo_folds):
+    """A WORK built from other data (demo_folds: `make folds DATA=<other data>`), or under another
+    PROFILE, cannot add to an archived run: sync-up refuses, naming both, and sends nothing. A run
+    mixed anyway (stages copied between runs by hand) is refused by sync-down, which restores
+    nothing."""
+    port, served = server
+    env = client_env(root, port)
+    run = served / "atma11" / "runs" / "one"
+    work = copy_work(source, root / "one_a")
+    make("sync-up", "RUN=one", env=env, work=work)
+    before = tree(run)
+    other = copy_work(demo_folds, root / "one_b")
+    mine, theirs = ((w / "00_validate/source.txt").read_text().split() for w in (work, other))
+    p = make("sync-up", "RUN=one", env=env, work=other, check=False)
+    assert p.returncode != 0 and "other data" in p.stderr, p.stderr
+    for word in (*mine, *theirs):                # both fingerprints, both data paths
+        assert word[:12] in p.stderr, (word, p.stderr)
+    assert tree(run) == before and not (other / ".sync").exists()
+
+    smoke = copy_work(source, root / "one_c")
+    (smoke / "profile.txt").write_text("smoke\n")
+    p = make("sync-up", "RUN=one", env=env, work=smoke, check=False)
+    assert p.returncode != 0 and "PROFILE=cpu" in p.stderr and "PROFILE=smoke" in p.stderr
+    assert tree(run) == before
+
+    make("sync-up", "RUN=one_b", env=env, work=other)
+    p = make("sync-down", "RUN=one_b", env=env, work=smoke, check=False)   # into a WORK of data A
+    assert p.returncode != 0 and "built from other data than run one_b" in p.stderr, p.stderr
+    for unit in ("00_validate", "01_sgkfold"):  # the other data's 00 and 01 over the run's
+        subprocess.run([rclone_bin(), "sync", f"{REMOTE}/runs/one_b/{unit}",
+                        f"{REMOTE}/runs/one/{unit}"], env=env, check=True, capture_output=True)
+    dest = root / "one_down"
+    p = make("sync-down", "RUN=one", env=env, work=dest, check=False)
+    assert p.returncode != 0 and "mixes stages built from different data" in p.stderr, p.stderr
+    assert f"data {mine[0][:12]}: 04_finetune/target_0, 06_stack" in p.stderr
+    assert f"data {theirs[0][:12]}: 00_validate, 00_validate/source.txt, 01_sgkfold" in p.stderr
+    assert not list(dest.rglob("DONE"))
+
+
+def quota_proxy(upstream, budget):
+    """An HTTP proxy on 127.0.0.1 in front of a WebDAV server: requests pass, except uploads past
+    `budget` bytes in all, which get what Nextcloud answers when a quota is used up (507
+    Insufficient Storage, Sabre's error body). Returns the server (its port: server_address)."""
+    used = [0]
+    body_507 = ('<?xml version="1.0" encoding="utf-8"?>\n<d:error xmlns:d="DAV:" '
+                'xmlns:s="http://sabredav.org/ns"><s:exception>Sabre\\DAV\\Exception\\'
+                'InsufficientStorage</s:exception><s:message>Insufficient space in /atma11, '
+                '300000 required, 0 available</s:message></d:error>').encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def forward(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n) if n else None
+            if self.command == "PUT" and used[0] + n > budget:
+                self.send_response(507, "Insufficient Storage")
+                self.send_header("Content-Type", "application/xml; charset=utf-8")
+                self.send_header("Content-Length", str(len(body_507)))
+                self.end_headers()
+                self.wfile.write(body_507)
+                return
+            used[0] += n if self.command == "PUT" else 0
+            conn = http.client.HTTPConnection("127.0.0.1", upstream, timeout=30)
+            conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+            r = conn.getresponse()
+            data = r.read()
+            self.send_response_only(r.status, r.reason)
+            for k, v in r.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", r.getheader("Content-Length", "0")
+                             if self.command == "HEAD" else str(len(data)))
+            self.end_headers()
+            self.wfile.write(b"" if self.command == "HEAD" else data)
+            conn.close()
+
+        do_GET = do_HEAD = do_PUT = do_DELETE = do_MKCOL = do_MOVE = do_COPY = forward
+        do_OPTIONS = do_PROPFIND = do_PROPPATCH = forward
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_full_remote_is_named_once_first(root, source, tmp_path_factory):
+    """A remote that runs out of room mid-upload: the cause comes first, once, with its way out
+    (free space, then the same command resumes), not a "run the same command again" per file;
+    rclone is stopped at the first refusal instead of retrying; the units that did arrive whole
+    are stamped, the one that did not is not."""
+    env = client_env(root, 0)
+    proc, port, served = serve(root, tmp_path_factory, "webdav", env)
+    proxy = quota_proxy(port, budget=400_000)    # the content (~330 KB) fits, a checkpoint not
+    try:
+        env.update(RCLONE_CONFIG_FULL_TYPE="webdav", RCLONE_CONFIG_FULL_VENDOR="other",
+                   RCLONE_CONFIG_FULL_URL=f"http://127.0.0.1:{proxy.server_address[1]}")
+        work = copy_work(source, root / "full_up")
+        p = make("sync-up", "RUN=full", "REMOTE=full:atma11", env=env, work=work, check=False)
+    finally:
+        proxy.shutdown()
+        proc.terminate()
+        proc.wait(timeout=10)
+    err = p.stderr[p.stderr.find("error: "):]
+    assert p.returncode != 0 and "error: " in p.stderr, p.stderr
+    first = err.splitlines()[0]
+    assert "full:atma11 is full" in first and "Insufficient" in first, err
+    assert p.stderr.count("run the same command again") == 1, p.stderr
+    assert "04_finetune/target_0/ckpt_e00" in err, err
+    archived_run = served / "atma11" / "runs" / "full"
+    assert (archived_run / "06_stack/DONE").exists() and (archived_run / "01_sgkfold/DONE").exists()
+    assert not (archived_run / "04_finetune/target_0/DONE").exists()
+    assert p.seconds < 12, p.seconds             # no retries, 5 s apart, of what cannot succeed
 
 
 @pytest.mark.parametrize("target", ["sync-up", "sync-list", "sync-down"])
