@@ -5,7 +5,8 @@
 # (pixels.py: view_index / apply_views), so the 8x costs no disk and no decode time.
 #
 # Reads  DATA/photos/{id}.jpg and WORK/00_validate/photos.csv (the validated id list)
-# Writes WORK/02_hvr/: images.npy (N, S, S, 3) uint8, ids.txt (row order), meta.json,
+# Writes WORK/02_hvr/: images.npy (N, S, S, 3) uint8, ids.txt (row order), meta.json (with the
+#        store's size and a sample hash, checked wherever it is opened: pixels.check_store),
 #        stats.csv (per-photo size, colour, edge and texture statistics, photo_stats.py; same
 #        row order), DONE
 #

@@ -128,7 +128,8 @@ def build(args, outputs, device, inputs=0):
     if args.init == "xavier":
         training.xavier_init(model)
     if args.init == "jigsaw":
-        _, path = training.finished_checkpoint(args.jigsaw, "04 --init jigsaw")
+        _, path = training.finished_checkpoint(args.jigsaw, "04 --init jigsaw",
+                                               setup={"input_hvr": args.input_hvr})   # pretrained on our store
         state = training.load_weights(path)
         trained = (state["config"].get("arch"), state["config"].get("width", training.WIDTH))
         if trained != (args.arch, args.width):
@@ -294,6 +295,7 @@ def evaluate(args, run_dir, dist):
                 common.fail(f"{ckpt}: unreadable for {EVAL_GIVE_UP:.0f}s ({e})")
             time.sleep(EVAL_POLL)
             continue
+        training.check_network(ckpt, state, vars(args), "04's evaluator")
         model.load_state_dict(state["model"])
         ev.score(todo[0], model)
 
@@ -306,7 +308,10 @@ def evaluate_missing(args, run_dir, dist, ev):
     if missing:
         model = training.build_model(args.arch, tasks.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
         for epoch in missing:
-            model.load_state_dict(training.load_weights(run_dir / common.ckpt_name(epoch))["model"])
+            path = run_dir / common.ckpt_name(epoch)
+            state = training.load_weights(path)
+            training.check_network(path, state, vars(args), "04's evaluator")
+            model.load_state_dict(state["model"])
             ev.score(epoch, model)
 
 

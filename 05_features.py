@@ -86,8 +86,12 @@ def main():
     stage = common.Stage(Path(args.out) / run)
     out = stage.dir
     unfinished = f"make finetune, or make fold TASK={args.task} FOLD={args.fold}"
+    # each network is read for its own run, trained on the folds and the store 05 reads now
+    inputs = dict(input_folds=training.input_identity(args.folds), input_hvr=training.input_identity(args.hvr))
     checkpoints = [training.finished_checkpoint(Path(args.runs) / common.run_name(args.task, args.fold, seed),
-                                                "05", unfinished) for seed in range(args.seeds)]
+                                                "05", unfinished, setup=dict(inputs, task=args.task,
+                                                                             fold=args.fold, seed=seed))
+                   for seed in range(args.seeds)]
 
     images, ids, meta = pixels.load_store(args.hvr)
     wanted = splits(args.folds, args.fold, args.fold_test)

@@ -108,16 +108,19 @@ def features(source, fold, split, extra=None):
     return table if extra is None else table.join(extra, how="left")
 
 
-def meta_table(hvr_dir, which):
+def meta_table(hvr_dir, which, expected=None):
     """02's per-photo statistics, indexed by object_id, every column prefixed meta_; `which`:
     native / stored keep the size and only that half of the colour and edge columns; the texture
-    columns (photo_stats.NATIVE_ONLY: measured on the photo as decoded alone) go with native."""
+    columns (photo_stats.NATIVE_ONLY: measured on the photo as decoded alone) go with native.
+    Each id once, and (`expected`) a row for each of these ids."""
     path = Path(hvr_dir) / "stats.csv"
     if not path.exists():
         common.fail(f"{path} is missing: this WORK's stage 02 predates the per-photo statistics. Run "
                     f"02_hvr_augment.sh with the same options into another directory and copy its stats.csv "
                     f"here (the store comes out byte-identical), or use a new WORK")
-    table = pd.read_csv(path, dtype={"object_id": str}).set_index("object_id")
+    table = pd.read_csv(path, dtype={"object_id": str})
+    common.check_ids(table["object_id"], path, hvr_dir, expected=expected, extra_ok=True)
+    table = table.set_index("object_id")
     if which == "native":
         table = table.drop(columns=[c for c in table.columns if c.endswith("_stored")])
     elif which == "stored":
@@ -224,10 +227,31 @@ def cross_validate(X, X_test, folds, oof_fold, params=LGB_PARAMS, patience=EARLY
     return pred, final.predict(X_test), iters, final
 
 
+def check_features(source, folds):
+    """Every table of 05 that 06 reads holds the ids 05 was to describe (05's splits: a fold's
+    train and held-out sides, test.csv's for fold all and, with --fold-test yes, the folds), each
+    once: the offending ids and the file named before anything is stacked."""
+    feat_dir, nets = source
+    sides = {(k, "train"): folds[k]["train"] for k in common.FOLDS}
+    sides.update({(k, "heldout"): folds[k]["test"] for k in K})
+    sides.update({(k, "test"): folds["all"]["test"] for k in (*K, "all")})
+    for (fold, split), side in sides.items():
+        for net in nets:
+            run = Path(feat_dir) / common.run_name(net, fold)
+            path = run / f"{split}.parquet"
+            if split == "test" and fold != "all" and not path.exists():
+                continue        # 05 --fold-test no: fold_test() says so
+            ids = pd.read_parquet(path, columns=["object_id"])["object_id"]
+            common.check_ids(ids, path, run, expected=side["object_id"])
+
+
 def read_folds(folds_dir):
     """Stage 01's folds ({fold: {"train", "test"}: tables}) and each train row's out-of-fold fold."""
     folds = {k: {s: common.read_fold(folds_dir, k, s) for s in ("train", "test")} for k in common.FOLDS}
-    return folds, common.read_oof_fold(folds_dir)
+    oof_fold = common.read_oof_fold(folds_dir)
+    common.check_ids(oof_fold.index, Path(folds_dir) / "oof_fold.csv", folds_dir,
+                     expected=folds["all"]["train"]["object_id"])      # every train row, in one fold
+    return folds, oof_fold
 
 
 def out_of_fold(pred, oof_fold):
@@ -342,7 +366,9 @@ def main():
     train = folds["all"]["train"].set_index("object_id")
     test_ids = folds["all"]["test"]["object_id"]
     source = (args.features, args.nets)
-    stacks, meta_only = level_one(source, folds, oof_fold, meta_table(args.hvr, args.meta))
+    check_features(source, folds)
+    meta = meta_table(args.hvr, args.meta, expected=pd.concat([train.index.to_series(), test_ids]))
+    stacks, meta_only = level_one(source, folds, oof_fold, meta)
     oof = out_of_fold_table(source, train, oof_fold, {"meta_only": meta_only, **stacks})
     test_all = features(source, "all", "test")
     blends = level_two(oof, test_all, meta_only, test_ids, oof_fold)

@@ -9,9 +9,9 @@ report stages 03's and 04's and every stage's provenance.json. Writes WORK/07_su
     python 07_submit.py --data DATA --stack work/06_stack --finetune work/04_finetune \
         --jigsaw work/03_jigsaw --timed work/00_validate work/01_sgkfold ... --out work/07_submit
 
-The submission is checked before it is written (every test id present once, every value finite
-and within [0, 3], the sample submission's columns and length when there is one): a malformed
-result is an error, never a file.
+The submission is checked before it is written (06's test.csv: every test id once and no other
+id; every value finite and within [0, 3], the sample submission's columns and length when there
+is one): a malformed result is an error, never a file.
 """
 import argparse
 import time
@@ -37,9 +37,8 @@ p.add_argument("--out", required=True, help="this stage's directory")
 def submission(data, stack_dir):
     test = rawdata.load_test(data)
     pred = pd.read_csv(Path(stack_dir) / "test.csv", dtype={"object_id": str}).set_index("object_id")["final"]
-    missing = test.loc[~test["object_id"].isin(pred.index), "object_id"]
-    if len(missing):
-        raise common.DataError(f"{stack_dir}/test.csv: no prediction for {common.show_ids(missing)}")
+    # one prediction per test.csv id, and none for another id: named, before any is written
+    common.check_ids(pred.index, Path(stack_dir) / "test.csv", stack_dir, expected=test["object_id"])
     values = pred.loc[test["object_id"]].to_numpy(dtype=float)
     bad = test.loc[~np.isfinite(values) | (values < 0) | (values > 3), "object_id"]
     if len(bad):

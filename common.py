@@ -44,7 +44,9 @@ def read_fold(folds_dir, fold, split):
     all's test side), object_id kept as written (ids are hex: "0123..." is no number)."""
     import pandas as pd      # here, not above: make's helpers import this module and no pandas
 
-    return pd.read_csv(fold_csv(folds_dir, fold, split), dtype={"object_id": str})
+    table = pd.read_csv(fold_csv(folds_dir, fold, split), dtype={"object_id": str})
+    check_ids(table["object_id"], fold_csv(folds_dir, fold, split), folds_dir)
+    return table
 
 
 def read_oof_fold(folds_dir):
@@ -53,6 +55,7 @@ def read_oof_fold(folds_dir):
     import pandas as pd
 
     table = pd.read_csv(Path(folds_dir) / "oof_fold.csv", dtype={"object_id": str, "fold": str})
+    check_ids(table["object_id"], Path(folds_dir) / "oof_fold.csv", folds_dir)
     return table.set_index("object_id")["fold"]
 
 
@@ -68,6 +71,65 @@ def ckpt_name(epoch, step=None, state=False):
     from at that point: state_e003.pt, state_e003_s00000120.pt (training.fit)."""
     kind = "state" if state else "ckpt"
     return f"{kind}_e{epoch:03d}.pt" if step is None else f"{kind}_e{epoch:03d}_s{step:08d}.pt"
+
+
+# -----------------------------------------------------------------------------
+# The image store's record (02's images.npy): its size and a hash of a sample of it, written by 02
+# into meta.json and compared by every stage that opens the store (pixels.load_store). Hashing the
+# whole store on every open would cost seconds at 224 px (1.5 GB); the sample costs milliseconds.
+STORE_SAMPLE_ROWS = 64     # rows hashed, spread evenly over the store, the first and last included
+
+
+def npy_layout(path):
+    """(header bytes, shape, bytes the file must have) of a .npy file, from its header alone;
+    ValueError when there is no readable header."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        header = f.tell()
+    return header, shape, header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def store_record(path):
+    """{"bytes": images.npy's size, "sample_sha256": the sha256 of its header and of
+    STORE_SAMPLE_ROWS rows spread evenly over it}: what 02 records and the stages compare."""
+    import hashlib
+
+    header, shape, expected = npy_layout(path)
+    n = shape[0] if shape else 0
+    row = (expected - header) // max(n, 1)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(header))
+        for i in sorted(set(np.linspace(0, n - 1, min(n, STORE_SAMPLE_ROWS)).round().astype(int).tolist())):
+            f.seek(header + i * row)
+            digest.update(f.read(row))
+    return {"bytes": Path(path).stat().st_size, "sample_sha256": digest.hexdigest()}
+
+
+def check_ids(found, where, redo, expected=None, extra_ok=False):
+    """Fail, naming the offending ids, unless the ids of an upstream table (`found`, read from
+    `where`) are each there once and, with `expected`, are exactly those (extra_ok: at least
+    those). `redo`: the upstream stage's directory, whose DONE the way out removes."""
+    import pandas as pd
+
+    found = pd.Series(list(found), dtype=object)
+    problems = []
+    repeated = found[found.duplicated()].unique()
+    if len(repeated):
+        problems.append(f"object_id repeated: {show_ids(repeated)}")
+    if expected is not None:
+        expected = pd.Series(list(expected), dtype=object)
+        missing = expected[~expected.isin(found)]
+        if len(missing):
+            problems.append(f"no row for {show_ids(missing)}")
+        unexpected = found[~found.isin(expected)]
+        if len(unexpected) and not extra_ok:
+            problems.append(f"rows for ids it should not hold: {show_ids(unexpected)}")
+    if problems:
+        fail(f"{where}: {'; '.join(problems)}. The file is not what its stage wrote for this data: redo "
+             f"that stage: rm {Path(redo) / 'DONE'}, then the same command")
 
 
 # -----------------------------------------------------------------------------

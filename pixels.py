@@ -27,13 +27,38 @@ JIGSAW_GRID = 3
 # -----------------------------------------------------------------------------
 # The image store written by 02: images.npy (N, S, S, 3) uint8, ids.txt, meta.json.
 def load_store(store_dir, mmap=True):
+    """(images, ids, meta) of a complete store, checked first (check_store)."""
     store_dir = Path(store_dir)
     if not common.is_done(store_dir):
         common.fail(f"{store_dir}: no complete image store (run `make hvr`)")
-    images = np.load(store_dir / "images.npy", mmap_mode="r" if mmap else None)
     ids = (store_dir / "ids.txt").read_text().split()
     meta = json.loads((store_dir / "meta.json").read_text())
+    check_store(store_dir, ids, meta)
+    images = np.load(store_dir / "images.npy", mmap_mode="r" if mmap else None)
     return images, ids, meta
+
+
+def check_store(store_dir, ids, meta):
+    """A store is what 02 wrote, or an error that names it and the way out (02 again): the size
+    its header implies, and with 02's record in meta.json (common.store_record; a store of before
+    it has none) the same size and sample hash; one row per id of ids.txt, each id once."""
+    path = store_dir / "images.npy"
+    redo = f"redo 02: rm {store_dir / 'DONE'}, then the same command"
+    try:
+        _header, shape, expected = common.npy_layout(path)
+    except (OSError, ValueError) as e:
+        common.fail(f"{path}: the image store is damaged, its header unreadable ({str(e)[:120]}); {redo}")
+    size = path.stat().st_size
+    wrote = meta.get("bytes", expected)
+    if size != expected or size != wrote:
+        common.fail(f"{path}: the image store is damaged: {size} bytes, and 02 wrote {wrote} "
+                    f"(cut short or overwritten); {redo}")
+    if "sample_sha256" in meta and common.store_record(path)["sample_sha256"] != meta["sample_sha256"]:
+        common.fail(f"{path}: the image store is damaged: its pixels are not those 02 wrote (a sample "
+                    f"of its rows hashes otherwise than {store_dir / 'meta.json'} records); {redo}")
+    if len(ids) != shape[0]:
+        common.fail(f"{store_dir / 'ids.txt'}: {len(ids)} ids for the {shape[0]} photos of {path}; {redo}")
+    common.check_ids(ids, store_dir / "ids.txt", store_dir)
 
 
 def store_rows(ids, wanted, where):

@@ -9,7 +9,8 @@ into one memory-mappable array in OUT/.rgb/ids' order, takes each photo's statis
 
 Reads  OUT/.rgb/ids ("id sha256 width height bytes" per photo, the store's row order) and
        OUT/.rgb/finished ("id batch-dir width height": where each decoded photo lies)
-Writes OUT/images.npy (N, S, S, 3) uint8, ids.txt, stats.csv, meta.json, provenance.json, DONE
+Writes OUT/images.npy (N, S, S, 3) uint8, ids.txt, stats.csv, provenance.json, DONE and meta.json
+       (size, mode, count, and the store's bytes and sample_sha256: common.store_record)
 """
 import argparse
 import os
@@ -84,7 +85,9 @@ def main():
         table.insert(0, "object_id", ids)
         common.write_csv(out / "stats.csv", table, float_format="%.7g")
         common.write_text(out / "ids.txt", "\n".join(ids) + "\n")
-        common.write_json(out / "meta.json", {"size": size, "mode": args.mode, "count": len(ids)})
+        # the store's size and a sample's hash, checked wherever it is opened (pixels.check_store)
+        common.write_json(out / "meta.json", {"size": size, "mode": args.mode, "count": len(ids),
+                                              **common.store_record(out / "images.npy")})
     mb = (out / "images.npy").stat().st_size / 2**20
     print(f"[02] store {out / 'images.npy'}: {len(ids)} x {size} x {size} x 3 uint8, {mb:.1f} MiB on disk, "
           f"and stats.csv ({len(photo_stats.COLUMNS)} statistics per photo) [{time.time() - stage.started:.1f}s]")

@@ -429,16 +429,20 @@ def beside(path, epoch, step):
     return Path(path).with_name(common.ckpt_name(epoch, step, state=True))
 
 
-def finished_checkpoint(run_dir, what, unfinished="make all runs it first"):
+def finished_checkpoint(run_dir, what, unfinished="make all runs it first", setup=None):
     """(epoch, path) of the network a finished run (03, 04: DONE written) ended with: its last
-    epoch as its provenance.json records it, never an earlier one; a clear error (naming the file
-    and how to redo it) when the run is not finished or that checkpoint is gone or unreadable.
-    `what`: the stage, for the message (e.g. "05"); `unfinished`: how to finish the run."""
+    epoch as its provenance.json records it, never an earlier one, trained as that provenance
+    says and for `setup` (what the reader reads it for: the run's task, fold and seed, the
+    input_identity of the stages the reader shares with it; check_network); a clear error (naming
+    the file and how to redo it) when the run is not finished or that checkpoint is gone,
+    unreadable or another's. `what`: the stage, for the message (e.g. "05"); `unfinished`: how to
+    finish the run."""
     run_dir = Path(run_dir)
     if not common.is_done(run_dir):
         common.fail(f"{run_dir}: the run is not finished (no DONE); {what} needs it: {unfinished}")
     try:
-        epochs = int(json.loads((run_dir / "provenance.json").read_text())["config"]["epochs"])
+        recorded = json.loads((run_dir / "provenance.json").read_text())["config"]
+        epochs = int(recorded["epochs"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         common.fail(f"{run_dir / 'provenance.json'}: cannot tell which epoch the run ended with ({e}); "
                     f"redo the run: rm {run_dir / 'DONE'}, then the same make command")
@@ -449,9 +453,10 @@ def finished_checkpoint(run_dir, what, unfinished="make all runs it first"):
     if not path.exists():
         common.fail(f"{path} is missing: {redo}")
     try:
-        load_checkpoint(path, mmap=True)
+        state = load_checkpoint(path, mmap=True)
     except UnreadableCheckpoint as e:
         common.fail(f"{e}: {redo}")
+    check_network(path, state, {**recorded, **(setup or {})}, what)
     return epochs, path
 
 
@@ -480,6 +485,45 @@ def setup_differences(saved, setup):
     return sorted((k, saved[k], setup[k]) for k in both if plain(saved[k]) != plain(setup[k]))
 
 
+# What names a fine-tune run's folder (common.run_name): a network that differs here is another
+# run's (a file moved or copied), never an older setup of this one to start over from.
+RUN_KEYS = ("task", "fold", "seed")
+
+
+def owner(config, path):
+    """Whose network a config describes, for a message: `run multi_1`, or the folder of a run
+    without a task (03's)."""
+    if "task" in config and "fold" in config:
+        return f"run {common.run_name(config['task'], config['fold'], config.get('seed', 0))}"
+    return Path(path).parent.name
+
+
+def check_network(path, state, setup, reader):
+    """Stop, naming both, when the checkpoint `state` read from `path` (load_weights or
+    load_checkpoint) does not belong to the run and the setup `reader` reads it for (`setup`: the
+    run's config as its provenance.json or command line says, with the input_identity of each
+    input stage; setup_differences). Another run's network (RUN_KEYS differ: moved or copied
+    between runs; only those keys are shown, the rest follows) is to be put back; a network of
+    another setup of this run means the run is to be redone."""
+    saved = state.get("config", {})
+    differ = setup_differences(saved, setup)
+    if not differ:
+        return
+    another = [d for d in differ if d[0] in RUN_KEYS]
+    shown = (another or differ)[:4]
+    more = f" and {len(differ) - 4} more" if not another and len(differ) > 4 else ""
+    if another:
+        way = (f"it was moved or copied here: put it back in {owner(saved, path).removeprefix('run ')}'s "
+               f"folder (or delete it), then the same command")
+    else:
+        run_dir = Path(path).parent
+        way = (f"it was trained for another setup or on other inputs: redo {run_dir.name}: rm "
+               f"{run_dir / 'DONE'}, then the same command")
+    common.fail(f"{path} is the network of {owner(saved, path)} with {', '.join(f'{k} {a!r}' for k, a, _ in shown)}"
+                f"{more}, and {reader} reads it for {owner(setup, path)} with "
+                f"{', '.join(f'{k} {b!r}' for k, _, b in shown)}{more}; {way}")
+
+
 def settle_checkpoints(run_dir, setup, outputs=()):
     """Before a (re)run, leave in run_dir only what it may continue from; returns the epochs the
     kept checkpoint completed (0: it starts over). Rank 0 only, before any other process reads
@@ -492,7 +536,9 @@ def settle_checkpoints(run_dir, setup, outputs=()):
     states without their weights (a kill between the two writes); and, when those weights were
     trained with another setup (other options, or an input stage rebuilt since: `setup` holds
     their input_identity), ran past this run's epochs, or no weights have a state, every
-    checkpoint and state and the run's `outputs` (its logs and results).
+    checkpoint and state and the run's `outputs` (its logs and results). Weights of another run
+    (RUN_KEYS: a file moved or copied here) are not this run's to remove: it stops, naming both
+    (check_network).
     """
     run_dir = Path(run_dir)
     for tmp in run_dir.glob(".*.tmp"):
@@ -516,6 +562,8 @@ def settle_checkpoints(run_dir, setup, outputs=()):
             newer.append(path)
             continue
         differ = setup_differences(weights.get("config", {}), setup)
+        if any(k in RUN_KEYS for k, *_ in differ):      # another run's: it is not ours to remove
+            check_network(path, weights, setup, "04 (continuing the run)")
         if differ:
             why = "trained with another setup: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in differ[:4])
         elif epoch > setup.get("epochs", epoch):

@@ -12,12 +12,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 import common
-from conftest import REPO, kill_make, load_script, run_make
+from conftest import REPO, kill_make, load_script, run_make, smoke_copy
 
 SMOKE = dict(PROFILE="smoke")
 STORE = ("images.npy", "stats.csv", "ids.txt", "meta.json")
@@ -360,3 +361,118 @@ def test_photos_that_is_a_file_is_said_to_be_no_directory(demo_copy, tmp_path):
     p = run_make("validate", work=tmp_path / "work", data=demo_copy, check=False, **SMOKE)
     refused(p, str(demo_copy / "photos"), "not a directory")
     assert "missing photo" not in p.stderr and len(p.stderr.strip().splitlines()) <= 3, p.stderr
+
+
+# ---- what a stage reads from upstream belongs to it ------------------------------------------------
+# Each case damages one upstream file of a copy of the session's smoke WORK (a file replaced, never
+# written into: the copy shares the original's bytes) and runs the make command a user would; the
+# stage that reads it stops with one line naming the file, whom it belongs to or what is wrong with
+# it, and the way out, and writes no stamp.
+def swap(a, b):
+    tmp = a.with_name(".swapping")
+    os.rename(a, tmp)
+    os.rename(b, a)
+    os.rename(tmp, b)
+
+
+def rewritten(path, data):
+    """Replace a file of the linked copy by a new one holding `data` (bytes)."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+def test_a_network_swapped_between_runs_is_named_then_put_back(smoke_run, demo_data, tmp_path):
+    work = smoke_copy(smoke_run, tmp_path / "work")
+    ft = work / "04_finetune"
+    mine, theirs = ft / "multi_0" / "ckpt_e002.pt", ft / "multi_1" / "ckpt_e002.pt"
+    swap(mine, theirs)
+    for run in ("multi_0", "multi_1"):
+        (work / "05_features" / run / "DONE").unlink()
+    p = run_make("features", work=work, data=demo_data, check=False, **SMOKE)
+    refused(p, f"{mine} is the network of run multi_1 with fold '1', and 05 reads it for run multi_0 "
+               f"with fold '0'", "put it back in multi_1's folder")
+    no_stamps(work, "05_features/multi_0", "05_features/multi_1")
+    swap(mine, theirs)                       # the way out the message gives
+    run_make("features", work=work, data=demo_data, **SMOKE)
+    assert common.is_done(work / "05_features" / "multi_0") and common.is_done(work / "05_features" / "multi_1")
+
+
+@pytest.mark.parametrize("reader", ["resume", "evaluator", "init"])
+def test_a_network_of_another_run_or_setup_stops_the_fine_tune(reader, smoke_run, demo_data, tmp_path):
+    """resume: the newest checkpoint is another run's (it is not removed as a stale setup would
+    be); evaluator: an epoch left to score is another run's; init: 03's network is no pretext
+    network (a fine-tuned one in its place)."""
+    work = smoke_copy(smoke_run, tmp_path / "work")
+    ft, jig = work / "04_finetune", work / "03_jigsaw"
+    run = ft / "multi_0"
+    (run / "DONE").unlink()
+    if reader == "resume":
+        path, needles = run / "ckpt_e002.pt", ["is the network of run multi_1 with fold '1'",
+                                               "04 (continuing the run) reads it for run multi_0"]
+        swap(path, ft / "multi_1" / "ckpt_e002.pt")
+    elif reader == "evaluator":
+        path, needles = run / "ckpt_e001.pt", ["is the network of run multi_1 with fold '1'",
+                                               "04's evaluator reads it for run multi_0"]
+        swap(path, ft / "multi_1" / "ckpt_e001.pt")
+        rows = (run / "eval.csv").read_text().splitlines()
+        rewritten(run / "eval.csv", ("\n".join(r for r in rows if not r.startswith("1,")) + "\n").encode())
+    else:
+        path, needles = jig / "ckpt_e002.pt", ["is the network of run multi_0", "04 --init jigsaw reads it for 03_jigsaw",
+                                               f"rm {jig / 'DONE'}"]
+        rewritten(path, (run / "ckpt_e002.pt").read_bytes())
+    kept = path.read_bytes()
+    p = run_make("fold", work=work, data=demo_data, check=False, FOLD="0", TASK="multi", **SMOKE)
+    out = refused(p)
+    error = [line for line in p.stdout.splitlines() if line.startswith("error: ")]     # 04's log, shown
+    assert len(error) == 1 and all(n in error[0] for n in [f"error: {path} ", *needles]), out
+    assert path.read_bytes() == kept, "the other run's network was removed or changed"
+    no_stamps(work, "04_finetune/multi_0")
+
+
+def damage_store(store, how):
+    path = store / "images.npy"
+    data = bytearray(path.read_bytes())
+    if how == "cut":
+        data = data[: len(data) * 2 // 3]
+    else:                                     # the same size, the first photo's pixels changed
+        header = len(data) - int(np.prod(np.load(path, mmap_mode="r").shape))
+        data[header:header + 300] = bytes(b ^ 0xFF for b in data[header:header + 300])
+    rewritten(path, bytes(data))
+
+
+@pytest.mark.parametrize("how", ["cut", "overwritten"])
+def test_a_damaged_store_is_named_with_the_way_out(how, smoke_run, demo_data, tmp_path):
+    work = smoke_copy(smoke_run, tmp_path / "work")
+    store = work / "02_hvr"
+    oid = (store / "ids.txt").read_text().split()[0]
+    damage_store(store, how)
+    (work / "05_features" / "multi_0" / "DONE").unlink()
+    cause = "bytes, and 02 wrote" if how == "cut" else "its pixels are not those 02 wrote"
+    for goal in (("views", f"ID={oid}"), ("features",)):
+        p = run_make(*goal, work=work, data=demo_data, check=False, **SMOKE)
+        refused(p, f"{store / 'images.npy'}: the image store is damaged", cause, f"rm {store / 'DONE'}, then the same command")
+        assert not (store / f"views_{oid}.png").exists()
+        no_stamps(work, "05_features/multi_0")
+    (store / "DONE").unlink()                 # the way out the message gives
+    run_make("views", f"ID={oid}", work=work, data=demo_data, **SMOKE)
+    assert (store / f"views_{oid}.png").exists()
+
+
+@pytest.mark.parametrize("table, goal, reader", [("06_stack/test.csv", "submit", "07_submit"),
+                                                 ("05_features/multi_0/heldout.parquet", "stack", "06_stack"),
+                                                 ("01_sgkfold/fold_1_test.csv", "stack", "06_stack")])
+def test_a_repeated_id_in_an_upstream_table_is_named(table, goal, reader, smoke_run, demo_data, tmp_path):
+    work = smoke_copy(smoke_run, tmp_path / "work")
+    path = work / table
+    read = pd.read_parquet if path.suffix == ".parquet" else lambda f: pd.read_csv(f, dtype={"object_id": str})
+    frame = read(path)
+    twice = pd.concat([frame, frame.iloc[[3]]], ignore_index=True)
+    path.unlink()
+    if path.suffix == ".parquet":
+        twice.to_parquet(path, index=False)
+    else:
+        twice.to_csv(path, index=False)
+    (work / reader / "DONE").unlink()
+    p = run_make(goal, work=work, data=demo_data, check=False, **SMOKE)
+    refused(p, f"{path}: object_id repeated: {frame['object_id'].iloc[3]!r}", f"rm {path.parent / 'DONE'}")
+    no_stamps(work, reader)
