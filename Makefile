@@ -139,6 +139,9 @@ endif
 ifneq ($(strip $(words $(GPU_LOCKS)) $(foreach c,$(UNSAFE_CHARS),$(findstring $(c),$(GPU_LOCKS)))),1)
 $(error GPU_LOCKS=$(GPU_LOCKS): one path without spaces or shell characters)
 endif
+ifeq ($(filter /%,$(GPU_LOCKS)),)
+$(error GPU_LOCKS=$(GPU_LOCKS): an absolute path (one folder for every WORK and checkout on the host; docker-* mounts it as such))
+endif
 ifneq ($(words $(filter 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,$(or $(RANKS),1))) $(words $(or $(RANKS),1)),1 1)
 $(error RANKS=$(RANKS): 03's processes must be a whole number from 1 to 16)
 endif

@@ -329,6 +329,8 @@ def test_gpu_slot_locks_are_per_host_and_take_any_id(demo_data, tmp_path):
         assert "on-gpu --gpus 0 --locks /tmp/atma11-gpu-locks --" in p.stdout, p.stdout
     p = plain_make("-n", "fold", "GPUS=0", f"GPU_LOCKS={tmp_path / 'locks'}", f"WORK={tmp_path}/w1", f"DATA={demo_data}")
     assert f"--locks {tmp_path / 'locks'} --" in p.stdout
+    p = plain_make("-n", "fold", "GPUS=0", "GPU_LOCKS=locks", f"WORK={tmp_path}/w1", f"DATA={demo_data}")
+    assert p.returncode != 0 and "GPU_LOCKS=locks: an absolute path" in p.stderr
     mig = "MIG-GPU-4b0c1c0e-aaaa-5f2e-9c1e-000000000001/1/0"
     locks = tmp_path / "shared" / "locks"
     held = subprocess.Popen([PY, "devices.py", "on-gpu", "--gpus", mig, "--locks", locks, "--", "sleep", "30"],

@@ -248,13 +248,16 @@ def test_an_unchanged_requirements_txt_reinstalls_nothing(tmp_path):
     shim.write_text(f"#!/bin/sh\n[ \"$1\" = setup_venv.py ] && {{ echo install >> {tmp_path / 'log'}; exit 1; }}\n"
                     f"exec python3 \"$@\"\n")
     shim.chmod(0o755)
-    old = time.time() - 3600
+    old = time.time() - 3600          # the stamp older than requirements.txt, as in a fresh clone
     os.utime(copy / ".venv" / "requirements.txt", (old, old))
+    os.utime(copy / "requirements.txt", (old + 60, old + 60))
     p = plain_make("setup", f"PYTHON={shim}", cwd=copy)
     assert p.returncode == 0 and not (tmp_path / "log").exists(), p.stdout + p.stderr
-    assert (copy / ".venv" / "requirements.txt").stat().st_mtime > old + 60       # refreshed
+    assert (copy / ".venv" / "requirements.txt").stat().st_mtime > old + 60       # refreshed, so newer
     with open(copy / "requirements.txt", "a") as f:
         f.write("tomli==2.0.1\n")
+    later = time.time() + 60          # file times are as coarse as the kernel's tick: set one clearly newer
+    os.utime(copy / "requirements.txt", (later, later))
     p = plain_make("setup", f"PYTHON={shim}", cwd=copy)
     assert p.returncode != 0 and (tmp_path / "log").read_text() == "install\n"
 
