@@ -32,7 +32,6 @@ import training
 
 # -----------------------------------------------------------------------------
 SEED = 0               # model init and the epoch RNGs derive from it
-LOG_EVERY = 10         # steps between loss.csv rows (the only host syncs)
 TILES = pixels.JIGSAW_GRID ** 2
 
 p = common.profile_parser(__doc__.split("\n")[0])
@@ -144,7 +143,7 @@ def main():
 
     common.seed_everything(args.seed)
     model = training.build_model(args.arch, TILES * TILES, width=args.width)
-    config = dict(vars(args), log_every=LOG_EVERY,
+    config = dict(vars(args), log_every=training.LOG_EVERY,
                   channels_last=True, size=meta["size"], outputs=TILES * TILES, ranks=dist.world)
     model = training.fit(model, run_dir=out, dist=dist, config=config, epoch_plan=epoch_plan,
                          batch_loss=batch_loss, on_epoch_end=on_epoch_end)

@@ -55,7 +55,6 @@ import variants
 
 # -----------------------------------------------------------------------------
 SEED = 0               # init of the new head; epoch RNGs derive from it too
-LOG_EVERY = 10         # steps between loss.csv rows
 EVAL_POLL = 0.2        # seconds between the evaluator's looks for a new checkpoint (a stat: free)
 EVAL_GIVE_UP = 120.0   # seconds a checkpoint may stay unreadable before the evaluator fails
 EVAL_LOG = "evaluator.log"   # the evaluator process's stderr
@@ -204,7 +203,7 @@ def train(args, run_dir, dist, on_epoch_end=None):
     common.seed_everything(args.seed)
     inputs = 0 if extra is None else extra.shape[1]
     model = build(args, tasks.TASK_DIMS[args.task], device, inputs)
-    config = dict(vars(args), log_every=LOG_EVERY, channels_last=True, size=meta["size"],
+    config = dict(vars(args), log_every=training.LOG_EVERY, channels_last=True, size=meta["size"],
                   outputs=tasks.TASK_DIMS[args.task], inputs=inputs, date_mean=date_stats[0], date_std=date_stats[1])
     training.fit(model, run_dir=run_dir, dist=dist, config=config, epoch_plan=batches.plan,
                  batch_loss=batches.loss, on_epoch_end=on_epoch_end)

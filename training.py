@@ -337,6 +337,7 @@ def no_cuda_reason(gpus):
 # time, the newest, written before its weights). A checkpoint written before states had files of
 # their own holds both (its "optim"): a run continues from it as well.
 CKPT_RE = re.compile(r"^(ckpt|state)_e(\d{3})(?:_s(\d{8}))?\.pt$")
+LOG_EVERY = 10         # steps between loss.csv rows of 03 and 04: the only host syncs of a step
 CKPT_MINUTES = 10.0    # on a GPU, minutes of training between resumable states (a CPU counts steps)
 
 

@@ -6,7 +6,6 @@ same run on the same machine, adds `name_vs_ref: ratio x`, where the ratio says 
 better ours is (a rate: ours / ref; a size or a time: ref / ours).
 """
 import argparse
-import importlib
 import os
 import shutil
 import subprocess
@@ -63,7 +62,7 @@ def note(text):
 # -----------------------------------------------------------------------------
 def fold_labels(work):
     """A WORK's 01 as 06 reads it: (the folds, each train row's out-of-fold fold, its era)."""
-    stack = importlib.import_module("06_stack")
+    import stacking as stack
     folds, oof_fold = stack.read_folds(Path(work) / "01_sgkfold")
     y = folds["all"]["train"].set_index("object_id")["target"].loc[oof_fold.index]
     return folds, oof_fold, y
@@ -72,7 +71,7 @@ def fold_labels(work):
 def statistics_inputs(work):
     """What 06's meta_only sees in a WORK with 01 and 02 done: (the folds, each train row's
     out-of-fold fold, 02's statistics (--meta on) and the era, both by train row)."""
-    stack = importlib.import_module("06_stack")
+    import stacking as stack
     folds, oof_fold, y = fold_labels(work)
     meta = stack.meta_table(Path(work) / "02_hvr", "on").loc[oof_fold.index]
     return folds, oof_fold, meta, y
@@ -81,7 +80,7 @@ def statistics_inputs(work):
 def oof_scores(pred, y, oof_fold):
     """(pooled RMSE, [RMSE of each fold's out-of-fold rows]) of out-of-fold predictions, as
     06's cv.csv scores them."""
-    stack = importlib.import_module("06_stack")
+    import stacking as stack
     pooled = pred.loc[y.index]
     return stack.rmse(pooled, y), [stack.rmse(pooled[oof_fold == k], y[oof_fold == k]) for k in stack.K]
 

@@ -17,7 +17,6 @@ Steps (each skipped when its DONE is there: the study resumes):
         [--crop 48 --epochs 24] [--write docs/crops.md]
 """
 import argparse
-import importlib
 import json
 import subprocess
 import sys
@@ -30,8 +29,8 @@ import torch
 
 import benchlib
 import common
+import stacking as stack
 import tasks
-stack = importlib.import_module("06_stack")
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--work", required=True, help="a finished PROFILE=cpu WORK (01, 02, 06 done)")

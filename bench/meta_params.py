@@ -10,13 +10,12 @@ Two scores per parameter set, pooled over the 3 folds' out-of-fold rows:
     python bench/meta_params.py --work work-real
 """
 import argparse
-import importlib
 
 import lightgbm as lgb
 import numpy as np
 
 import benchlib
-stack = importlib.import_module("06_stack")
+import stacking as stack
 
 # -----------------------------------------------------------------------------
 ROUNDS = 1000     # the curve's length: both sets are past their minimum by then

@@ -10,12 +10,11 @@ training side) and on those it predicts (the held-out side).
     python bench/stack_params.py --work work-real
 """
 import argparse
-import importlib
 from pathlib import Path
 
 import benchlib
+import stacking as stack
 import tasks
-stack = importlib.import_module("06_stack")
 
 # -----------------------------------------------------------------------------
 SLOW = stack.META_PARAMS          # learning rate 0.02, half the columns per tree
@@ -39,7 +38,7 @@ def main():
     work = Path(args.work)
     folds, oof_fold = stack.read_folds(work / "01_sgkfold")
     y = folds["all"]["train"].set_index("object_id")["target"]
-    nets = ["multi"] if args.nets == "multi" else list(stack.tasks.TASKS)
+    nets = ["multi"] if args.nets == "multi" else list(tasks.TASKS)
     source = (work / "05_features", nets)
     for k in stack.K:     # the seed stack learns from the network's own training rows, predicts held-out ones
         for side, split in (("train", "train"), ("heldout", "test")):

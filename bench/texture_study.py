@@ -14,7 +14,6 @@ meta_only. Adopted: the groups that forward selection added.
     python bench/texture_study.py --work work-real [--write docs/texture.md]
 """
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pandas as pd
 import benchlib
 import common
 import photo_stats
-stack = importlib.import_module("06_stack")
+import stacking as stack
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--work", required=True, help="a WORK with 01_sgkfold and 02_hvr done (and perhaps 06_stack)")

@@ -3,7 +3,7 @@ on the same inputs; their ratio is our loop's overhead (1.0: none).
 
 Ours is the real code path: training.fit (Adam with the recipe's betas, the plan sliced into
 batches, rows to the device, loss scaling, the per-step statistics, the loss.csv row every
-`log_every` steps: every step on CPU, 04's LOG_EVERY on CUDA) with the batch_loss that
+`log_every` steps: every step on CPU, training.LOG_EVERY on CUDA) with the batch_loss that
 04_finetune.py uses for the `target` task, line for line: rows of the packed-pixel store gathered, a
 view each, normalised by pixels.to_input into channels_last (04's layout on every device), bf16
 autocast on CUDA (04's `auto` precision there; float32 on CPU, as PROFILE=cpu), tasks.head_losses
@@ -28,13 +28,12 @@ arithmetic does not depend on them.
 
 On CUDA it also counts the host syncs of our loop per step, as torch.cuda.set_sync_debug_mode
 reports them over the timed steps of one more fit run (the log's .item() calls, one per logged
-figure every LOG_EVERY steps, are among them; the goal is no other).
+figure every training.LOG_EVERY steps, are among them; the goal is no other).
 
     python bench/train_loop.py --sizes 64,224 --batch 32 [--device auto|cpu|cuda]
 """
 import argparse
 import contextlib
-import importlib.util
 import os
 import tempfile
 import time
@@ -49,7 +48,7 @@ ARCH = "resnet34"     # the recipe's network
 BATCH = 32            # small enough for a few steps at 224 px on 2 cores (~7 img/s there)
 ROUNDS = 2            # CUDA: alternating (ours, bare) rounds; each side's best counts
 CPU_STEPS = {64: (2, 8), 224: (1, 3)}   # per size on CPU: (warm-up steps, timed steps)
-CUDA_STEPS = (10, 40)                   # on CUDA: 1 and 4 log intervals of 04's LOG_EVERY
+CUDA_STEPS = (10, 40)                   # on CUDA: 1 and 4 log intervals of training.LOG_EVERY
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--sizes", default="64,224", help="comma-separated input sizes")
@@ -61,14 +60,6 @@ p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, 
 p.add_argument("--tmp", default=None, help="scratch directory for fit's run (default: temporary)")
 
 
-def load_finetune():
-    """04_finetune.py as a module (its name is no identifier); main() does not run."""
-    spec = importlib.util.spec_from_file_location("finetune", benchlib.ROOT / "04_finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def clocks(device):
     """(wall, this process's CPU time), after the device's queued work (CUDA) has run."""
     if device.type == "cuda":
@@ -77,7 +68,7 @@ def clocks(device):
     return time.perf_counter(), time.process_time()
 
 
-def ours(ft, arch, data, device, batch, warm, steps, log_every, run_dir, paired=None, count_syncs=False):
+def ours(arch, data, device, batch, warm, steps, log_every, run_dir, paired=None, count_syncs=False):
     """(wall s, CPU s) of `steps` steps of training.fit with 04's batch_loss after `warm`. With
     `paired` (a bare step function): run paired(k) before our step k, and return ((wall, CPU) of
     ours, (wall, CPU) of the paired steps) over the same steps. With count_syncs instead: host
@@ -130,7 +121,7 @@ def ours(ft, arch, data, device, batch, warm, steps, log_every, run_dir, paired=
     return (mine, tuple(other)) if paired else mine
 
 
-def bare_stepper(ft, arch, x_all, y_all, device, batch):
+def bare_stepper(arch, x_all, y_all, device, batch):
     """step(i): one step of a plain torchvision loop on batch i of inputs already in memory."""
     import torch
     import torch.nn.functional as F
@@ -171,7 +162,6 @@ def main():
     import torch
     import training
     training.configure_threads()
-    ft = load_finetune()
     device = benchlib.pick_device(args.device)
     cuda = device.type == "cuda"
     benchlib.note(f"train loop: {args.arch}, batch {args.batch}; " + benchlib.threads_note(device))
@@ -180,7 +170,7 @@ def main():
             warm, steps = map(int, args.steps.split(","))
         else:
             warm, steps = CUDA_STEPS if cuda else CPU_STEPS.get(size, (1, 3))
-        log_every = ft.LOG_EVERY if cuda else 1
+        log_every = training.LOG_EVERY if cuda else 1
         n = args.batch * (warm + steps + 1)          # ours runs one step more: its end mark
         g = torch.Generator().manual_seed(size)
         store = pixels.to_pixels(torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g), device)
@@ -195,13 +185,13 @@ def main():
                                for r in plan.to(device).split(256)])
         timed_ours, timed_bare = [], []
         for _ in range(1 if not cuda else args.rounds):
-            step = bare_stepper(ft, args.arch, x_all, y, device, args.batch)
+            step = bare_stepper(args.arch, x_all, y, device, args.batch)
             with tempfile.TemporaryDirectory(dir=args.tmp) as run_dir:
                 if cuda:
-                    timed_ours.append(ours(ft, args.arch, data, device, args.batch, warm, steps, log_every, run_dir))
+                    timed_ours.append(ours(args.arch, data, device, args.batch, warm, steps, log_every, run_dir))
                     timed_bare.append(bare(step, device, warm, steps))
                 else:                       # lockstep: bare step k, then our step k
-                    mine, theirs = ours(ft, args.arch, data, device, args.batch, warm, steps, log_every,
+                    mine, theirs = ours(args.arch, data, device, args.batch, warm, steps, log_every,
                                         run_dir, paired=step)
                     timed_ours.append(mine)
                     timed_bare.append(theirs)
@@ -214,7 +204,7 @@ def main():
         benchlib.emit_ratio(tag, rate_ours / rate_bare)
         if cuda:
             with tempfile.TemporaryDirectory(dir=args.tmp) as run_dir:
-                syncs = ours(ft, args.arch, data, device, args.batch, warm, steps, log_every, run_dir,
+                syncs = ours(args.arch, data, device, args.batch, warm, steps, log_every, run_dir,
                              count_syncs=True)
             benchlib.emit(f"{tag}_host_syncs_per_step", syncs, "syncs")
         del store, x_all, data

@@ -279,7 +279,7 @@ def test_results_page_is_generated_from_a_finished_work(multi_run, tmp_path):
 
 
 def test_blend_weighs_each_fold_with_the_other_folds_rows_only():
-    stack = load_script("06_stack.py")
+    import stacking as stack
     rng = np.random.default_rng(0)
     n = 300
     ids = pd.Index([f"o{i}" for i in range(n)])
@@ -304,7 +304,7 @@ def test_onehot_steps_sum_to_the_expected_class_and_a_blend_can_weigh_each():
     expected class), falling with c; when the truth weighs the steps unequally, the step blend
     finds it and the expected class cannot."""
     import tasks
-    stack = load_script("06_stack.py")
+    import stacking as stack
     rng = np.random.default_rng(1)
     scores = rng.dirichlet(np.ones(4), 400) + rng.normal(0, 0.05, (400, 4))
     steps = tasks.era_steps(scores)

@@ -70,7 +70,36 @@ def test_shared_modules_form_no_cycle_and_stages_import_no_stage():
     assert imports["devices"] == {"common", "gpu_slots", "tasks", "training"}   # training only to measure a CPU
     assert imports["gpu_slots"] == {"common"}
     assert imports["store_pack"] == {"common", "photo_stats"}       # 02 loads no torch
-    assert imports["sync"] == {"common", "remote", "units"} and imports["units"] == {"remote"}
+    assert imports["stacking"] == {"common", "photo_stats", "tasks"}  # 06 and bench's studies: no torch
+    assert imports["sync"] == {"common", "origin", "remote", "units"} and imports["units"] == {"remote"}
+    assert imports["origin"] == {"common", "remote"}
+
+
+def stage_loads(path):
+    """The numbered stages `path` loads as modules: by an import statement, or by name or file
+    through a loader (importlib's import_module and spec_from_file_location, __import__, runpy)."""
+    stage = re.compile(r"(^|/)\d\d_\w+(\.py)?$")
+    loaders = {"import_module", "spec_from_file_location", "__import__", "run_path", "run_module", "load_script"}
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in loaders:
+            names = [c.value for a in node.args for c in ast.walk(a)
+                     if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+        else:
+            continue
+        found += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names if stage.search(n)]
+    return found
+
+
+def test_bench_loads_no_stage():
+    """A stage is an entry point: bench/ imports the shared modules (stacking for 06's stacks and
+    blends), never a numbered script; running one as a command is another matter."""
+    found = [hit for path in sorted((REPO / "bench").glob("*.py")) for hit in stage_loads(path)]
+    assert not found, found
 
 
 def test_no_module_over_400_lines_without_a_reason():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, build_store, link_work, load_script
+from conftest import REPO, build_store, link_work
 import photo_stats
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -156,7 +156,7 @@ def work_oof(work):
 def test_06s_meta_ablations_keep_the_texture_with_the_photo_as_decoded(tmp_path):
     """--meta native keeps the texture columns (measured on the photo as decoded); --meta stored
     has neither them nor the native pixel columns; a stats.csv of before the texture reads too."""
-    meta_table = load_script("06_stack.py").meta_table
+    from stacking import meta_table
     stats = pd.DataFrame([np.arange(len(photo_stats.COLUMNS), dtype=float)], columns=photo_stats.COLUMNS)
     stats.insert(0, "object_id", ["a" * 20])
     stats.to_csv(tmp_path / "stats.csv", index=False)
