@@ -13,8 +13,8 @@ Stage 02 computes them once, from its one decode of each photo (no second pass o
 and writes WORK/02_hvr/stats.csv in the store's row order; 06_stack.py --meta on gives them to
 the stack. Colour and texture are measured twice: on the photo as decoded, at its own size, and
 (columns ending _stored) on the S x S pixels the networks get, in `pad` mode only on the photo's
-own part of the square, so the replicated edges do not count. Both help on the real data
-(README: the stack's CV with either and with both).
+own part of the square, so the replicated edges do not count. docs/history.md ("The statistics'
+booster") gives the booster's pooled CV on the real data as these columns were added.
 
 The definitions follow Pillow's, so that tests can check them against an independent computation:
 HSV as Image.convert("HSV") (hue of a grey pixel 0), luma as convert("L") (ITU-R 601-2).

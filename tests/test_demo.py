@@ -136,7 +136,7 @@ def test_default_size_is_shaped_like_the_real_task(default_demo):
 
 def test_make_says_when_it_uses_demo_data(make, tmp_path):
     """The default DATA without train.csv: Make says so and plans 00_demo_data.py into WORK (dry
-    run: -n). A DATA given by hand without train.csv is an error (issue 15), never demo data."""
+    run: -n). A DATA given by hand without train.csv is an error, never demo data."""
     if (REPO / "data" / "raw" / "train.csv").exists():
         pytest.skip("the default DATA (data/raw) holds a train.csv in this checkout")
     env = {k: v for k, v in os.environ.items() if k not in MAKE_ENV_DROP}

@@ -1,4 +1,4 @@
-"""Issue 15: nothing wrong gets into the store, nothing hangs, every failure names its true cause.
+"""Nothing wrong gets into the store, nothing hangs, every failure names its true cause.
 
 Each case breaks a copy of the demo data (or the machine around it) one way and runs the real
 `make` with PROFILE=smoke and a fresh WORK. A failure must exit non-zero with an `error:` that
@@ -64,7 +64,7 @@ def clean_hvr(demo_data, tmp_path_factory):
     return work
 
 
-# ---- 1, 2: the store holds only decodes of the bytes validation checked --------------------------
+# ---- the store holds only decodes of the bytes validation checked --------------------------
 def test_corrupt_photo_never_enters_the_store(demo_copy, clean_hvr, tmp_path):
     work, oid = tmp_path / "work", ids(demo_copy)[3]
     photo = demo_copy / "photos" / f"{oid}.jpg"
@@ -100,7 +100,7 @@ def test_resume_never_trusts_a_decode_of_other_bytes(demo_copy, tmp_path):
     same_store(work, reference)
 
 
-# ---- 3: demo data only for the default DATA -------------------------------------------------------
+# ---- demo data only for the default DATA -------------------------------------------------------
 def test_explicit_data_without_train_csv_is_an_error(demo_copy, tmp_path):
     (demo_copy / "train.csv").rename(demo_copy / "Train.csv")
     work = tmp_path / "work"
@@ -111,7 +111,7 @@ def test_explicit_data_without_train_csv_is_an_error(demo_copy, tmp_path):
     assert not (work / "00_demo_data").exists()
 
 
-# ---- 4, 5, 6: what validation reads, and what it lets through -------------------------------------
+# ---- what validation reads, and what it lets through -------------------------------------
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
 def test_photo_that_is_no_regular_file_is_refused_without_hanging(kind, demo_copy, tmp_path):
     oid = ids(demo_copy, "test")[2]
@@ -173,7 +173,7 @@ def test_imagemagick_limits_too_small_are_named_not_blamed_on_the_photo(demo_cop
     no_stamps(tmp_path / "work", "02_hvr")
 
 
-# ---- 7: a full disk is said to be one -----------------------------------------------------------
+# ---- a full disk is said to be one -----------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
     mnt = tmp_path / "mnt"
@@ -238,7 +238,7 @@ def test_full_disk_while_packing_the_store(demo_copy, clean_hvr, small_disk):
     same_store(work, clean_hvr)
 
 
-# ---- 8: no ImageMagick -------------------------------------------------------------------------
+# ---- no ImageMagick -------------------------------------------------------------------------
 def test_no_imagemagick_is_said_not_blamed_on_the_photos(demo_copy, tmp_path):
     """PATH without convert: every other tool the pipeline runs is linked into one directory."""
     bin_dir = tmp_path / "bin"
@@ -259,7 +259,7 @@ def test_no_imagemagick_is_said_not_blamed_on_the_photos(demo_copy, tmp_path):
     no_stamps(work, "02_hvr")
 
 
-# ---- 10, 11: one make per WORK; no leftovers ------------------------------------------------------
+# ---- one make per WORK; no leftovers ------------------------------------------------------
 def test_a_second_make_on_the_same_work_is_refused_at_once(demo_copy, tmp_path):
     work = tmp_path / "work"
     run_make("validate", work=work, data=demo_copy, **SMOKE)
@@ -290,7 +290,7 @@ def test_a_store_a_kill_left_half_written_is_removed(demo_copy, tmp_path):
     assert not left.exists() and not list((work / "02_hvr").glob(".*.tmp"))
 
 
-# ---- 12, 15: where WORK and DATA may be ------------------------------------------------------------
+# ---- where WORK and DATA may be ------------------------------------------------------------
 def test_work_inside_data_is_refused(demo_copy):
     before = sorted(p.name for p in demo_copy.iterdir())
     p = run_make("validate", work=demo_copy / "work", data=demo_copy, check=False, **SMOKE)
@@ -307,7 +307,7 @@ def test_data_path_with_shell_characters_is_refused_clearly(name, demo_data, tmp
     assert "syntax error" not in p.stderr and not (tmp_path / "work" / "00_validate" / "DONE").exists()
 
 
-# ---- 13, 14, 16: tables and folders ---------------------------------------------------------------
+# ---- tables and folders ---------------------------------------------------------------
 def test_duplicate_column_names_are_refused(demo_copy, tmp_path):
     lines = (demo_copy / "train.csv").read_text().splitlines()
     flip = {"0": "1", "1": "2", "2": "3", "3": "0"}
