@@ -25,7 +25,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import checkpointing
 import common
+import distributed
+import inference
+import models
 import pixels
 import reporting
 import training
@@ -37,7 +41,7 @@ TILES = pixels.JIGSAW_GRID ** 2
 p = common.profile_parser(__doc__.split("\n")[0])
 p.add_argument("--hvr", required=True, help="the image store (stage 02)")
 p.add_argument("--out", required=True, help="this stage's directory")
-p.add_argument("--arch", default=None, choices=training.ARCHS, help="network (profile)")
+p.add_argument("--arch", default=None, choices=models.ARCHS, help="network (profile)")
 p.add_argument("--width", type=int, default=None, help="a ResNet's first-stage channels (profile; the recipe: 64)")
 p.add_argument("--epochs", type=int, default=None, help="passes over the photos (profile; 0: none, the fine-tunes start from random init)")
 p.add_argument("--batch", type=int, default=None, help="global batch size (profile)")
@@ -46,7 +50,7 @@ p.add_argument("--views", type=int, default=None, choices=range(1, 9), metavar="
 p.add_argument("--perms", type=int, default=None, help="permutations per image-view, identity included (profile)")
 p.add_argument("--holdout", type=int, default=None, help="photos kept out to measure accuracy (profile)")
 p.add_argument("--ckpt-every", type=int, default=None, help="on a CPU: steps between mid-epoch checkpoints (profile)")
-p.add_argument("--ckpt-minutes", type=float, default=training.CKPT_MINUTES,
+p.add_argument("--ckpt-minutes", type=float, default=checkpointing.CKPT_MINUTES,
                help="on a GPU: minutes of training between resumable checkpoints")
 p.add_argument("--norm", default="sync", choices=["sync", "bn"],
                help="BatchNorm under DDP on GPUs: sync = over the global batch (SyncBatchNorm, the recipe), "
@@ -57,7 +61,7 @@ p.add_argument("--holdout-trains", default=None, action=argparse.BooleanOptional
                help="the held-out photos are trained on too (profile; the recipe pretrains on every photo)")
 p.add_argument("--seed", type=int, default=SEED)
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
-p.add_argument("--precision", default=None, choices=training.PRECISIONS,
+p.add_argument("--precision", default=None, choices=inference.PRECISIONS,
                help="bf16 autocast: auto = on GPUs and CPUs with native bf16 (profile)")
 
 
@@ -75,12 +79,12 @@ def puzzle_loss(out, perms, kind):
 def main():
     args = common.parse(p, "03")
     training.configure_threads()
-    dist = training.Dist()
-    args.input_hvr = training.input_identity(args.hvr)   # another store is another setup
+    dist = distributed.Dist()
+    args.input_hvr = checkpointing.input_identity(args.hvr)   # another store is another setup
     stage = common.Stage(args.out) if dist.main else None
     out = Path(args.out)
     if dist.main:      # what this run may continue from; the other ranks wait for it
-        done = training.settle_checkpoints(out, vars(args), ("loss.csv", "holdout.csv", "loss.png", "provenance.json"))
+        done = checkpointing.settle_checkpoints(out, vars(args), ("loss.csv", "holdout.csv", "loss.png", "provenance.json"))
         common.forget_epochs_after(out / "holdout.csv", done)
     dist.barrier()
     images, ids, meta = pixels.load_store(args.hvr)
@@ -114,7 +118,7 @@ def main():
 
     def forward(net, rows):
         x = pixels.to_input(store[rows[:, 0]], rows[:, 1], vidx, channels_last=True, perms=rows[:, 2:])
-        with training.autocast(device, args.precision):
+        with inference.autocast(device, args.precision):
             return net(x)
 
     def batch_loss(net, rows):
@@ -130,7 +134,7 @@ def main():
         model.eval()
         sums = torch.zeros(3)
         for chunk in holdout_plan.split(args.batch):
-            with training.autotune(len(chunk) == args.batch):
+            with distributed.autotune(len(chunk) == args.batch):
                 figures = puzzle_loss(forward(model, chunk.to(device)), chunk[:, 2:].to(device), args.loss)
             sums += torch.stack([f.sum().cpu() for f in figures])
         loss, tile, puzzle = (sums / max(len(held), 1)).tolist()
@@ -142,7 +146,7 @@ def main():
               f"(chance {1 / TILES:.3f}), whole-puzzle accuracy {puzzle:.3f}", flush=True)
 
     common.seed_everything(args.seed)
-    model = training.build_model(args.arch, TILES * TILES, width=args.width)
+    model = models.build_model(args.arch, TILES * TILES, width=args.width)
     config = dict(vars(args), log_every=training.LOG_EVERY,
                   channels_last=True, size=meta["size"], outputs=TILES * TILES, ranks=dist.world)
     model = training.fit(model, run_dir=out, dist=dist, config=config, epoch_plan=epoch_plan,
@@ -150,7 +154,7 @@ def main():
     if dist.main:
         missing = [e for e in range(1, args.epochs + 1) if e not in common.read_epoch_rows(out / "holdout.csv")]
         for epoch in missing:      # killed between a checkpoint and its held-out row
-            model.load_state_dict(training.load_weights(out / common.ckpt_name(epoch))["model"])
+            model.load_state_dict(checkpointing.load_weights(out / common.ckpt_name(epoch))["model"])
             on_epoch_end(epoch, model)
         plot(out)
         stage.finish(config)

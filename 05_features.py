@@ -32,7 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+import checkpointing
 import common
+import distributed
+import inference
+import models
 import pixels
 import tasks
 import training
@@ -54,7 +58,7 @@ p.add_argument("--seeds", type=int, default=1, choices=range(1, 11), metavar="1-
 p.add_argument("--fold-test", default=None, choices=["yes", "no"],
                help="folds 0-2: describe test.csv too (06's oof stacks' test side; the profile: "
                     "full, smoke yes, cpu no)")
-p.add_argument("--precision", default=None, choices=training.PRECISIONS,
+p.add_argument("--precision", default=None, choices=inference.PRECISIONS,
                help="bf16 autocast: auto = on GPUs and CPUs with native bf16 (profile)")
 
 
@@ -81,16 +85,16 @@ def to_device(chunk, device):
 def main():
     args = common.parse(p, "05")
     training.configure_threads()
-    dist = training.Dist()
+    dist = distributed.Dist()
     run = common.run_name(args.task, args.fold)
     stage = common.Stage(Path(args.out) / run)
     out = stage.dir
     unfinished = f"make finetune, or make fold TASK={args.task} FOLD={args.fold}"
     # each network is read for its own run, trained on the folds and the store 05 reads now
-    inputs = dict(input_folds=training.input_identity(args.folds), input_hvr=training.input_identity(args.hvr))
-    checkpoints = [training.finished_checkpoint(Path(args.runs) / common.run_name(args.task, args.fold, seed),
-                                                "05", unfinished, setup=dict(inputs, task=args.task,
-                                                                             fold=args.fold, seed=seed))
+    inputs = dict(input_folds=checkpointing.input_identity(args.folds), input_hvr=checkpointing.input_identity(args.hvr))
+    checkpoints = [checkpointing.finished_checkpoint(Path(args.runs) / common.run_name(args.task, args.fold, seed),
+                                                     "05", unfinished, setup=dict(inputs, task=args.task,
+                                                                                  fold=args.fold, seed=seed))
                    for seed in range(args.seeds)]
 
     images, ids, meta = pixels.load_store(args.hvr)
@@ -106,10 +110,10 @@ def main():
     px = pixels.to_pixels(images[pixels.store_rows(ids, every, args.hvr).numpy()], "cpu")
     seeds, extras, boxes, reused = [], {}, {}, []
     for epoch, ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
-        state = training.load_weights(ckpt)
+        state = checkpointing.load_weights(ckpt)
         config = state["config"]
-        model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0),
-                                     config.get("width", training.WIDTH)).to(dist.device)
+        model = models.build_model(config["arch"], config["outputs"], config.get("inputs", 0),
+                                   config.get("width", models.WIDTH)).to(dist.device)
         model.load_state_dict(state["model"])
         crop = config.get("crop") or 0
         if crop and crop not in boxes:                  # stats.csv read once, not once per seed
@@ -120,7 +124,7 @@ def main():
         extra = extras[kind]
         parts = []
         for split, rows in span.items():
-            known = (training.saved_views(ckpt.parent, epoch, wanted[split], dist.device, args.precision)
+            known = (inference.saved_views(ckpt.parent, epoch, wanted[split], dist.device, args.precision)
                      if split == "heldout" else None)    # the evaluator's pass over the held-out side
             if known is not None:
                 reused.append(ckpt.parent.name)
@@ -139,7 +143,7 @@ def main():
     outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))
     for split, oids in wanted.items():
         part = outputs[span[split]]
-        training.save_views(out / f"{split}.npz", oids, part)
+        inference.save_views(out / f"{split}.npz", oids, part)
         table = pd.DataFrame({"object_id": oids.to_numpy(), **tasks.reduce_views(args.task, part)})
         with common.atomic_path(out / f"{split}.parquet") as tmp:
             table.to_parquet(tmp, index=False)

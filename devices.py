@@ -255,10 +255,12 @@ def measure_rates(profile, seconds=ESTIMATE_SECONDS):
     """(training, inference) images/s of the profile's 04 network at its size on this CPU,
     measured for about `seconds` each after one step of warm-up."""
     import torch
+    import inference
+    import models
     import training
     training.configure_threads()
     c2, c4, c5 = (common.PROFILES[profile][s] for s in ("02", "04", "05"))
-    model = training.build_model(c4["arch"], 1, width=c4.get("width", training.WIDTH)).to(memory_format=torch.channels_last)
+    model = models.build_model(c4["arch"], 1, width=c4.get("width", models.WIDTH)).to(memory_format=torch.channels_last)
     # the profile's own batches (a CPU's images/s depend on them), cut to keep a step to a second or so
     fits = max(1, ESTIMATE_PIXELS // c2["size"] ** 2)
     batch, infer_batch = min(c4["batch"], fits), min(c5["batch"], fits)
@@ -275,14 +277,14 @@ def measure_rates(profile, seconds=ESTIMATE_SECONDS):
         return n * size / (time.perf_counter() - t0)
 
     def train_step():
-        with training.autocast(device, c4["precision"]):
+        with inference.autocast(device, c4["precision"]):
             loss = model(x[:batch]).float().square().mean()
         optim.zero_grad()
         loss.backward()
         optim.step()
 
     def infer_step():
-        with torch.inference_mode(), training.autocast(device, c4["precision"]):
+        with torch.inference_mode(), inference.autocast(device, c4["precision"]):
             model(x[:infer_batch])
 
     train_rate = timed(train_step, batch)

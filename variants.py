@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 
 import common
+import inference
 import photo_stats
 import pixels
-import training
 
 PHOTO_INPUTS = ("none", "shape", "stats")
 SHAPE_COLUMNS = ("width", "height", "aspect")
@@ -149,13 +149,13 @@ class Cropped:
 
 
 def predict_views(config, model, px, device, batch, views=range(8), *, precision, extra=None, boxes=None):
-    """(N, V, D): training.predict_views of a network, or for one trained on crops (config's
+    """(N, V, D): inference.predict_views of a network, or for one trained on crops (config's
     crop), of its grid of crops within each photo (boxes: crop_boxes of px's rows), each view's
     outputs averaged over the photo's crops."""
     size = math.isqrt(px.shape[1])
     if not config.get("crop"):
-        return training.predict_views(model, px, pixels.view_index(size).to(device), device, batch, views,
-                                      precision=precision, extra=extra)
+        return inference.predict_views(model, px, pixels.view_index(size).to(device), device, batch, views,
+                                       precision=precision, extra=extra)
     corners = grid_origins(boxes, config.get("eval_crops", 3)).to(device)     # (N, K, 2)
     n, k = corners.shape[:2]
     vidx = pixels.view_index(config["crop"]).to(device)
@@ -167,7 +167,7 @@ def predict_views(config, model, px, device, batch, views=range(8), *, precision
                                    corners[start:start + m].reshape(-1, 2), size)     # each crop as it is
         crops = px[start:start + m].repeat_interleave(k, 0).gather(1, window)        # (m*K, C*C) packed
         more = None if extra is None else extra[start:start + m].repeat_interleave(k, 0)
-        out = training.predict_views(model, crops, vidx, device, batch, views, precision=precision, extra=more)
+        out = inference.predict_views(model, crops, vidx, device, batch, views, precision=precision, extra=more)
         outs.append(out.view(m, k, *out.shape[1:]).mean(1))
     return torch.cat(outs)
 

@@ -162,8 +162,10 @@ def finetune(args, name, cfg, task, hvr, jig, seed=0):
 def ensemble_rmse(args, run_dirs, hvr):
     """{head: held-out era RMSE} of the runs' last checkpoints, their 8-view means averaged."""
     import torch
+    import checkpointing
+    import inference
+    import models
     import pixels
-    import training
     import variants
     held = common.read_fold(args.folds, "0", "test")
     images, ids, meta = pixels.load_store(hvr)
@@ -171,12 +173,12 @@ def ensemble_rmse(args, run_dirs, hvr):
     vidx = pixels.view_index(meta["size"])
     outs, config = [], None
     for run_dir in run_dirs:
-        state = training.load_checkpoint(training.list_checkpoints(run_dir)[-1][2])
+        state = checkpointing.load_checkpoint(checkpointing.list_checkpoints(run_dir)[-1][2])
         config = state["config"]
-        model = training.build_model(config["arch"], config["outputs"], config.get("inputs", 0))
+        model = models.build_model(config["arch"], config["outputs"], config.get("inputs", 0))
         model.load_state_dict(state["model"])
         extra = variants.photo_inputs(hvr, held["object_id"], config.get("photo_inputs", "none"))
-        views = training.predict_views(model, px, vidx, torch.device("cpu"), 256, precision=config.get(
+        views = inference.predict_views(model, px, vidx, torch.device("cpu"), 256, precision=config.get(
             "precision", "fp32"), extra=extra)
         outs.append(tasks.in_units("multi", views, config).mean(1).numpy())    # as 05 writes them
     mean = sum(outs) / len(outs)

@@ -12,7 +12,7 @@ its statistics gathered over the group (all_gather, here of one rank's), the emp
 the count-weighted combination, the gradient all_reduce, and its CUDA kernels (batch_norm_stats,
 batch_norm_gather_stats_with_counts, batch_norm_elemt, batch_norm_backward_reduce,
 batch_norm_backward_elemt). The networks are converted by SyncBatchNorm.convert_sync_batchnorm,
-as training.sync_batchnorm does under NCCL.
+as distributed.sync_batchnorm does under NCCL.
 
 Printed (stdout; notes on stderr start with `# `):
   syncbn_<dtype>_max_abs_diff_<what>: d (tolerance t)   for out, grad_input, grad_weight,
@@ -49,6 +49,7 @@ from torch.nn.modules._functions import SyncBatchNorm as sync_batch_norm
 
 import benchlib
 import common      # importable once benchlib has put the repository on the path
+import models
 import training
 
 # -----------------------------------------------------------------------------
@@ -68,7 +69,7 @@ p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: the dry run (stand-in kernels)")
 p.add_argument("--batch", type=int, default=BATCH)
 p.add_argument("--size", type=int, default=SIZE, help="the networks' input size; the check's is a quarter")
-p.add_argument("--width", type=int, default=training.WIDTH, help="ResNet34's first-stage channels")
+p.add_argument("--width", type=int, default=models.WIDTH, help="ResNet34's first-stage channels")
 p.add_argument("--warm", type=int, default=WARM)
 p.add_argument("--steps", type=int, default=STEPS)
 p.add_argument("--perturb", type=float, default=0.0,
@@ -169,7 +170,7 @@ def compare(shape, dtype, device, perturb):
 def sync_path_model(args, device, sync):
     """03's ResNet34, its BatchNorms through the sync function (sync) or plain, channels_last."""
     torch.manual_seed(0)
-    model = training.build_model(ARCH, OUTPUTS, width=args.width)
+    model = models.build_model(ARCH, OUTPUTS, width=args.width)
     if sync:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         for m in model.modules():
@@ -264,7 +265,7 @@ def main():
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True          # as training.Dist: fixed shapes
+        torch.backends.cudnn.benchmark = True          # as distributed.Dist: fixed shapes
         name = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
         benchlib.note(f"syncbn_check on {name}: NCCL group of one rank; bf16 autocast, channels_last")
     else:

@@ -74,6 +74,8 @@ def ours(arch, data, device, batch, warm, steps, log_every, run_dir, paired=None
     ours, (wall, CPU) of the paired steps) over the same steps. With count_syncs instead: host
     syncs per step over those steps, as CUDA's sync debug mode says."""
     import torch
+    import distributed
+    import models
     import training
     store, pos, plan, y, w, vidx = data
     cuda = device.type == "cuda"
@@ -101,7 +103,7 @@ def ours(arch, data, device, batch, warm, steps, log_every, run_dir, paired=None
         return batch_loss(net, rows)
 
     torch.manual_seed(0)
-    model = training.build_model(arch, 1)
+    model = models.build_model(arch, 1)
     config = dict(profiles.RECIPE_OPTIM, epochs=1, batch=batch, views=8, seed=0, log_every=log_every,
                   ckpt_every=10 ** 9, channels_last=True)
     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null), \
@@ -112,7 +114,7 @@ def ours(arch, data, device, batch, warm, steps, log_every, run_dir, paired=None
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             stack.callback(torch.cuda.set_sync_debug_mode, "default")
-        training.fit(model, run_dir=run_dir, dist=training.Dist(), config=config,
+        training.fit(model, run_dir=run_dir, dist=distributed.Dist(), config=config,
                      epoch_plan=lambda epoch, g: plan[: (warm + steps + 1) * batch], batch_loss=marked)
     if count_syncs:
         return (calls[warm + steps] - calls[warm]) / steps

@@ -13,7 +13,9 @@ import torch
 
 from conftest import REPO, load_script
 
+import checkpointing
 import common
+import distributed
 import profiles
 import training
 
@@ -44,8 +46,8 @@ def train(run_dir, config=CONFIG, kill_at=None):
         calls.append(1)
         return ((net(x[rows]) - y[rows]) ** 2).sum(), {}
 
-    training.settle_checkpoints(run_dir, config)
-    training.fit(model, run_dir=run_dir, dist=training.Dist(), config=config,
+    checkpointing.settle_checkpoints(run_dir, config)
+    training.fit(model, run_dir=run_dir, dist=distributed.Dist(), config=config,
                  epoch_plan=lambda epoch, g: torch.randperm(N, generator=g), batch_loss=batch_loss)
     return len(calls)
 
@@ -64,7 +66,7 @@ def same(a, b):
         if isinstance(u, (list, tuple)):
             return len(u) == len(v) and all(walk(i, j) for i, j in zip(u, v))
         return u == v
-    return walk(training.load_checkpoint(a), training.load_checkpoint(b))
+    return walk(checkpointing.load_checkpoint(a), checkpointing.load_checkpoint(b))
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +80,9 @@ def reference(tmp_path_factory):
 def test_epoch_weights_hold_no_optimizer_and_one_state_remains(reference, tmp_path):
     assert names(reference) == ["ckpt_e001.pt", "ckpt_e002.pt", "loss.csv", "state_e002.pt"]
     for name in ("ckpt_e001.pt", "ckpt_e002.pt"):
-        weights = training.load_checkpoint(reference / name)
+        weights = checkpointing.load_checkpoint(reference / name)
         assert set(weights) == WEIGHT_KEYS and weights["step"] is None
-    state = training.load_checkpoint(reference / "state_e002.pt")
+    state = checkpointing.load_checkpoint(reference / "state_e002.pt")
     assert set(state) == STATE_KEYS and (state["epoch"], state["step"], state["global_step"]) == (2, None, 24)
     # Adam keeps two moments per parameter: the state is about twice the weights (BatchNorm's
     # running statistics are weights only), and nothing was written twice
@@ -90,7 +92,7 @@ def test_epoch_weights_hold_no_optimizer_and_one_state_remains(reference, tmp_pa
 
     train(tmp_path, dict(CONFIG, keep_epochs="last"))
     assert names(tmp_path) == ["ckpt_e002.pt", "loss.csv", "state_e002.pt"]
-    ours, theirs = (training.load_checkpoint(d / "ckpt_e002.pt")["model"] for d in (tmp_path, reference))
+    ours, theirs = (checkpointing.load_checkpoint(d / "ckpt_e002.pt")["model"] for d in (tmp_path, reference))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
@@ -98,7 +100,7 @@ def test_a_kill_mid_epoch_resumes_bit_identical(reference, tmp_path):
     with pytest.raises(Killed):
         train(tmp_path, kill_at=19)          # epoch 2, after its mid-epoch checkpoint at step 5
     assert names(tmp_path) == ["ckpt_e001.pt", "ckpt_e002_s00000005.pt", "loss.csv", "state_e002_s00000005.pt"]
-    assert set(training.load_checkpoint(tmp_path / "ckpt_e002_s00000005.pt")) == WEIGHT_KEYS
+    assert set(checkpointing.load_checkpoint(tmp_path / "ckpt_e002_s00000005.pt")) == WEIGHT_KEYS
     assert train(tmp_path) == 7              # the 7 steps after step 5
     assert names(tmp_path) == names(reference)
     for name in ("ckpt_e002.pt", "state_e002.pt"):
@@ -117,7 +119,7 @@ def test_a_kill_between_the_state_and_its_weights_resumes_from_the_state_before(
     GPU writes states by the clock, weights every epoch) are removed and trained again."""
     run = killed_mid_epoch(tmp_path)
     shutil.copy(reference / "state_e002.pt", run / "state_e002_s00000010.pt")     # its weights never written
-    assert training.settle_checkpoints(run, CONFIG) == 1
+    assert checkpointing.settle_checkpoints(run, CONFIG) == 1
     assert names(run) == ["ckpt_e001.pt", "ckpt_e002_s00000005.pt", "loss.csv", "state_e002_s00000005.pt"]
 
     shutil.copy(reference / "ckpt_e002.pt", run / "ckpt_e002.pt")                 # no state written with it
@@ -142,10 +144,10 @@ def test_weights_cut_short_start_the_run_over(reference, tmp_path, capsys):
 def as_earlier_layout(run, epoch, step):
     """The weights and state at (epoch, step) merged into one file, as fit wrote them before."""
     weights = run / common.ckpt_name(epoch, step)
-    state = training.beside(weights, epoch, step)
-    merged = {**training.load_checkpoint(weights), **training.load_checkpoint(state)}
+    state = checkpointing.beside(weights, epoch, step)
+    merged = {**checkpointing.load_checkpoint(weights), **checkpointing.load_checkpoint(state)}
     state.unlink()
-    training.save_checkpoint(weights, merged)
+    checkpointing.save_checkpoint(weights, merged)
 
 
 @pytest.mark.parametrize("step", [5, None])
@@ -170,12 +172,12 @@ def test_inference_reads_the_weights_only(reference, tmp_path, monkeypatch):
     hands back no optimizer; the evaluator, 05, 04 --init and 03's re-scoring read checkpoints
     through it and nothing else."""
     old = tmp_path / "ckpt_e002.pt"
-    training.save_checkpoint(old, {**training.load_checkpoint(reference / "ckpt_e002.pt"),
-                                   **training.load_checkpoint(reference / "state_e002.pt")})
+    checkpointing.save_checkpoint(old, {**checkpointing.load_checkpoint(reference / "ckpt_e002.pt"),
+                                        **checkpointing.load_checkpoint(reference / "state_e002.pt")})
     calls = []
     load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or load(*a, **kw))
-    weights = training.load_weights(old)
+    weights = checkpointing.load_weights(old)
     assert calls == [dict(map_location="cpu", weights_only=True, mmap=True)]
     assert "optim" not in weights and "torch_rng" not in weights and weights["config"]["epochs"] == 2
     for script in ("03_jigsaw.py", "04_finetune.py", "05_features.py"):
@@ -186,7 +188,7 @@ def test_inference_reads_the_weights_only(reference, tmp_path, monkeypatch):
 
 def test_states_are_paced_by_steps_on_a_cpu_and_by_minutes_on_a_gpu():
     config = dict(CONFIG, epochs=3, log_every=10, ckpt_every=200, ckpt_minutes=10)
-    due = training.state_due
+    due = checkpointing.state_due
     # a CPU: every ckpt_every steps and every epoch end, whatever the clock
     assert [s for s in range(1, 700) if due(False, config, 1, s, 0.0)] == [200, 400, 600]
     assert due(False, config, 1, None, 0.0) and due(False, config, 1, 200, 1e9)
@@ -195,7 +197,7 @@ def test_states_are_paced_by_steps_on_a_cpu_and_by_minutes_on_a_gpu():
     assert due(True, config, 1, 10, 600.0) and due(True, config, 2, None, 600.0)
     assert not due(True, config, 1, 15, 3600.0)          # not a log step: no host sync to save after
     assert due(True, config, 3, None, 0.0) and due(False, config, 3, None, 0.0)    # the run's end, always
-    assert due(True, {k: v for k, v in config.items() if k != "ckpt_minutes"}, 1, 10, 60 * training.CKPT_MINUTES)
+    assert due(True, {k: v for k, v in config.items() if k != "ckpt_minutes"}, 1, 10, 60 * checkpointing.CKPT_MINUTES)
 
 
 def test_adam_is_fused_on_gpu_parameters_only():
@@ -216,14 +218,14 @@ def test_autotuning_is_off_for_a_short_batch_only():
     before = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = True         # as Dist sets it on a GPU
-        with training.autotune(True):
+        with distributed.autotune(True):
             assert torch.backends.cudnn.benchmark
-        with pytest.raises(Killed), training.autotune(False):
+        with pytest.raises(Killed), distributed.autotune(False):
             assert not torch.backends.cudnn.benchmark
             raise Killed
         assert torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = False        # a CPU: nothing to turn off, nothing turned on
-        with training.autotune(False):
+        with distributed.autotune(False):
             pass
         assert not torch.backends.cudnn.benchmark
     finally:
@@ -255,9 +257,9 @@ def test_jigsaw_norm_is_an_option_and_part_of_the_setup(monkeypatch):
     kinds = {}
     for norm in ("sync", "bn"):
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-        kinds[norm] = type(training.Dist.wrap(dist, model, norm)[1])
+        kinds[norm] = type(distributed.Dist.wrap(dist, model, norm)[1])
     assert kinds == {"sync": torch.nn.SyncBatchNorm, "bn": torch.nn.BatchNorm2d}
     args = load_script("03_jigsaw.py").p.parse_args(["--hvr", "h", "--out", "o"])
     assert args.norm == "sync"
-    assert training.setup_differences({"norm": "sync"}, {"norm": "bn"}) == [("norm", "sync", "bn")]
-    assert training.setup_differences({"ckpt_minutes": 10.0}, {"ckpt_minutes": 5.0}) == []
+    assert checkpointing.setup_differences({"norm": "sync"}, {"norm": "bn"}) == [("norm", "sync", "bn")]
+    assert checkpointing.setup_differences({"ckpt_minutes": 10.0}, {"ckpt_minutes": 5.0}) == []

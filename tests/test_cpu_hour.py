@@ -15,7 +15,10 @@ import pytest
 
 from conftest import REPO, load_script, smoke_copy
 
+import checkpointing
 import common
+import inference
+import models
 import tasks
 import training
 
@@ -110,11 +113,11 @@ def test_a_folds_features_are_its_seeds_networks_averaged(multi_run):
     vidx = pixels.view_index(meta["size"])
     outs = []
     for run in ("multi_1", "multi_1_s1"):
-        state = training.load_checkpoint(training.list_checkpoints(work / "04_finetune" / run)[-1][2])
-        model = training.build_model(state["config"]["arch"], state["config"]["outputs"], width=state["config"]["width"])
+        state = checkpointing.load_checkpoint(checkpointing.list_checkpoints(work / "04_finetune" / run)[-1][2])
+        model = models.build_model(state["config"]["arch"], state["config"]["outputs"], width=state["config"]["width"])
         model.load_state_dict(state["model"])
-        outs.append(training.predict_views(model, px, vidx, torch.device("cpu"), 64,
-                                           precision=common.PROFILES["smoke"]["05"]["precision"]).numpy())
+        outs.append(inference.predict_views(model, px, vidx, torch.device("cpu"), 64,
+                                            precision=common.PROFILES["smoke"]["05"]["precision"]).numpy())
     assert not np.allclose(outs[0][..., 0], outs[1][..., 0])       # two different networks
     assert np.allclose(saved["outputs"][:20, :, 0], (outs[0][..., 0] + outs[1][..., 0]) / 2, atol=1e-5)
 
@@ -126,12 +129,12 @@ def test_05_takes_the_held_out_side_from_the_evaluator(multi_run, make, demo_dat
     provenance = lambda w, run: json.loads((w / "05_features" / run / "provenance.json").read_text())["config"]
     assert provenance(work, "multi_1")["heldout_from_evaluator"] == ["multi_1", "multi_1_s1"]
     assert provenance(work, "multi_all")["heldout_from_evaluator"] == []     # no held-out side
-    assert not (work / "04_finetune" / "multi_all" / training.HELDOUT_VIEWS).exists()
+    assert not (work / "04_finetune" / "multi_all" / inference.HELDOUT_VIEWS).exists()
     copy = smoke_copy(multi_run, tmp_path / "work")
-    (copy / "04_finetune" / "multi_1_s1" / training.HELDOUT_VIEWS).unlink()
-    with np.load(copy / "04_finetune" / "multi_1" / training.HELDOUT_VIEWS) as saved:   # another epoch's
-        training.save_views(copy / "04_finetune" / "multi_1" / training.HELDOUT_VIEWS, saved["object_id"],
-                            saved["outputs"] + 1, epoch=1, bf16=False)
+    (copy / "04_finetune" / "multi_1_s1" / inference.HELDOUT_VIEWS).unlink()
+    with np.load(copy / "04_finetune" / "multi_1" / inference.HELDOUT_VIEWS) as saved:   # another epoch's
+        inference.save_views(copy / "04_finetune" / "multi_1" / inference.HELDOUT_VIEWS, saved["object_id"],
+                             saved["outputs"] + 1, epoch=1, bf16=False)
     (copy / "05_features" / "multi_1" / "DONE").unlink()
     again = make("all", work=copy, data=demo_data, PROFILE="smoke", **CPU_SHAPE)
     assert again.stdout.count("05_features.py") == 1 and "(heldout: the evaluator" not in again.stdout

@@ -10,7 +10,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import checkpointing
 import common
+import distributed
+import models
 import profiles
 import training
 
@@ -27,7 +30,7 @@ def test_full_profile_is_the_recipe():
 
 def test_outputs_are_float32_under_bf16_autocast():
     torch.manual_seed(0)
-    model = training.build_model("resnet18", 1).eval()
+    model = models.build_model("resnet18", 1).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
@@ -49,32 +52,32 @@ def torchvision_keys():
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
 def test_our_resnets_are_torchvisions_bit_for_bit(arch):
-    """training.py builds the ResNets itself (no torchvision import in a stage): the same modules,
+    """models.py builds the ResNets itself (no torchvision import in a stage): the same modules,
     keys and init drawn in the same order as torchvision's, so the same seed gives the same
     network; a narrower one (the rehearsal's) has the same keys."""
     import torchvision
     torch.manual_seed(7)
     theirs = getattr(torchvision.models, arch)(weights=None, num_classes=3).eval()
     torch.manual_seed(7)
-    ours = training.build_model(arch, 3).eval()
+    ours = models.build_model(arch, 3).eval()
     a, b = theirs.state_dict(), ours.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     x = torch.randn(2, 3, 40, 40)
     with torch.inference_mode():
         assert torch.equal(theirs(x), ours(x))
-    narrow = training.build_model(arch, 3, width=16)
+    narrow = models.build_model(arch, 3, width=16)
     assert list(narrow.state_dict()) == list(b) and narrow.fc.in_features == 8 * 16
 
 
 def test_syncbatchnorm_under_nccl_only():
-    model = training.build_model("resnet18", 4)
+    model = models.build_model("resnet18", 4)
     weight = model.bn1.weight
-    assert training.sync_batchnorm(model, "gloo") is model and type(model.bn1) is torch.nn.BatchNorm2d
-    synced = training.sync_batchnorm(model, "nccl")                      # conversion needs no GPU
+    assert distributed.sync_batchnorm(model, "gloo") is model and type(model.bn1) is torch.nn.BatchNorm2d
+    synced = distributed.sync_batchnorm(model, "nccl")                      # conversion needs no GPU
     kinds = {type(m) for m in synced.modules()}
     assert torch.nn.SyncBatchNorm in kinds and torch.nn.BatchNorm2d not in kinds
     assert synced.bn1.weight is weight                                       # same parameters: the optimizer's
-    assert set(synced.state_dict()) == set(training.build_model("resnet18", 4).state_dict())
+    assert set(synced.state_dict()) == set(models.build_model("resnet18", 4).state_dict())
 
 
 # -----------------------------------------------------------------------------
@@ -96,7 +99,7 @@ def fit_rank(rank, world, port, run_dir):
                       MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
     torch.set_num_threads(1)
     run_dir.mkdir(parents=True, exist_ok=True)
-    dist = training.Dist()
+    dist = distributed.Dist()
     config = dict(profiles.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
                   ckpt_every=10 ** 9)
     training.fit(torch.nn.Linear(1, 1), run_dir=run_dir, dist=dist, config=config, epoch_plan=plan,
@@ -125,15 +128,15 @@ def test_resume_keeps_the_optimizer_state_on_the_host(tmp_path, monkeypatch):
     device and leaves Adam's step counters where Adam wants them (the host), not on a GPU."""
     config = dict(profiles.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
                   ckpt_every=10 ** 9)
-    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=training.Dist(), config=config,
+    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=distributed.Dist(), config=config,
                  epoch_plan=plan, batch_loss=row_loss)
     seen = []
-    load = training.load_checkpoint
-    monkeypatch.setattr(training, "load_checkpoint", lambda path, device="cpu": seen.append(str(device)) or load(path, device))
+    load = checkpointing.load_checkpoint
+    monkeypatch.setattr(checkpointing, "load_checkpoint", lambda path, device="cpu": seen.append(str(device)) or load(path, device))
     optims = []
     make = training.make_optimizer
     monkeypatch.setattr(training, "make_optimizer", lambda m, c: optims.append(make(m, c)) or optims[-1])
-    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=training.Dist(), config=dict(config, epochs=2),
+    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=distributed.Dist(), config=dict(config, epochs=2),
                  epoch_plan=plan, batch_loss=row_loss)
     assert seen[0] == "cpu"
     steps = [s["step"] for s in optims[0].state.values()]

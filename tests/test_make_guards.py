@@ -19,7 +19,7 @@ import torch
 
 from conftest import REPO, plain_make, smoke_copy
 
-import training
+import checkpointing
 
 SMOKE = ("PROFILE=smoke",)
 ONE_THREAD = {"TORCH_THREADS": "1"}
@@ -88,7 +88,7 @@ def test_a_rerun_with_other_options_after_a_kill_starts_over(work, demo_data):
 # ---- a finished run's network is its last epoch's ---------------------------------------------------
 def test_a_deleted_or_truncated_last_checkpoint_is_named_then_redone_never_replaced(work, demo_data):
     gone, cut = work / "04_finetune" / "multi_0" / "ckpt_e002.pt", work / "04_finetune" / "multi_1" / "ckpt_e002.pt"
-    original = training.load_checkpoint(cut)["model"]
+    original = checkpointing.load_checkpoint(cut)["model"]
     gone.unlink()
     data = cut.read_bytes()
     cut.unlink()                              # a new file: the hard-linked original stays whole
@@ -105,7 +105,7 @@ def test_a_deleted_or_truncated_last_checkpoint_is_named_then_redone_never_repla
     (work / "04_finetune" / "multi_1" / "DONE").unlink()       # the way out the message gives
     p = make_in(work, demo_data, "fold", "FOLD=1", "TASK=multi")
     assert f"{cut}: unreadable checkpoint" in p.stdout and "removed; the run redoes it" in p.stdout
-    redone = training.load_checkpoint(cut)["model"]
+    redone = checkpointing.load_checkpoint(cut)["model"]
     assert all(torch.equal(original[k], redone[k]) for k in original)      # the same network again
 
 

@@ -11,10 +11,12 @@ import torch
 
 from conftest import REPO, build_store, smoke_copy
 
+import checkpointing
 import common
+import inference
+import models
 import pixels
 import tasks
-import training
 import variants
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -32,7 +34,7 @@ def finetune(work, out, *extra):
            "--init", "scratch", *extra]
     p = subprocess.run(list(map(str, cmd)), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    return training.load_checkpoint(training.list_checkpoints(out / "multi_0")[-1][2])
+    return checkpointing.load_checkpoint(checkpointing.list_checkpoints(out / "multi_0")[-1][2])
 
 
 def same_weights(a, b):
@@ -57,9 +59,9 @@ def test_photo_inputs_are_the_photos_statistics_standardised(tmp_path):
 
 def test_a_network_with_photo_inputs_uses_them_and_keeps_the_recipes_keys():
     torch.manual_seed(0)
-    plain = training.build_model("resnet18", 26)
+    plain = models.build_model("resnet18", 26)
     torch.manual_seed(0)
-    wide = training.build_model("resnet18", 26, 3)
+    wide = models.build_model("resnet18", 26, 3)
     assert list(plain.state_dict()) == list(wide.state_dict())       # the same keys: fc wider
     assert wide.fc.in_features == plain.fc.in_features + 3
     assert all(torch.equal(v, wide.state_dict()[k]) for k, v in plain.state_dict().items() if not k.startswith("fc."))
@@ -99,12 +101,12 @@ def test_bf16_training_is_not_float32(stages, plain, tmp_path):
 
 
 def test_precision_auto_is_bf16_on_gpus_and_native_bf16_cpus_only(monkeypatch):
-    assert training.bf16(torch.device("cuda"), "auto") and not training.bf16(torch.device("cuda"), "fp32")
+    assert inference.bf16(torch.device("cuda"), "auto") and not inference.bf16(torch.device("cuda"), "fp32")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert not training.bf16(torch.device("cpu"), "auto") and training.bf16(torch.device("cpu"), "bf16")
+    assert not inference.bf16(torch.device("cpu"), "auto") and inference.bf16(torch.device("cpu"), "bf16")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert training.bf16(torch.device("cpu"), "auto")
+    assert inference.bf16(torch.device("cpu"), "auto")
     assert common.PROFILES["full"]["05"]["precision"] == "auto"        # GPUs: bf16, as before
 
 
@@ -170,7 +172,7 @@ def test_crop_runs_through_finetune_and_features(stages, plain, tmp_path):
     ids = list(train["object_id"])
     images, order, _meta = pixels.load_store(stages / "02_hvr")
     px = pixels.to_pixels(images[pixels.store_rows(order, ids, "store").numpy()], "cpu")
-    model = training.build_model("resnet18", a["config"]["outputs"], 0, a["config"]["width"])
+    model = models.build_model("resnet18", a["config"]["outputs"], 0, a["config"]["width"])
     model.load_state_dict(a["model"])
     config = a["config"]
     predict = lambda c: tasks.in_units("multi", variants.predict_views(

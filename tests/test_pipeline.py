@@ -15,10 +15,11 @@ from PIL import Image
 
 from conftest import REPO, build_store
 
+import checkpointing
 import common
+import models
 import pixels
 import tasks
-import training
 
 PY = str(REPO / ".venv" / "bin" / "python")
 TASK_NETS = " ".join(tasks.TASKS)      # NETS: the four tasks' networks per fold (smoke's default: multi)
@@ -296,7 +297,7 @@ def torchrun(nproc, *args):
 
 
 def weights(path):
-    return training.load_checkpoint(path)["model"]
+    return checkpointing.load_checkpoint(path)["model"]
 
 
 def relative_gap(a, b):
@@ -329,7 +330,7 @@ def test_torchrun_two_ranks_matches_one_process(smoke_run, tmp_path):
     assert log2["step"].is_unique and list(log1["step"]) == list(log2["step"])   # one writer
     w1, w2 = weights(one / "ckpt_e001.pt"), weights(two / "ckpt_e001.pt")
     common.seed_everything(0)
-    init = training.build_model("resnet18", 81, width=common.PROFILES["smoke"]["03"]["width"]).state_dict()
+    init = models.build_model("resnet18", 81, width=common.PROFILES["smoke"]["03"]["width"]).state_dict()
     body = [k for k in w1 if not k.startswith("fc.")]
     travelled = relative_gap({k: init[k] for k in body}, {k: w1[k] for k in body})
     gap = relative_gap({k: w1[k] for k in body}, {k: w2[k] for k in body})
@@ -346,17 +347,17 @@ def test_torch_compile_runs_and_reports_its_compile_time(make, demo_data, tmp_pa
     assert (work / "03_jigsaw" / "DONE").exists()
 
 
-@pytest.mark.parametrize("arch", training.ARCHS)
+@pytest.mark.parametrize("arch", models.ARCHS)
 def test_every_arch_takes_the_pretext_backbone(arch, tmp_path):
     """--arch resnet34 | resnet18 | efficientnet_b0: random init, the jigsaw body carries over,
     the head is the task's own size; --freeze leaves only layer3, layer4 and the head trainable."""
     from conftest import load_script
     finetune = load_script("04_finetune.py")
     torch.manual_seed(0)
-    pretext = training.build_model(arch, 81)
-    task = training.build_model(arch, 4)
-    training.load_backbone(task, pretext.state_dict())
-    prefix, _ = training.head(task)
+    pretext = models.build_model(arch, 81)
+    task = models.build_model(arch, 4)
+    models.load_backbone(task, pretext.state_dict())
+    prefix, _ = models.head(task)
     for name, value in task.state_dict().items():
         if not name.startswith(prefix):
             assert torch.equal(value, pretext.state_dict()[name]), name

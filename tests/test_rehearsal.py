@@ -24,10 +24,10 @@ import torch
 
 from conftest import REHEARSE, kill_make, link_work, run_make
 
+import checkpointing
 import common
 import profiles
 import tasks
-import training
 
 RUNS = [common.run_name(t, f) for t in tasks.TASKS for f in common.FOLDS]
 KILLED = "onehot_1"          # the run the kill test interrupts
@@ -99,14 +99,14 @@ def test_a_kill_in_04_then_a_rerun_ends_identical(rehearsal, demo_data, tmp_path
     for stale in (f"04_finetune/{KILLED}", f"05_features/{KILLED}", "06_stack", "07_submit"):
         shutil.rmtree(work / stale)
     run = work / "04_finetune" / KILLED
-    alive = kill_make("all", work, demo_data, lambda: bool(training.list_checkpoints(run)),
+    alive = kill_make("all", work, demo_data, lambda: bool(checkpointing.list_checkpoints(run)),
                       env={"TORCH_THREADS": "1"}, timeout=600, **REHEARSE)
     assert alive and not (run / "DONE").exists()
     run_make("all", work=work, data=demo_data, jobs=2, timeout=600, **REHEARSE)
     assert "resuming from ckpt_e" in (run / "log.txt").read_text()
     for name in ("ckpt_e001.pt", "ckpt_e002.pt"):
-        a = training.load_checkpoint(ref / "04_finetune" / KILLED / name)["model"]
-        b = training.load_checkpoint(run / name)["model"]
+        a = checkpointing.load_checkpoint(ref / "04_finetune" / KILLED / name)["model"]
+        b = checkpointing.load_checkpoint(run / name)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
     ev_ref, ev = (pd.read_csv(d / "eval.csv").drop(columns="seconds") for d in (ref / "04_finetune" / KILLED, run))
     pd.testing.assert_frame_equal(ev_ref, ev)

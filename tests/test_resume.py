@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO, kill_make, run_make as make_with
 
-import training
+import checkpointing
 
 SMOKE = dict(PROFILE="smoke")
 ONE_THREAD = {"TORCH_THREADS": "1"}    # as the reference was built
@@ -41,7 +41,7 @@ def kill_when(target, work, data, ready, seed, timeout=300, **variables):
 
 
 def same_state(a, b):
-    sa, sb = training.load_checkpoint(a), training.load_checkpoint(b)
+    sa, sb = checkpointing.load_checkpoint(a), checkpointing.load_checkpoint(b)
     for key in ("model",):
         assert sa[key].keys() == sb[key].keys()
         for k in sa[key]:
