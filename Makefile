@@ -278,8 +278,8 @@ endif
 .PHONY: help all setup test clean demo validate folds hvr views jigsaw finetune fold features stack \
 	submit report status cv-plot preflight FORCE
 
-help: ## list the targets (the default goal)
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
+help: ## list the targets (the default goal), in the pipeline's order
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: DATA=$(DATA) WORK=$(WORK) GPUS=$(GPUS) PROFILE=$(PROFILE) FOLD=$(FOLD) TASK=$(TASK)"
 
