@@ -36,8 +36,8 @@ p.add_argument("--work", required=True)
 p.add_argument("--profile", required=True, choices=sorted(common.PROFILES))
 p.add_argument("--walls", required=True, help="stage=seconds,... as gpu.sh measured them (02, 03, 04, 05)")
 p.add_argument("--prefix", default="gpu")
-# ResNet34's 21.8 M parameters all-reduced each step and SyncBatchNorm's 36 statistics
-# exchanges, over NVLink at 64 images per GPU: assumed to cost a fifth of linear scaling
+# An assumption, not a measurement: each step all-reduces ResNet34's gradients and SyncBatchNorm
+# exchanges every BatchNorm layer's statistics, which no one-GPU run can time
 DDP_EFFICIENCY = 0.8
 p.add_argument("--ddp-efficiency", type=float, default=DDP_EFFICIENCY,
                help="four GPUs' 03 rate as a share of four times one GPU's (assumed)")

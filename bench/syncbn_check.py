@@ -50,6 +50,7 @@ from torch.nn.modules._functions import SyncBatchNorm as sync_batch_norm
 import benchlib
 import common      # importable once benchlib has put the repository on the path
 import models
+import profiles
 import training
 
 # -----------------------------------------------------------------------------
@@ -180,7 +181,8 @@ def sync_path_model(args, device, sync):
 
 
 def train_step(model, x, y, device):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))    # the recipe's betas
+    recipe = profiles.RECIPE_OPTIM                                              # 03's optimizer
+    opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"], betas=recipe["betas"])
     bf16 = device.type == "cuda"
 
     def step():

@@ -76,6 +76,9 @@ def test_prep_for_the_gpu_machine_runs_here_without_a_gpu(request, tmp_path, dat
     assert (where / "work" / "01_sgkfold" / "DONE").exists() and (where / "work" / "00_validate" / "DONE").exists()
     assert sorted(f.name for f in (where / "raw" / "photos").iterdir()) == sorted(f.name for f in (raw / "photos").iterdir())
     assert sorted(f.name for f in (where / "work").iterdir()) == ["00_validate", "01_sgkfold"]
+    capped = subprocess.run(["bench/gpu.sh", "prep", "--dir", where, "--data", raw, "--python", PY, "--max-mib", "1"],
+                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert capped.returncode == 1 and "over the 1 MiB the working tree and" in capped.stderr, capped.stderr
 
 
 def scaling_commands():
