@@ -25,6 +25,7 @@ INSTALLER ?= uv#           make setup: uv (parallel; pip where uv fails) | pip
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
 JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --loss ce --epochs 10
 FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --loss ce
+BUDGET ?=#                 PROFILE=cpu: minutes for the whole run (empty: 60); the fine-tunes' epochs and seeds are chosen to fit, from this machine's measured speed | off: the profile's. SEEDS or an --epochs in FINETUNE_ARGS pin them
 SUBMIT ?= best#            06: best (the lowest-CV stack, tuned post-processing) | recipe (the recipe's own)
 STACK_ARGS ?=#             extra 06_stack.py options, e.g. --mode seed --meta native
 ID ?=#                     make views: the object_id to show
@@ -69,6 +70,7 @@ OWN_VARIABLES := VENV PY VENV_STAMP SYSDEPS_STAMP RAW RAW_STAMP DEMO_DATA TASKS 
   WORK_REAL DATA_REAL DRY_RUN WORK_PROFILE STUDY_DIR BENCH_DIR BENCH_LOG BENCH_RUN BENCH_DATA comma \
   one_of one_or_none_of set_by_user shell_chars_in profile_word seed_runs task_of fold_of seed_of \
   quoted non_digits keep_options stamp_options feature_options holds_data resolved same_text unless_same \
+  BUDGET_PINNED BUDGET_ON BUDGET_PLAN BUDGET_ARGS BUDGET_PENDING BUDGET_GOALS FT_OPTIONS plan_word \
   FINGERPRINT_FORCE own_set own_first own_where own_hint own_check leading_dash tilde \
   $(filter DIR_% docker_% sync_%,$(.VARIABLES))
 own_set = $(strip $(foreach v,$(OWN_VARIABLES),$(if $(filter command override,$(origin $(v))),$(v))))
@@ -92,6 +94,8 @@ $(error make reads the profiles with PYTHON=$(PYTHON) profiles.py, which printed
 endif
 # name, the value, its allowed values (words)
 one_of = $(if $(filter-out 1,$(words $(2)))$(filter-out $(3),$(2)),$(error $(1)=$(2): one of $(3)))
+non_digits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst \
+  7,,$(subst 8,,$(subst 9,,$(1)))))))))))
 # the same, where empty is allowed too (the profile's or the device's default)
 one_or_none_of = $(if $(strip $(2)),$(call one_of,$(1),$(2),$(3)))
 $(call one_of,PROFILE,$(PROFILE),$(PROFILE_NAMES))
@@ -110,6 +114,33 @@ DIR_FEAT := $(WORK)/05_features
 DIR_STACK := $(WORK)/06_stack
 DIR_SUB := $(WORK)/07_submit
 FOLDS := 0 1 2 all
+# BUDGET: the CPU hour is minutes, not a fixed amount of work. Before the fine-tunes, budget.py
+# measures this machine and writes its plan (the rung of epochs and seeds that fits) into
+# $(DIR_FT)/budget.txt, once: a resume or a rerun keeps it, another BUDGET plans again. Without a
+# plan, the goals that train run the planner, then themselves again in a sub-make that reads it.
+ifneq ($(BUDGET),)
+ifneq ($(PROFILE),cpu)
+$(error BUDGET=$(BUDGET) is PROFILE=cpu's (the CPU hour); PROFILE=$(PROFILE) does its fixed amount of work)
+endif
+ifneq ($(filter-out 1,$(words $(BUDGET)))$(if $(filter off,$(BUDGET)),,$(or $(call non_digits,$(BUDGET)),$(filter 0 00 000,$(BUDGET)))),)
+$(error BUDGET=$(BUDGET): whole minutes for the whole run (60), or off)
+endif
+endif
+BUDGET_PINNED := $(strip $(if $(call set_by_user,SEEDS),SEEDS) $(if $(filter --epochs --epochs=%,$(FINETUNE_ARGS)),--epochs))
+BUDGET_ON := $(if $(and $(filter cpu,$(PROFILE)),$(if $(BUDGET_PINNED),,yes)),$(filter-out off,$(or $(BUDGET),60)))
+BUDGET_PLAN := $(if $(BUDGET_ON),$(if $(wildcard $(DIR_FT)/budget.txt),$(file < $(DIR_FT)/budget.txt)))
+plan_word = $(patsubst $(1)=%,%,$(filter $(1)=%,$(BUDGET_PLAN)))
+ifneq ($(call plan_word,budget),$(BUDGET_ON))
+BUDGET_PLAN :=#    none yet, or one made for another BUDGET: planned again
+endif
+ifneq ($(BUDGET_PLAN),)
+SEEDS := $(call plan_word,seeds)
+BUDGET_ARGS := $(if $(filter-out $(shell $(PYTHON) profiles.py setting --profile cpu --stage 04 epochs),$(call \
+  plan_word,epochs)),--epochs $(call plan_word,epochs))
+else
+BUDGET_ARGS :=
+endif
+FT_OPTIONS := $(strip $(BUDGET_ARGS) $(FINETUNE_ARGS))#   04's options: the plan's epochs and the user's
 RUNS := $(foreach t,$(NETS),$(foreach f,$(FOLDS),$(t)_$(f)))
 # Seeds past 0 train into <net>_<fold>_s<seed>; 05 averages them into <net>_<fold>'s features.
 ifneq ($(words $(filter 1 2 3 4 5 6 7 8 9 10,$(SEEDS))) $(words $(SEEDS)),1 1)
@@ -188,8 +219,6 @@ endif
 ifneq ($(filter-out auto 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,$(TEST_JOBS))$(filter-out 1,$(words $(TEST_JOBS))),)
 $(error TEST_JOBS=$(TEST_JOBS): auto, or a number of workers from 0 to 16)
 endif
-non_digits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst \
-  7,,$(subst 8,,$(subst 9,,$(1)))))))))))
 ifneq ($(if $(MAX_PIXELS),$(call non_digits,$(MAX_PIXELS)),empty),)
 $(error MAX_PIXELS=$(MAX_PIXELS): a whole number of pixels)
 endif
@@ -238,6 +267,8 @@ $(own_check)
 # sub-makes inherit it. A dry run (make -n) takes none: MAKEFLAGS's first word holds the
 # one-letter flags (n), unless it is a long option (--no-builtin-rules, which holds an n too).
 DRY_RUN := $(findstring n,$(filter-out --%,$(firstword -$(MAKEFLAGS))))
+BUDGET_GOALS := all finetune fold features stack submit report
+BUDGET_PENDING := $(if $(DRY_RUN),,$(and $(BUDGET_ON),$(if $(BUDGET_PLAN),,none),$(filter $(BUDGET_GOALS),$(MAKECMDGOALS))))
 ifneq ($(filter $(PIPELINE_GOALS) demo validate folds views study clean,$(MAKECMDGOALS)),)
 ifeq ($(DRY_RUN),)
 ifndef ATMA11_WORK_LOCK
@@ -259,7 +290,7 @@ stamp_options = [ -f $(1)/DONE ] && [ ! -f $(1)/options.txt ] && echo '$(2)' > $
   touch -r $(1)/DONE $(1)/options.txt.tmp && mv $(1)/options.txt.tmp $(1)/options.txt;
 $(if $(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),$(shell $(call stamp_options,$(DIR_HVR),$(HVR_OPTIONS)) \
   $(call stamp_options,$(DIR_JIG),$(JIGSAW_ARGS)) $(foreach r,$(wildcard $(DIR_FT)/*/DONE),$(call \
-  stamp_options,$(patsubst %/,%,$(dir $(r))),$(FINETUNE_ARGS))) true))
+  stamp_options,$(patsubst %/,%,$(dir $(r))),$(FT_OPTIONS))) true))
 endif
 endif
 endif
@@ -276,14 +307,24 @@ endif
 endif
 
 .PHONY: help all setup test clean demo validate folds hvr views jigsaw finetune fold features stack \
-	submit report status cv-plot preflight FORCE
+	submit report status cv-plot preflight budget-plan FORCE
 
 help: ## list the targets (the default goal), in the pipeline's order
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: DATA=$(DATA) WORK=$(WORK) GPUS=$(GPUS) PROFILE=$(PROFILE) FOLD=$(FOLD) TASK=$(TASK)"
 
+ifeq ($(BUDGET_PENDING),)
 all: submit ## the whole pipeline, every stage that exists (demo data when DATA has no train.csv)
+else
+# No plan yet for this BUDGET: plan (after 00-02, which it counts), then the goals in a sub-make
+# that reads the plan (it holds this make's WORK lock).
+$(BUDGET_GOALS): budget-plan
+budget-plan: $(DIR_HVR)/DONE $(DIR_FOLDS)/DONE | preflight
+	$(PY) budget.py plan --budget $(BUDGET_ON) --profile $(PROFILE) --data $(RAW) --folds $(DIR_FOLDS) \
+	  --hvr $(DIR_HVR) --nets $(words $(NETS)) --out $(DIR_FT)
+	$(MAKE) $(MAKECMDGOALS)
+endif
 
 # ---- environment: .venv rebuilt only when requirements.txt changes -------------------------
 # Created once; a requirements.txt of other content (not merely newer: a fresh clone's is) is installed into it (what is satisfied is skipped),
@@ -327,7 +368,7 @@ ifeq ($(PROFILE)$(FULL_ON_CPU)$(if $(TRAINING_LEFT),left)$(if $(filter $(TRAININ
 	@$(PY) devices.py estimate --profile full --data $(RAW) --folds $(DIR_FOLDS) --nets $(words $(NETS)) --seeds $(SEEDS)
 	@echo "error: PROFILE=full without GPUS stops before training: set GPUS=0,1,.. to use GPUs," \
 	  "PROFILE=cpu for the CPU hour, or FULL_ON_CPU=yes to train the recipe on this CPU anyway" >&2; exit 3
-else ifeq ($(PROFILE)$(if $(TRAINING_LEFT),left)$(if $(filter $(TRAINING_GOALS),$(MAKECMDGOALS)),train),cpulefttrain)
+else ifeq ($(PROFILE)$(if $(BUDGET_ON),,nobudget)$(if $(TRAINING_LEFT),left)$(if $(filter $(TRAINING_GOALS),$(MAKECMDGOALS)),train),cpunobudgetlefttrain)
 	@$(PY) devices.py estimate --profile cpu --data $(RAW) --folds $(DIR_FOLDS) --nets $(words $(NETS)) --seeds $(SEEDS)
 endif
 endif
@@ -382,15 +423,15 @@ $(DIR_JIG)/DONE: $(DIR_HVR)/DONE $(DIR_JIG)/options.txt
 	$(LAUNCH) 03_jigsaw.py --hvr $(DIR_HVR) --out $(DIR_JIG) --profile $(PROFILE) $(JIGSAW_ARGS)
 
 .PRECIOUS: $(DIR_FT)/%/options.txt $(DIR_FEAT)/%/options.txt   # made by pattern rules: not intermediate files to delete
-$(DIR_FT)/%/options.txt: $$(call unless_same,$$@,$(FINETUNE_ARGS)) | preflight
-	$(call keep_options,$(FINETUNE_ARGS))
+$(DIR_FT)/%/options.txt: $$(call unless_same,$$@,$(FT_OPTIONS)) | preflight
+	$(call keep_options,$(FT_OPTIONS))
 
 $(DIR_FT)/%/DONE: $(DIR_JIG)/DONE $(DIR_FOLDS)/DONE $(DIR_FT)/%/options.txt
 	mkdir -p $(@D)
 	$(ON_GPU) $(PY) 04_finetune.py --task $(call task_of,$*) --fold $(call fold_of,$*) \
 	  --folds $(DIR_FOLDS) --hvr $(DIR_HVR) --jigsaw $(DIR_JIG) --out $(DIR_FT) \
 	  --profile $(PROFILE) $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) \
-	  $(if $(EVAL),--eval $(EVAL)) $(FINETUNE_ARGS) 2>&1 | tee -a $(@D)/log.txt
+	  $(if $(EVAL),--eval $(EVAL)) $(FT_OPTIONS) 2>&1 | tee -a $(@D)/log.txt
 
 
 # 05's options are a prerequisite too: another SEEDS (how many networks a net and fold's features
@@ -425,12 +466,15 @@ validate: $(DIR_VALID)/DONE ## check the raw data once: files, columns, ids, tar
 folds: $(DIR_FOLDS)/DONE ## 3 grouped stratified folds + fold all, and the word2vec targets (01)
 hvr: $(DIR_HVR)/DONE ## decode and resize every photo once into WORK/02_hvr (02; RESIZE=stretch|pad)
 jigsaw: $(DIR_JIG)/DONE ## 3x3 jigsaw pretraining (03); torchrun across GPUS when several
+
+ifeq ($(BUDGET_PENDING),)
 fold: $(DIR_FT)/$(TASK)_$(FOLD)/DONE ## one fine-tune run and its evaluator: FOLD=0|1|2|all TASK=...
 finetune: $(FT_STAMPS) ## every fine-tune run (04: NETS x 4 folds x SEEDS), one per GPU at a time
 features: $(foreach r,$(RUNS),$(DIR_FEAT)/$(r)/DONE) ## 8-view outputs of every network on every object stacking needs (05)
 stack: $(DIR_STACK)/DONE ## LightGBM stacking: four stacks scored, the best (or SUBMIT=recipe) submitted (06)
 submit: $(DIR_SUB)/DONE ## WORK/07_submit/submission.csv, validated, and report.md (07)
 report: submit ## the report, WORK/07_submit/report.md (written with the submission)
+endif
 
 views: $(DIR_HVR)/DONE ## write WORK/02_hvr/views_<ID>.png: the 8 views of one photo (ID=object_id)
 	$(PY) pixels.py views --store $(DIR_HVR) --id $(call quoted,$(ID))

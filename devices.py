@@ -232,14 +232,15 @@ def evaluator_placement(device, asked):
 
 # -----------------------------------------------------------------------------
 # What a profile costs: images trained and inferred per stage, and its time at measured rates.
-def profile_images(profile, photos, fold_rows, nets=len(tasks.TASKS), seeds=1):
+def profile_images(profile, photos, fold_rows, nets=len(tasks.TASKS), seeds=1, epochs=None):
     """{stage: (images trained, images inferred)} of a whole run: `photos` (train.csv's and
     test.csv's), fold_rows {fold: train rows} (fold all's: every labelled row). 03 trains on every
     photo where the profile says holdout_trains, else on all but the held-out ones; a fold's
     evaluator scores its held-out side (fold all: common.EVAL_TRAIN_ROWS of its own rows); 05
     describes the labelled rows, and test.csv with fold all's networks (every fold's with
-    fold_test)."""
+    fold_test). epochs: 04's, in place of the profile's (budget.py's rungs)."""
     c3, c4, c5 = (common.PROFILES[profile][s] for s in ("03", "04", "05"))
+    c4 = dict(c4, epochs=epochs or c4["epochs"])
     trained03 = photos if c3["holdout_trains"] else photos - c3["holdout"]
     runs, labelled = nets * seeds, fold_rows["all"]
     train4 = runs * sum(rows * c4["views"] * c4["epochs"] for rows in fold_rows.values())
@@ -292,8 +293,9 @@ def measure_rates(profile, seconds=ESTIMATE_SECONDS):
     return train_rate, timed(infer_step, infer_batch)
 
 
-def cmd_estimate(args):
-    data = Path(args.data)
+def photo_counts(data, folds=None):
+    """(photos, {fold: train rows}, where) of a run: train.csv's and test.csv's rows (the
+    competition's counts when DATA holds no train.csv yet) and 01's folds where it ran."""
     train, test = csv_rows(data / "train.csv"), csv_rows(data / "test.csv")
     if train is not None:
         test = test or 0
@@ -301,12 +303,16 @@ def cmd_estimate(args):
     else:
         train, test = 3937, 5919
         where = "the competition's 3937 train + 5919 test photos (DATA holds no train.csv yet)"
-    folds = Path(args.folds) if args.folds else None
     if folds and all(common.fold_csv(folds, f, "train").exists() for f in common.FOLDS):
         fold_rows = {f: len(common.read_fold(folds, f, "train")) for f in common.FOLDS}
     else:
         fold_rows = {f: (train if f == "all" else train * 2 // 3) for f in common.FOLDS}
-    images = profile_images(args.profile, train + test, fold_rows, args.nets, args.seeds)
+    return train + test, fold_rows, where
+
+
+def cmd_estimate(args):
+    photos, fold_rows, where = photo_counts(Path(args.data), Path(args.folds) if args.folds else None)
+    images = profile_images(args.profile, photos, fold_rows, args.nets, args.seeds)
     rate_train, rate_infer = measure_rates(args.profile)
     seconds = {s: t / rate_train + i / rate_infer for s, (t, i) in images.items()}
     total = sum(seconds.values())

@@ -33,7 +33,9 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LinearRegression
+from sklearn.linear_model import LinearRegression, RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 import common
 import photo_stats
@@ -189,6 +191,24 @@ def cross_validate(X, X_test, folds, oof_fold, params=LGB_PARAMS, patience=EARLY
         return pred, None, iters, None
     final = boost(X, y, rounds=max(1, round(np.mean(iters))), params=params)
     return pred, final.predict(X_test), iters, final
+
+
+RIDGE_ALPHAS = np.logspace(0, 5, 11)    # the ridge's penalties, chosen by leave-one-out on its fit rows
+
+
+def ridge_level_one(X, y, X_test, oof_fold):
+    """A ridge regression on standardised columns as a level-one model: fold k's rows (X and y
+    by object_id, oof_fold's rows) predicted by the ridge fitted on the other folds' rows, X_test
+    (None: no test prediction) by the one fitted on every row. ({fold: Series}, test prediction)."""
+    def fit(rows):
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(X.loc[rows], y.loc[rows])
+
+    pred = {}
+    for k in K:
+        mine = (oof_fold == k).to_numpy()
+        rows = oof_fold.index[mine]
+        pred[k] = pd.Series(fit(oof_fold.index[~mine]).predict(X.loc[rows]), index=rows)
+    return pred, None if X_test is None else fit(oof_fold.index).predict(X_test)
 
 
 def check_features(source, folds):

@@ -1,0 +1,96 @@
+"""Single-layer k-means features (kmeans_features.py) against and beside 02's statistics, on a
+WORK whose stages 01 and 02 are done (the real data: `make folds hvr DATA=... PROFILE=cpu WORK=...`).
+
+Rows, each scored as 06 scores its level-one models (06's folds, pooled over the out-of-fold rows,
+and per fold):
+  meta_only            06's booster on the statistics (the reference)
+  meta+km_whole        the same booster with the K centroids' activations over the whole photo
+  meta+km_quadrants    ... with the 4 x K activations per quadrant
+  km_ridge             a ridge regression on the 4 x K activations (standardised; its penalty
+                       chosen by leave-one-out on the fit rows)
+  meta_only+km_ridge   a non-negative blend of the two, nested (06's blend)
+Where the WORK holds a finished 06 (06_stack/oof.csv), also 06's blend of its network eras with
+meta_only, and with meta_only and km_ridge beside it.
+
+    python bench/kmeans_study.py --work work-real [--k 256] [--write docs/kmeans.md]
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import benchlib
+import common
+import kmeans_features
+import pixels
+import stacking as stack
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--work", required=True, help="a WORK with 01_sgkfold and 02_hvr done (and perhaps 06_stack)")
+p.add_argument("--k", type=int, default=kmeans_features.K, help="centroids")
+p.add_argument("--samples", type=int, default=kmeans_features.SAMPLES, help="patches the centroids learn from")
+p.add_argument("--write", default=None, help="also write the table as a markdown page here")
+
+
+def main():
+    args = p.parse_args()
+    folds, oof_fold, meta, y = benchlib.statistics_inputs(args.work)
+    images, ids, _meta = pixels.load_store(Path(args.work) / "02_hvr")
+    started = time.time()
+    model = kmeans_features.learn(images, k=args.k, samples=min(args.samples, 20 * len(ids)))
+    learned = time.time()
+    km = pd.DataFrame(kmeans_features.encode(images, model), index=ids, columns=kmeans_features.columns(args.k))
+    benchlib.emit("kmeans_learn_seconds", f"{learned - started:.1f}", "s")
+    benchlib.emit("kmeans_encode_seconds", f"{time.time() - learned:.1f}", "s")
+    km = km.loc[oof_fold.index]
+    whole = pd.DataFrame({f"km_{c}": km[[f"km_q{q}_{c}" for q in range(4)]].mean(1) for c in range(args.k)})
+
+    rows, preds = [], {}
+
+    def record(name, pred, columns, rounds="-"):
+        pooled, per_fold = benchlib.oof_scores(pred, y, oof_fold)
+        preds[name] = pred.loc[y.index]
+        rows.append({"name": name, "columns": columns, "pooled": pooled, "folds": per_fold, "rounds": rounds})
+        benchlib.emit(f"{name.replace('+', '_')}_rmse", f"{pooled:.4f}", "")
+
+    def booster(name, table):
+        pred, _test, rounds, _m = stack.cross_validate(table, None, folds, oof_fold, params=stack.META_PARAMS,
+                                                       patience=stack.META_EARLY_STOP)
+        record(name, stack.out_of_fold(pred, oof_fold), table.shape[1], "/".join(map(str, rounds)))
+
+    booster("meta_only", meta)
+    booster("meta+km_whole", meta.join(whole))
+    booster("meta+km_quadrants", meta.join(km))
+    pred, _test = stack.ridge_level_one(km, y, None, oof_fold)
+    record("km_ridge", stack.out_of_fold(pred, oof_fold), km.shape[1])
+    both = pd.DataFrame({"meta_only": preds["meta_only"], "km_ridge": preds["km_ridge"]})
+    blended, *_rest = stack.blend(both, both, y.to_numpy(), oof_fold)
+    record("meta_only+km_ridge", stack.out_of_fold(blended, oof_fold), 2)
+
+    run = Path(args.work) / "06_stack" / "oof.csv"
+    if run.exists():
+        oof = pd.read_csv(run, dtype={"object_id": str}).set_index("object_id").loc[y.index]
+        nets = oof[[c for c in oof.columns if c.endswith("_model")]]
+        for name, extra in (("blend", ["meta_only"]), ("blend+km_ridge", ["meta_only", "km_ridge"])):
+            inputs = nets.assign(**{c: preds[c] for c in extra})
+            blended, *_rest = stack.blend(inputs, inputs, y.to_numpy(), oof_fold)
+            record(name, stack.out_of_fold(blended, oof_fold), inputs.shape[1])
+
+    head = ["model", "columns", "pooled", *(f"fold {k}" for k in stack.K), "rounds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["name"], str(r["columns"]), f"{r['pooled']:.4f}",
+                                        *(f"{v:.4f}" for v in r["folds"]), r["rounds"]]) + " |")
+    print("\n".join(lines))
+    if args.write:
+        command = " ".join(["python", "bench/kmeans_study.py", *sys.argv[1:]])
+        common.write_text(Path(args.write), "\n".join([
+            "# k-means features beside the statistics", "", "```", command, "```", "",
+            __doc__.split("\n\n")[1], "", *lines, ""]))
+
+
+if __name__ == "__main__":
+    main()
