@@ -1,9 +1,11 @@
 """Stage 06: LightGBM stacking of the 8-view features, and the tuned post-processing.
 
-Reads WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet, WORK/02_hvr/stats.csv.
+Reads WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet, WORK/02_hvr/stats.csv and
+WORK/02_hvr's store (k-means features of every photo for meta_only: kmeans_features.py).
 Writes WORK/06_stack/:
   cv.csv              per fold and overall: the constant mean, a booster on the per-photo
-                      statistics alone (meta_only; stacking.META_PARAMS), each single network,
+                      statistics and the photos' k-means features (meta_only;
+                      stacking.META_PARAMS), each single network,
                       the four stacks (two modes, with and without the statistics), the recipe's
                       own submission (`recipe`) and the submitted prediction (`final`)
   oof.csv, test.csv   out-of-fold and test predictions (every stack, recipe, final)
@@ -27,6 +29,8 @@ import time
 import pandas as pd
 
 import common
+import kmeans_features
+import pixels
 import reporting
 import stacking
 import tasks
@@ -59,7 +63,10 @@ def main():
     source = (args.features, args.nets)
     stacking.check_features(source, folds)
     meta = stacking.meta_table(args.hvr, args.meta, expected=pd.concat([train.index.to_series(), test_ids]))
-    stacks, meta_only = stacking.level_one(source, folds, oof_fold, meta)
+    images, ids, _store = pixels.load_store(args.hvr)
+    learned = pd.DataFrame(kmeans_features.photo_features(images), index=ids,
+                           columns=kmeans_features.columns(quadrants=False))
+    stacks, meta_only = stacking.level_one(source, folds, oof_fold, meta, learned)
     oof = stacking.out_of_fold_table(source, train, oof_fold, {"meta_only": meta_only, **stacks})
     test_all = stacking.features(source, "all", "test")
     blends = stacking.level_two(oof, test_all, meta_only, test_ids, oof_fold)

@@ -239,6 +239,23 @@ def stage_minutes(times):
     return pd.concat([per.rename("minutes").reset_index(), total], ignore_index=True)
 
 
+def budget_lines(finetune, minutes):
+    """The report's budget section: the plan budget.py wrote (04's budget.json), its predicted
+    minutes against the stages' actual ones, and whether the run went over; none unplanned."""
+    path = Path(finetune) / "budget.json"
+    if not path.exists():
+        return []
+    plan = json.loads(path.read_text())
+    actual = float(minutes["minutes"].iloc[-1])
+    over = actual - plan["budget_minutes"]
+    verdict = (f"**over the budget by {over:.1f} min**" if over > 0 else
+               f"within the budget ({-over:.1f} min to spare)")
+    return ["## The budget\n",
+            f"- plan: {plan['why']}",
+            f"- predicted {plan['predicted_minutes']:.1f} min, actual {actual:.1f} min (the stages' minutes "
+            f"above): {verdict}\n"]
+
+
 def markdown(df, floatfmt="{:.4f}"):
     cells = [[floatfmt.format(v) if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
     head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
@@ -282,6 +299,7 @@ def write_report(out, sub, *, data, jigsaw, finetune, stack, timed):
                              "eval_share": float(df["seconds"].sum()) / wall if "seconds" in df else float("nan")})
                 per_epoch[run_dir.name] = df.set_index("epoch")["rmse"]
     epochs = pd.DataFrame(per_epoch).rename_axis("epoch").reset_index() if per_epoch else None
+    minutes = stage_minutes(stage_times(timed))
     profile = json.loads((jigsaw / "provenance.json").read_text())["config"].get("profile", "?") \
         if (jigsaw / "provenance.json").exists() else "?"
     text = ["# Run report\n",
@@ -308,7 +326,7 @@ def write_report(out, sub, *, data, jigsaw, finetune, stack, timed):
             "The views scored per epoch are in the table above; a `multi` network's column is its "
             "`target` head (eval.csv has every head).\n",
             markdown(epochs) if epochs is not None else "(none)\n",
-            "## Minutes per stage\n", markdown(stage_minutes(stage_times(timed)), "{:.1f}"),
+            "## Minutes per stage\n", markdown(minutes, "{:.1f}"), *budget_lines(finetune, minutes),
             "## Wall time of every unit\n", markdown(stage_times(timed), "{:.1f}"), "## Pictures\n"]
     text += [f"### {title}\n\n![{title}]({name})\n" for title, name in pictures]
     common.write_text(out / "report.md", "\n".join(text))

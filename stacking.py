@@ -33,9 +33,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LinearRegression, RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.linear_model import LinearRegression
 
 import common
 import photo_stats
@@ -193,24 +191,6 @@ def cross_validate(X, X_test, folds, oof_fold, params=LGB_PARAMS, patience=EARLY
     return pred, final.predict(X_test), iters, final
 
 
-RIDGE_ALPHAS = np.logspace(0, 5, 11)    # the ridge's penalties, chosen by leave-one-out on its fit rows
-
-
-def ridge_level_one(X, y, X_test, oof_fold):
-    """A ridge regression on standardised columns as a level-one model: fold k's rows (X and y
-    by object_id, oof_fold's rows) predicted by the ridge fitted on the other folds' rows, X_test
-    (None: no test prediction) by the one fitted on every row. ({fold: Series}, test prediction)."""
-    def fit(rows):
-        return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(X.loc[rows], y.loc[rows])
-
-    pred = {}
-    for k in K:
-        mine = (oof_fold == k).to_numpy()
-        rows = oof_fold.index[mine]
-        pred[k] = pd.Series(fit(oof_fold.index[~mine]).predict(X.loc[rows]), index=rows)
-    return pred, None if X_test is None else fit(oof_fold.index).predict(X_test)
-
-
 def check_features(source, folds):
     """Every table of 05 that 06 reads holds the ids 05 was to describe (05's splits: a fold's
     train and held-out sides, test.csv's for fold all and, with --fold-test yes, the folds), each
@@ -243,15 +223,17 @@ def out_of_fold(pred, oof_fold):
     return pd.concat([pred[k].loc[oof_fold.index[oof_fold == k]] for k in K])
 
 
-def level_one(source, folds, oof_fold, meta):
+def level_one(source, folds, oof_fold, meta, learned=None):
     """Every stack, keyed by its cv.csv column (both modes, without and with the statistics), and
-    the booster on the statistics alone (the reference point, and the blend's view of them):
+    the booster on the statistics alone (the reference point, and the blend's view of them),
+    which also sees `learned` (per-photo columns by object_id: the k-means features) where given:
     each (out-of-fold predictions by fold, test prediction, best iterations, final model)."""
     stacks = {}
     for suffix, extra in (("", None), ("_meta", meta)):
         stacks["stack_seed" + suffix] = stack_seed(source, folds, extra)
         stacks["stack_oof" + suffix] = stack_oof(source, folds, oof_fold, extra)
-    meta_only = cross_validate(meta.loc[oof_fold.index], meta.loc[folds["all"]["test"]["object_id"]],
+    table = meta if learned is None else meta.join(learned, how="left")
+    meta_only = cross_validate(table.loc[oof_fold.index], table.loc[folds["all"]["test"]["object_id"]],
                                folds, oof_fold, params=META_PARAMS, patience=META_EARLY_STOP)
     return stacks, meta_only
 

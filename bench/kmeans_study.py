@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 import benchlib
 import common
@@ -35,18 +38,37 @@ p.add_argument("--samples", type=int, default=kmeans_features.SAMPLES, help="pat
 p.add_argument("--write", default=None, help="also write the table as a markdown page here")
 
 
+RIDGE_ALPHAS = np.logspace(0, 5, 11)    # the ridge's penalties, chosen by leave-one-out on its fit rows
+
+
+def ridge_level_one(X, y, X_test, oof_fold):
+    """A ridge regression on standardised columns as a level-one model: fold k's rows (X and y
+    by object_id, oof_fold's rows) predicted by the ridge fitted on the other folds' rows, X_test
+    (None: no test prediction) by the one fitted on every row. ({fold: Series}, test prediction)."""
+    def fit(rows):
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(X.loc[rows], y.loc[rows])
+
+    pred = {}
+    for k in stack.K:
+        mine = (oof_fold == k).to_numpy()
+        rows = oof_fold.index[mine]
+        pred[k] = pd.Series(fit(oof_fold.index[~mine]).predict(X.loc[rows]), index=rows)
+    return pred, None if X_test is None else fit(oof_fold.index).predict(X_test)
+
+
 def main():
     args = p.parse_args()
     folds, oof_fold, meta, y = benchlib.statistics_inputs(args.work)
     images, ids, _meta = pixels.load_store(Path(args.work) / "02_hvr")
     started = time.time()
-    model = kmeans_features.learn(images, k=args.k, samples=min(args.samples, 20 * len(ids)))
+    model = kmeans_features.learn(images, k=args.k, samples=args.samples)
     learned = time.time()
     km = pd.DataFrame(kmeans_features.encode(images, model), index=ids, columns=kmeans_features.columns(args.k))
     benchlib.emit("kmeans_learn_seconds", f"{learned - started:.1f}", "s")
     benchlib.emit("kmeans_encode_seconds", f"{time.time() - learned:.1f}", "s")
     km = km.loc[oof_fold.index]
-    whole = pd.DataFrame({f"km_{c}": km[[f"km_q{q}_{c}" for q in range(4)]].mean(1) for c in range(args.k)})
+    whole = pd.DataFrame(km.to_numpy().reshape(len(km), 4, -1).mean(1), index=km.index,
+                         columns=kmeans_features.columns(args.k, quadrants=False))      # as photo_features
 
     rows, preds = [], {}
 
@@ -64,7 +86,7 @@ def main():
     booster("meta_only", meta)
     booster("meta+km_whole", meta.join(whole))
     booster("meta+km_quadrants", meta.join(km))
-    pred, _test = stack.ridge_level_one(km, y, None, oof_fold)
+    pred, _test = ridge_level_one(km, y, None, oof_fold)
     record("km_ridge", stack.out_of_fold(pred, oof_fold), km.shape[1])
     both = pd.DataFrame({"meta_only": preds["meta_only"], "km_ridge": preds["km_ridge"]})
     blended, *_rest = stack.blend(both, both, y.to_numpy(), oof_fold)

@@ -86,6 +86,8 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("stats_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="stats")),
     ("ce_24", "loss", dict(epochs=24, loss="ce")),
     ("ce_32", "epochs", dict(epochs=32, loss="ce")),   # the cpu profile's network, 8 more epochs
+    ("ce_48", "epochs", dict(epochs=48, loss="ce")),   # the budget's rungs for a fast machine:
+    ("resnet34_ce_32", "arch", dict(arch="resnet34", epochs=32, loss="ce")),   # longer, or deeper
 ]
 JIGSAW_EPOCHS = 4        # one jigsaw run; its epoch-2 checkpoint is the 2-epoch jigsaw (the
                          # recipe's per-epoch halving does not depend on the run's length)

@@ -1,0 +1,123 @@
+"""BUDGET: PROFILE=cpu's minutes decide how much its networks train (budget.py). The measured
+speed is injected (ATMA11_MEASURED_RATES): a slow and a fast machine, never a sleep."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import budget
+from conftest import REPO
+
+SLOW, FAST = "55,400", "469,1705"     # images/s training, inference: this kind's slowest, and a fast one
+
+
+def plan(tmp_path, rates, minutes=60, data=None):
+    """budget.py plan for the real data's sizes (train.csv and test.csv rows), no folds yet."""
+    if data is None:
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        (data / "train.csv").write_text("h\n" + "r\n" * 3149)
+        (data / "test.csv").write_text("h\n" + "r\n" * 6707)
+    out = tmp_path / f"out_{rates}_{minutes}"
+    p = subprocess.run([sys.executable, "budget.py", "plan", "--budget", str(minutes), "--profile", "cpu",
+                        "--data", data, "--folds", tmp_path / "no_folds", "--hvr", tmp_path / "no_hvr",
+                        "--out", out], cwd=REPO, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "ATMA11_MEASURED_RATES": rates})
+    assert p.returncode == 0, p.stderr
+    return json.loads((out / "budget.json").read_text()), p.stdout
+
+
+def test_a_slow_and_a_fast_machine_pick_different_rungs_that_fit(tmp_path):
+    slow, said = plan(tmp_path, SLOW)
+    fast, _ = plan(tmp_path, FAST)
+    assert (slow["epochs"], slow["seeds"]) != (fast["epochs"], fast["seeds"])
+    rungs = [(r["epochs"], r["seeds"]) for r in slow["ladder"]]
+    assert rungs == list(budget.LADDER)
+    assert rungs.index((slow["epochs"], slow["seeds"])) < rungs.index((fast["epochs"], fast["seeds"]))
+    for chosen in (slow, fast):       # the most work that fits: the next rung up would not
+        assert chosen["fits"] and chosen["predicted_minutes"] <= 60
+        above = rungs.index((chosen["epochs"], chosen["seeds"])) + 1
+        if above < len(rungs):
+            assert chosen["ladder"][above]["predicted_minutes"] > 60
+    assert f"{slow['epochs']} epochs x 1 seed, predicted" in said and "injected" in said
+    # twice the minutes never buy less
+    more, _ = plan(tmp_path, SLOW, minutes=120)
+    assert rungs.index((more["epochs"], more["seeds"])) >= rungs.index((slow["epochs"], slow["seeds"]))
+
+
+def test_a_budget_no_rung_fits_takes_the_cheapest_and_says_so(tmp_path):
+    chosen, said = plan(tmp_path, SLOW, minutes=1)
+    assert (chosen["epochs"], chosen["seeds"]) == budget.LADDER[0] and not chosen["fits"]
+    assert "still over the budget" in said
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory, demo_data):
+    """`make finetune PROFILE=cpu BUDGET=1` on the demo data: the cheapest rung, planned once."""
+    work = tmp_path_factory.mktemp("budget") / "work"
+    env = {"ATMA11_MEASURED_RATES": SLOW}
+    p = run(["finetune", "PROFILE=cpu", "BUDGET=1", f"WORK={work}", f"DATA={demo_data}"], env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return work, p, env
+
+
+def run(args, env):
+    import os
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MAKE") and k != "MFLAGS"}
+    full.update(env)
+    return subprocess.run(["make", "--no-print-directory", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, env=full, timeout=600)
+
+
+def test_make_plans_once_before_the_finetunes_and_a_rerun_keeps_the_plan(planned, demo_data):
+    work, p, env = planned
+    text = (work / "04_finetune" / "budget.txt").read_text()
+    assert text.split() == ["budget=1", "epochs=6", "seeds=1"]
+    assert p.stdout.index("budget.py plan") < p.stdout.index("04_finetune.py")
+    assert "[budget] BUDGET=1 min: 6 epochs x 1 seed" in p.stdout
+    runs = sorted(d.name for d in (work / "04_finetune").iterdir() if d.is_dir())
+    assert runs == ["multi_0", "multi_1", "multi_2", "multi_all"]
+    for r in runs:
+        config = json.loads((work / "04_finetune" / r / "provenance.json").read_text())["config"]
+        assert config["epochs"] == 6
+    stamp = (work / "04_finetune" / "budget.txt").stat().st_mtime_ns
+    again = run(["finetune", "PROFILE=cpu", "BUDGET=1", f"WORK={work}", f"DATA={demo_data}"], env)
+    assert again.returncode == 0 and "budget.py" not in again.stdout and "04_finetune.py" not in again.stdout
+    assert (work / "04_finetune" / "budget.txt").stat().st_mtime_ns == stamp
+
+
+def test_explicit_settings_pin_the_work_and_another_budget_plans_again(planned, demo_data, tmp_path):
+    work, _p, env = planned
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    base = ["-n", "finetune", "PROFILE=cpu", f"WORK={copy}", f"DATA={demo_data}"]
+    for pin in (["SEEDS=1", "BUDGET=1"], ["FINETUNE_ARGS=--epochs 6", "BUDGET=1"], ["BUDGET=off"]):
+        p = run([*base, *pin], env)
+        assert p.returncode == 0, p.stderr
+        assert "budget.py" not in p.stdout
+        redone = re.findall(r"04_finetune.py --task multi --fold (\w+)", p.stdout)
+        if pin[0].startswith("FINETUNE_ARGS"):
+            assert redone == []          # the same 6 epochs, now pinned: nothing to redo
+        else:
+            assert sorted(redone) == ["0", "1", "2", "all"] and "--epochs" not in p.stdout   # the profile's 24
+    p = run(["finetune", "PROFILE=cpu", "BUDGET=2", f"WORK={copy}", f"DATA={demo_data}"], env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "budget.py plan --budget 2" in p.stdout        # planned again: the same rung, nothing redone
+    assert (copy / "04_finetune" / "budget.txt").read_text().split() == ["budget=2", "epochs=6", "seeds=1"]
+    assert "04_finetune.py" not in p.stdout
+
+
+@pytest.mark.parametrize("setting, says", [
+    ("BUDGET=abc", "whole minutes"), ("BUDGET=0", "whole minutes"), ("BUDGET=60 30", "whole minutes"),
+    ("BUDGET=-5", "whole minutes")])
+def test_a_bad_budget_is_refused_before_anything_runs(setting, says, tmp_path, demo_data):
+    p = run(["finetune", "PROFILE=cpu", setting, f"WORK={tmp_path / 'w'}", f"DATA={demo_data}"], {})
+    assert p.returncode != 0 and says in p.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_budget_is_the_cpu_profiles(tmp_path, demo_data):
+    p = run(["finetune", "PROFILE=smoke", "BUDGET=30", f"WORK={tmp_path / 'w'}", f"DATA={demo_data}"], {})
+    assert p.returncode != 0 and "PROFILE=cpu's" in p.stderr
