@@ -64,8 +64,8 @@ def main():
     stacking.check_features(source, folds)
     meta = stacking.meta_table(args.hvr, args.meta, expected=pd.concat([train.index.to_series(), test_ids]))
     images, ids, _store = pixels.load_store(args.hvr)
-    learned = pd.DataFrame(kmeans_features.photo_features(images), index=ids,
-                           columns=kmeans_features.columns(quadrants=False))
+    learned = kmeans_features.photo_features(images)
+    learned = pd.DataFrame(learned, index=ids, columns=kmeans_features.columns(learned.shape[1], quadrants=False))
     stacks, meta_only = stacking.level_one(source, folds, oof_fold, meta, learned)
     oof = stacking.out_of_fold_table(source, train, oof_fold, {"meta_only": meta_only, **stacks})
     test_all = stacking.features(source, "all", "test")

@@ -47,6 +47,7 @@ def learn(images, seed=0, k=K, samples=SAMPLES):
     rng = np.random.default_rng(seed)
     n, size = images.shape[:2]
     samples = min(samples, 20 * n)
+    k = min(k, samples // 10)      # a few photos (the tests'): fewer centroids, each learned from 10 patches
     side = size - PATCH + 1
     which = rng.integers(0, n, samples)
     rows, cols = rng.integers(0, side, samples), rng.integers(0, side, samples)

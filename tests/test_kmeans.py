@@ -1,0 +1,85 @@
+"""The k-means features (kmeans_features.py) that 06's statistics booster sees, their study
+(bench/kmeans_study.py) and the level-two study over a finished 06 (bench/level_two.py)."""
+import subprocess
+
+import numpy as np
+import pandas as pd
+
+import kmeans_features as kf
+from conftest import REPO
+
+PY = str(REPO / ".venv" / "bin" / "python")
+
+
+def photos(n, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_patches_are_the_photos_own_pixels_in_order():
+    images = photos(2, size=9)
+    x = kf.patches(images, stride=2)
+    assert x.shape == (2, 2, 2, kf.PATCH * kf.PATCH * 3)
+    assert np.array_equal(x[1, 1, 0], images[1, 2:2 + kf.PATCH, 0:kf.PATCH].reshape(-1).astype(np.float32))
+
+
+def test_features_are_deterministic_and_one_photos_do_not_depend_on_the_others():
+    images = photos(40)
+    model = kf.learn(images, seed=3)
+    again = kf.learn(images, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(model, again))
+    out = kf.encode(images, model)
+    k = model[2].shape[0]
+    assert out.shape == (40, 4 * k) and out.dtype == np.float32 and (out >= 0).all()
+    assert np.allclose(kf.encode(images[7:9], model), out[7:9], atol=1e-5)      # chunking changes nothing
+    # a triangle activation is positive for the centroids nearer than the mean distance: some, not all
+    assert 0 < (out > 0).mean() < 1
+
+
+def test_brightness_and_contrast_are_normalised_away_and_quadrants_are_where_they_say():
+    images = photos(30)
+    model = kf.learn(images)
+    grey = kf.encode(np.stack([np.full((16, 16, 3), v, np.uint8) for v in (40, 200)]), model)
+    assert np.allclose(grey[0], grey[1], atol=1e-4)          # two flat photos: one encoding
+    k = model[2].shape[0]
+    assert np.allclose(grey[0].reshape(4, k), grey[0][:k], atol=1e-4)   # the same in every quadrant
+    half = images[:1].copy()
+    half[0, :, 5:] = 128        # flat where the right quadrants' patches (from column 11 // 2) lie
+    quads = kf.encode(half, model).reshape(4, k)
+    assert np.allclose(quads[1], grey[0][:k], atol=1e-4) and np.allclose(quads[3], grey[0][:k], atol=1e-4)
+    assert not np.allclose(quads[0], grey[0][:k], atol=1e-2)
+
+
+def test_photo_features_are_the_quadrants_mean_and_few_photos_get_fewer_centroids():
+    images = photos(3)
+    whole = kf.photo_features(images)
+    assert whole.shape == (3, 3 * 20 // 10)          # 60 patches: 6 centroids
+    model = kf.learn(images)
+    assert np.allclose(whole, kf.encode(images, model).reshape(3, 4, -1).mean(1))
+
+
+def test_kmeans_study_runs_on_a_toy_work(smoke_run, tmp_path):
+    """bench/kmeans_study.py end to end on the smoke run (its 24 px store, folds and 06)."""
+    work, _ = smoke_run
+    page = tmp_path / "kmeans.md"
+    p = subprocess.run([PY, "bench/kmeans_study.py", "--work", str(work), "--k", "16", "--write", str(page)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for row in ("meta_only", "meta+km_whole", "meta+km_quadrants", "km_ridge", "blend", "blend+km_ridge"):
+        assert f"| {row} |" in p.stdout
+    assert float(p.stdout.split("meta_only_rmse: ")[1].split()[0]) < 1.5
+    assert page.read_text().startswith("# k-means")
+
+
+def test_level_two_study_runs_on_a_toy_work(smoke_run, tmp_path):
+    work, _ = smoke_run
+    page = tmp_path / "level_two.md"
+    p = subprocess.run([PY, "bench/level_two.py", "--work", str(work), "--write", str(page)], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    table = [l for l in p.stdout.splitlines() if l.startswith("| ") and "pooled" not in l]
+    assert [l.split(" | ")[0][2:] for l in table] == ["blend (06)", "blend_steps (06)", "ridge", "lightgbm depth 2"]
+    # 06's own blend, refitted here, scores what 06 wrote for it
+    oof = pd.read_csv(work / "06_stack" / "oof.csv")
+    ours = float(table[0].split(" | ")[1])
+    assert abs(ours - np.sqrt(((oof["blend"] - oof["target"]) ** 2).mean())) < 1e-4
