@@ -65,6 +65,16 @@ def run_name(task, fold, seed=0):
     return f"{task}_{fold}" + (f"_s{seed}" if seed else "")
 
 
+def parse_run_name(name):
+    """(task, fold, seed) of a run_name; None for a name of another grammar."""
+    parts = name.split("_")
+    seed = parts.pop() if len(parts) == 3 else "s0"
+    if len(parts) != 2 or not (seed[:1] == "s" and seed[1:].isdigit()) or seed == "s00":
+        return None
+    task, fold = parts
+    return (task, fold, int(seed[1:])) if run_name(task, fold, int(seed[1:])) == name else None
+
+
 def ckpt_name(epoch, step=None, state=False):
     """A network at an epoch's end is ckpt_e003.pt, mid-epoch ckpt_e003_s00000120.pt (the weights
     the evaluator, 05 and 04 --init read); with state, the optimizer and RNG state a run continues

@@ -84,12 +84,9 @@ def last_row(path):
 def seed_runs(finetune, net, fold):
     """[(seed, run directory)] of a net and fold: seed 0's (there or not), then every other
     seed's that exists (<net>_<fold>_s<k>), in seed order."""
-    others = []
-    for d in Path(finetune).glob(common.run_name(net, fold) + "_s*"):
-        suffix = d.name.rsplit("_s", 1)[1]
-        if suffix.isdigit() and int(suffix) > 0:
-            others.append((int(suffix), d))
-    return [(0, Path(finetune) / common.run_name(net, fold))] + sorted(others)
+    others = sorted((parsed[2], d) for d in Path(finetune).glob(common.run_name(net, fold) + "_s*")
+                    if (parsed := common.parse_run_name(d.name)) and parsed[2] > 0)
+    return [(0, Path(finetune) / common.run_name(net, fold))] + others
 
 
 def status(jigsaw, finetune, nets=tasks.TASKS):

@@ -44,6 +44,8 @@ p.add_argument("--work", required=True)
 p.add_argument("--time", help="the run's `/usr/bin/time -v` output")
 p.add_argument("--study", help="make study's directory")
 p.add_argument("--command", default="", help="the command that made WORK, as the page shows it")
+p.add_argument("--readme", default=None,
+               help="also set the CPU hour's CV in this README's headline table (its row `| this project's CPU hour`)")
 p.add_argument("--note", default="", help="what the files cannot say about the run (a machine shared, a stage redone)")
 p.add_argument("--out", required=True)
 
@@ -83,11 +85,10 @@ def seed_table(work):
     import numpy as np
     rows = []
     for feat in sorted(Path(work).glob("05_features/*_[012]/heldout.parquet")):
-        run = feat.parent.name
-        seeds = [Path(work) / "04_finetune" / run] + sorted((Path(work) / "04_finetune").glob(run + "_s*"))
+        net, fold, _seed = common.parse_run_name(feat.parent.name)
+        seeds = [d for _k, d in reporting.seed_runs(Path(work) / "04_finetune", net, fold)]
         if len(seeds) < 2:
             continue
-        fold = run.rsplit("_", 1)[1]
         held = common.read_fold(Path(work) / "01_sgkfold", fold, "test").set_index("object_id")
         f = pd.read_parquet(feat).set_index("object_id")
         y = held["target"].loc[f.index].to_numpy()
@@ -132,6 +133,10 @@ def main():
     if args.time:
         wall, rss = time_figures(args.time)
         lines.append(f"Wall time {wall:.1f} min, peak resident memory {rss:.2f} GiB (`/usr/bin/time -v`).\n")
+    budget = work / "04_finetune" / "budget.json"
+    if budget.exists():
+        plan = json.loads(budget.read_text())
+        lines.append(f"The budget's plan (`04_finetune/budget.json`): {plan['why']}.\n")
     if args.note:
         lines.append(args.note + "\n")
     lines += ["## Minutes per stage (from each unit's provenance.json)\n",
@@ -162,6 +167,24 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     common.write_text(out, "\n".join(lines))
     print(f"wrote {out}")
+    if args.readme:
+        headline(Path(args.readme), float(cv.iloc[-1]["final"]))
+
+
+HEADLINE = "| this project's CPU hour"
+
+
+def headline(readme, cv):
+    """The README's headline row of the CPU hour: its CV cell (the second) set to this run's."""
+    lines = readme.read_text().split("\n")
+    rows = [i for i, line in enumerate(lines) if line.startswith(HEADLINE)]
+    if len(rows) != 1:
+        common.fail(f"{readme}: no one row starting {HEADLINE!r} to set the CV in")
+    cells = lines[rows[0]].split(" | ")
+    cells[1] = f"{cv:.4f}"
+    lines[rows[0]] = " | ".join(cells)
+    common.write_text(readme, "\n".join(lines))
+    print(f"set {readme}'s headline CV to {cv:.4f}")
 
 
 if __name__ == "__main__":

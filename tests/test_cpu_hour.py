@@ -4,6 +4,8 @@ evaluator that never outlives its trainer nor lets its GPU go while it lives."""
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,12 +275,24 @@ def test_results_page_is_generated_from_a_finished_work(multi_run, tmp_path):
     timing = tmp_path / "time.txt"
     timing.write_text("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:06\n\tMaximum resident set size (kbytes): 2097152\n")
     out = tmp_path / "docs" / "results.md"
-    subprocess.run([PY, "bench/results_doc.py", "--work", work, "--time", timing, "--out", out,
+    readme = tmp_path / "README.md"
+    shutil.copy(REPO / "README.md", readme)
+    subprocess.run([PY, "bench/results_doc.py", "--work", work, "--time", timing, "--out", out, "--readme", readme,
                     "--command", "make all PROFILE=smoke"], check=True, cwd=REPO, capture_output=True)
     page = out.read_text()
     cv = pd.read_csv(work / "06_stack" / "cv.csv")
     assert f"{cv['final'].iloc[-1]:.4f}" in page and "Wall time 62.1 min, peak resident memory 2.00 GiB" in page
     assert "multi_0/target" in page and "| 04_finetune |" in page
+    row = [l for l in readme.read_text().splitlines() if l.startswith("| this project's CPU hour")]
+    assert len(row) == 1 and f" | {cv['final'].iloc[-1]:.4f} | " in row[0]
+
+
+def test_the_readmes_headline_is_the_results_pages():
+    """The README's CPU-hour CV is the one docs/results.md shows for the submission."""
+    row = [l for l in (REPO / "README.md").read_text().splitlines() if l.startswith("| this project's CPU hour")]
+    page = (REPO / "docs" / "results.md").read_text()
+    submitted = re.search(r"\| \*\*the submission\*\* .*\| ([0-9.]+) \|$", page, re.M)
+    assert len(row) == 1 and submitted and f" | {submitted[1]} | " in row[0]
 
 
 def test_blend_weighs_each_fold_with_the_other_folds_rows_only():

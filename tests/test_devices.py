@@ -112,11 +112,13 @@ def test_full_without_gpus_stops_before_training_with_a_measured_estimate(demo_d
 
 
 def test_the_cpu_profile_says_its_measured_estimate_and_goes_on(demo_data, tmp_path):
-    """PROFILE=cpu is sized for an hour on one machine; on another the run says first what it
-    will take there (a machine half as fast: twice the time), then trains."""
-    p = plain_make("preflight", "PROFILE=cpu", f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
+    """PROFILE=cpu's work pinned (BUDGET=off) takes as long as this machine makes it: the run says
+    first what it will take here, then trains; under a budget it says the budget plans it."""
+    p = plain_make("preflight", "PROFILE=cpu", "BUDGET=off", f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
     est = re.search(r"PROFILE=cpu on this CPU: about ([0-9.]+) (hours|min) .* at the ([0-9.]+) images/s training", p.stdout)
     assert p.returncode == 0 and est and float(est.group(3)) > 0, p.stdout + p.stderr
+    p = plain_make("preflight", "PROFILE=cpu", f"WORK={tmp_path / 'work'}", f"DATA={demo_data}")
+    assert p.returncode == 0 and "BUDGET=60 min for the whole run" in p.stdout and "estimate" not in p.stdout
 
 
 def test_the_estimate_counts_what_the_profile_trains_on():

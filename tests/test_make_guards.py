@@ -239,7 +239,8 @@ def test_an_unchanged_requirements_txt_reinstalls_nothing(tmp_path):
     refreshes the stamp; another content installs."""
     copy = tmp_path / "checkout"
     copy.mkdir()
-    for name in ("Makefile", "profiles.py", "requirements.txt", "setup_venv.py"):
+    for name in ("Makefile", "make/checks.mk", "profiles.py", "requirements.txt", "setup_venv.py"):
+        (copy / name).parent.mkdir(exist_ok=True)
         shutil.copy2(REPO / name, copy / name)
     (copy / ".venv").mkdir()
     shutil.copy2(REPO / "requirements.txt", copy / ".venv" / "requirements.txt")

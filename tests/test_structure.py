@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO, load_script
 
+import common
 import profiles
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -158,3 +159,10 @@ def test_every_stage_runs_through_one_skeleton():
     readers = [f"{path.relative_to(REPO)}" for path in modules().values() if path.name not in ("common.py", "01_sgkfold.py")
                and re.search(r"read_csv\([^)]*(fold_csv|oof_fold)", path.read_text())]
     assert not readers, f"fold files read outside common.read_fold / read_oof_fold: {readers}"
+
+
+def test_run_names_have_one_grammar_both_ways():
+    for task, fold, seed in (("multi", "0", 0), ("target", "all", 2), ("word2vec", "1", 9)):
+        assert common.parse_run_name(common.run_name(task, fold, seed)) == (task, fold, seed)
+    for other in ("multi_0_s0", "multi_0_s01", "multi_0_s", "multi", "a_b_c", "multi_0_s1_x"):
+        assert common.parse_run_name(other) is None, other
