@@ -14,9 +14,7 @@ Reads WORK/01_sgkfold, WORK/02_hvr, WORK/03_jigsaw. Writes WORK/04_finetune/<tas
 The tasks and their heads (sizes, targets, losses, eras): tasks.py. MSE for all four, as the
 recipe; `--loss ce` makes onehot a cross-entropy classifier; `--task multi` trains one backbone
 with all four heads on the sum of their losses.
-`--precision` chooses bf16 autocast or float32. The variants the budget study measured and no
-profile took (`--shift`, `--mixup`, `--photo-inputs`) live in variants.py, which hands 04 its
-training batches (`Batches` here: the recipe's).
+`--precision` chooses bf16 autocast or float32.
 The trainer and its evaluator are one script in two roles, as in the recipe: they share the
 fold's data and the task's targets. The evaluator, and the trainer's supervision of it, are in
 evaluator.py.
@@ -53,11 +51,9 @@ import pixels
 import reporting
 import tasks
 import training
-import variants
 
 # -----------------------------------------------------------------------------
 SEED = 0               # init of the new head; epoch RNGs derive from it too
-TRAINABLE_WHEN_FROZEN = ("layer3.", "layer4.", "fc.")   # the recipe's --freeze experiment
 
 p = common.profile_parser(__doc__.split("\n")[0])
 p.add_argument("--task", required=True, choices=tasks.NETS, help="one task, or multi: all four heads")
@@ -82,7 +78,6 @@ p.add_argument("--ckpt-minutes", type=float, default=checkpointing.CKPT_MINUTES,
                help="on a GPU: minutes of training between resumable checkpoints")
 p.add_argument("--loss", default=None, choices=["mse", "ce"],
                help="onehot's loss: mse on the one-hot (the recipe) or ce, a cross-entropy classifier (profile)")
-p.add_argument("--freeze", action="store_true", help="train only layer3, layer4 and the head")
 training.add_optimizer_options(p)
 p.add_argument("--keep-epochs", default=None, choices=["all", "last"],
                help="epoch-end checkpoints kept: all (the evaluator process reads them) or the last "
@@ -100,12 +95,11 @@ p.add_argument("--eval-stall", type=float, default=600.0,
 p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
 p.add_argument("--precision", default=None, choices=inference.PRECISIONS,
                help="bf16 autocast: auto = on GPUs and CPUs with native bf16 (profile)")
-variants.add_options(p)      # the study's variants: shifted views, mixup, photo inputs
 
 
 # -----------------------------------------------------------------------------
-def build(args, outputs, device, inputs=0):
-    model = models.build_model(args.arch, outputs, inputs, width=args.width)
+def build(args, outputs, device):
+    model = models.build_model(args.arch, outputs, width=args.width)
     if args.init == "xavier":
         models.xavier_init(model)
     if args.init == "jigsaw":
@@ -117,9 +111,6 @@ def build(args, outputs, device, inputs=0):
             common.fail(f"--arch {args.arch} --width {args.width} but {args.jigsaw} trained {trained[0]} "
                         f"of width {trained[1]}")
         models.load_backbone(model, state["model"])
-    if args.freeze:
-        for name, param in model.named_parameters():
-            param.requires_grad = name.startswith(TRAINABLE_WHEN_FROZEN)
     return model.to(device)
 
 
@@ -129,10 +120,9 @@ class Batches:
     many drawn at random per image) in a shuffled order; a batch's loss is the sum over its
     samples of every head's loss, weighted (a head without a target for the row weighs 0)."""
 
-    def __init__(self, args, n, store, pos, vidx, targets, extra, device):
-        self.views, self.precision, self.device, self.n = args.views, args.precision, device, n
-        self.task, self.loss_kind = args.task, args.loss
-        self.store, self.pos, self.vidx, self.inputs = store, pos, vidx, extra
+    def __init__(self, n, store, pos, vidx, targets, device, *, views, precision, task, loss):
+        self.n, self.store, self.pos, self.vidx, self.device = n, store, pos, vidx, device
+        self.views, self.precision, self.task, self.loss_kind = views, precision, task, loss
         self.y, self.w = targets
 
     def plan(self, epoch, g):
@@ -146,22 +136,12 @@ class Batches:
         plan = torch.stack([row, view], 1)
         return plan[torch.randperm(len(plan), generator=g)]
 
-    def pixels(self, rows, offsets=None):
-        return pixels.to_input(self.store[self.pos[rows[:, 0]]], rows[:, 1], self.vidx, channels_last=True,
-                               offsets=offsets)
-
-    def extra(self, rows):
-        return None if self.inputs is None else self.inputs[rows[:, 0]]
-
-    def forward(self, net, x, extra):
-        with inference.autocast(self.device, self.precision):
-            return net(x, extra).float()
-
-    def losses(self, out, rows):
-        return tasks.head_losses(self.task, self.loss_kind, out, self.y[rows[:, 0]]) * self.w[rows[:, 0]]
-
     def loss(self, net, rows):
-        return self.losses(self.forward(net, self.pixels(rows), self.extra(rows)), rows).sum(), {}
+        x = pixels.to_input(self.store[self.pos[rows[:, 0]]], rows[:, 1], self.vidx, channels_last=True)
+        with inference.autocast(self.device, self.precision):
+            out = net(x).float()
+        losses = tasks.head_losses(self.task, self.loss_kind, out, self.y[rows[:, 0]]) * self.w[rows[:, 0]]
+        return losses.sum(), {}
 
 
 def train(args, run_dir, dist, on_epoch_end=None):
@@ -173,20 +153,17 @@ def train(args, run_dir, dist, on_epoch_end=None):
     store = pixels.to_pixels(images[np.sort(pos.numpy())], device)  # only this fold's photos
     pos = torch.from_numpy(np.searchsorted(np.sort(pos.numpy()), pos.numpy())).to(device)
     y, w = (t.to(device) for t in evaluator.targets(args.task, train_df, args.folds, date_stats))
-    extra = variants.photo_inputs(args.hvr, train_df["object_id"], args.photo_inputs)
-    extra = None if extra is None else extra.to(device)
     vidx = pixels.view_index(meta["size"]).to(device)
     training.banner("04", args, dist, task=args.task, fold=args.fold, train=len(train_df),
                     size=meta["size"], arch=args.arch, init=args.init, epochs=args.epochs,
                     schedule=f"{args.optim}/{args.schedule}/lr={args.lr:g}")
-    batches = variants.batches(args, Batches(args, len(train_df), store, pos, vidx, (y, w), extra, device),
-                               train_df["object_id"])
+    batches = Batches(len(train_df), store, pos, vidx, (y, w), device, views=args.views, precision=args.precision,
+                      task=args.task, loss=args.loss)
 
     common.seed_everything(args.seed)
-    inputs = 0 if extra is None else extra.shape[1]
-    model = build(args, tasks.TASK_DIMS[args.task], device, inputs)
+    model = build(args, tasks.TASK_DIMS[args.task], device)
     config = dict(vars(args), log_every=training.LOG_EVERY, channels_last=True, size=meta["size"],
-                  outputs=tasks.TASK_DIMS[args.task], inputs=inputs, date_mean=date_stats[0], date_std=date_stats[1])
+                  outputs=tasks.TASK_DIMS[args.task], date_mean=date_stats[0], date_std=date_stats[1])
     training.fit(model, run_dir=run_dir, dist=dist, config=config, epoch_plan=batches.plan,
                  batch_loss=batches.loss, on_epoch_end=on_epoch_end)
     return config

@@ -40,7 +40,6 @@ import models
 import pixels
 import tasks
 import training
-import variants
 
 # -----------------------------------------------------------------------------
 CHUNK = 4096                            # images per progress step
@@ -108,20 +107,14 @@ def main():
     ends = np.cumsum([0, *map(len, wanted.values())]).tolist()
     span = {split: slice(a, b) for split, a, b in zip(wanted, ends[:-1], ends[1:])}   # rows of `every`
     px = pixels.to_pixels(images[pixels.store_rows(ids, every, args.hvr).numpy()], "cpu")
-    seeds, extras, boxes, reused = [], {}, {}, []
+    vidx = pixels.view_index(meta["size"]).to(dist.device)
+    seeds, reused = [], []
     for epoch, ckpt in checkpoints:       # one pass per network; the seeds' outputs averaged
         state = checkpointing.load_weights(ckpt)
         config = state["config"]
-        model = models.build_model(config["arch"], config["outputs"], config.get("inputs", 0),
-                                   config.get("width", models.WIDTH)).to(dist.device)
+        model = models.build_model(config["arch"], config["outputs"],
+                                   width=config.get("width", models.WIDTH)).to(dist.device)
         model.load_state_dict(state["model"])
-        crop = config.get("crop") or 0
-        if crop and crop not in boxes:                  # stats.csv read once, not once per seed
-            boxes[crop] = variants.crop_boxes(args.hvr, every, crop)
-        kind = config.get("photo_inputs", "none")
-        if kind not in extras:                          # stats.csv read once, not once per seed
-            extras[kind] = variants.photo_inputs(args.hvr, every, kind)
-        extra = extras[kind]
         parts = []
         for split, rows in span.items():
             known = (inference.saved_views(ckpt.parent, epoch, wanted[split], dist.device, args.precision)
@@ -134,10 +127,8 @@ def main():
             outs = []           # copied back once per split, not once per chunk
             for start in training.progress(range(rows.start, rows.stop, CHUNK), dist, desc=desc):
                 chunk = slice(start, min(start + CHUNK, rows.stop))
-                more = None if extra is None else to_device(extra[chunk], dist.device)
-                outs.append(variants.predict_views(config, model, to_device(px[chunk], dist.device), dist.device,
-                                                   args.batch, precision=args.precision, extra=more,
-                                                   boxes=boxes[crop][chunk] if crop else None))
+                outs.append(inference.predict_views(model, to_device(px[chunk], dist.device), vidx, dist.device,
+                                                    args.batch, precision=args.precision))
             parts += [torch.cat(outs).cpu()] if outs else []
         seeds.append(tasks.in_units(args.task, torch.cat(parts), config).numpy())
     outputs = seeds[0] if len(seeds) == 1 else sum(seeds) / np.float32(len(seeds))

@@ -18,7 +18,6 @@ import inference
 import models
 import pixels
 import tasks
-import variants
 
 EVAL_POLL = 0.2        # seconds between the evaluator's looks for a new checkpoint (a stat: free)
 EVAL_GIVE_UP = 120.0   # seconds a checkpoint may stay unreadable before the evaluator fails
@@ -51,18 +50,14 @@ class Evaluator:
         train_df, self.held, self.split = task_data(args)
         self.date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
         self.px = pixels.to_pixels(images[pixels.store_rows(ids, self.held["object_id"], args.hvr).numpy()], device)
+        self.vidx = pixels.view_index(meta["size"]).to(device)
         self.y, self.w = targets(args.task, self.held, args.folds, self.date_stats)
-        self.extra = variants.photo_inputs(args.hvr, self.held["object_id"], args.photo_inputs)
-        self.boxes = variants.crop_boxes(args.hvr, self.held["object_id"], args.crop) if args.crop else None
         self.era = torch.tensor(self.held["target"].to_numpy(), dtype=torch.float32)
         n = len(self.held)     # the rows of an epoch's score: a fixed random subset, or all
         self.subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: args.eval_rows or n].sort().values
         self.args, self.device, self.path = args, device, run_dir / "eval.csv"
         self.eras = [t for t, _ in tasks.heads(args.task) if t in tasks.ERA_HEADS]
         self.columns = ["epoch", "split", "n", "views", "loss", "rmse", *map(tasks.eval_column, self.eras), "seconds"]
-
-    def inputs(self):
-        return 0 if self.extra is None else self.extra.shape[1]
 
     def done(self):
         return common.read_epoch_rows(self.path)
@@ -73,10 +68,8 @@ class Evaluator:
         last = epoch == args.epochs      # all 8 views of every row: the run's figure
         views = range(8 if last else args.eval_views)
         rows = torch.arange(len(self.held)) if last else self.subset
-        extra = None if self.extra is None else self.extra[rows].to(self.device)
-        outputs = variants.predict_views(vars(args), model, self.px[rows.to(self.px.device)], self.device,
-                                         args.batch * 4, views, precision=args.precision, extra=extra,
-                                         boxes=None if self.boxes is None else self.boxes[rows]).cpu()
+        outputs = inference.predict_views(model, self.px[rows.to(self.px.device)], self.vidx, self.device,
+                                          args.batch * 4, views, precision=args.precision).cpu()
         if last and self.split == "heldout":      # 05 describes this side with them, no second pass
             inference.save_views(self.path.parent / inference.HELDOUT_VIEWS, self.held["object_id"], outputs,
                                 epoch=epoch, bf16=inference.bf16(self.device, args.precision))
@@ -106,7 +99,7 @@ def evaluate(args, run_dir, dist):
     # the trainer's pid, handed down: read at start-up, getppid() could already be init's
     parent = int(os.environ.get("ATMA11_TRAINER_PID") or os.getppid())
     ev = Evaluator(args, run_dir, dist.device)
-    model = models.build_model(args.arch, tasks.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
+    model = models.build_model(args.arch, tasks.TASK_DIMS[args.task], width=args.width).to(dist.device)
     unreadable = {}
     while True:
         todo = [e for e in range(1, args.epochs + 1) if e not in ev.done()]
@@ -137,7 +130,7 @@ def evaluate_missing(args, run_dir, dist, ev):
     have = {e for e, step, _ in checkpointing.list_checkpoints(run_dir) if step is None}
     missing = [e for e in range(1, args.epochs + 1) if e not in ev.done() and e in have]
     if missing:
-        model = models.build_model(args.arch, tasks.TASK_DIMS[args.task], ev.inputs(), args.width).to(dist.device)
+        model = models.build_model(args.arch, tasks.TASK_DIMS[args.task], width=args.width).to(dist.device)
         for epoch in missing:
             path = run_dir / common.ckpt_name(epoch)
             state = checkpointing.load_weights(path)

@@ -1,7 +1,6 @@
 """The networks, from random init (no pretrained weights: competition rule): torchvision's
-ResNet18/34, built here module for module, and its EfficientNet-B0; a head that computes in float32
-and may also take photo inputs; the seed's xavier init; a pretext network's backbone loaded into a
-task's (04 --init jigsaw).
+ResNet18/34, built here module for module; a head that computes in float32; the seed's xavier
+init; a pretext network's backbone loaded into a task's (04 --init jigsaw).
 """
 import torch
 
@@ -9,11 +8,11 @@ import common
 
 # The ResNets are built here, module for module as torchvision builds them (the same state_dict
 # keys, the same init drawn in the same order: bit-identical weights for a seed), so a torch stage
-# does not import torchvision (about 2 s of every process's start); EfficientNet-B0 imports it
-# when asked for.
-ARCHS = ("resnet34", "resnet18", "efficientnet_b0")
+# does not import torchvision (about 2 s of every process's start).
+ARCHS = ("resnet34", "resnet18")
 RESNET_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 WIDTH = 64             # channels of a ResNet's first stage (the recipe's; doubled at each stage)
+HEAD = "fc."           # the head's parameters (the final linear layer), by state_dict key prefix
 
 
 class Float32Linear(torch.nn.Linear):
@@ -49,8 +48,7 @@ class BasicBlock(torch.nn.Module):
 
 
 class ResNet(torch.nn.Module):
-    """torchvision's ResNet18/34 at any first-stage width (64: torchvision's own), whose head may
-    also take photo inputs (variants.photo_inputs), concatenated to the pooled features."""
+    """torchvision's ResNet18/34 at any first-stage width (64: torchvision's own)."""
 
     def __init__(self, blocks, outputs, width=WIDTH):
         super().__init__()
@@ -74,50 +72,19 @@ class ResNet(torch.nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
-    def forward(self, x, extra=None):
+    def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(with_extra(torch.flatten(self.avgpool(x), 1), extra))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def efficientnet_b0(outputs):
-    """torchvision's EfficientNet-B0, its head taking photo inputs as ResNet's."""
-    import torchvision
-
-    class EfficientNet(torchvision.models.EfficientNet):
-        def forward(self, x, extra=None):
-            return self.classifier(with_extra(torch.flatten(self.avgpool(self.features(x)), 1), extra))
-
-    model = torchvision.models.efficientnet_b0(weights=None, num_classes=outputs)
-    model.__class__ = EfficientNet
-    return model
-
-
-def with_extra(features, extra):
-    return features if extra is None else torch.cat([features, extra.to(features.dtype)], 1)
-
-
-def build_model(arch, outputs, inputs=0, width=None):
-    """A network from random init with `outputs` outputs, its head also taking `inputs` photo
-    inputs (0: the pixels only, the recipe); a ResNet's first stage `width` channels wide (None:
-    WIDTH, the recipe's)."""
-    width = width or WIDTH
+def build_model(arch, outputs, width=None):
+    """A network from random init with `outputs` outputs, its first stage `width` channels wide
+    (None: WIDTH, the recipe's)."""
     if arch not in ARCHS:
         common.fail(f"--arch {arch}: choose one of {ARCHS}")
-    if arch in RESNET_BLOCKS:
-        model = ResNet(RESNET_BLOCKS[arch], outputs, width)
-    elif width != WIDTH:
-        common.fail(f"--width {width}: {arch} has the one width ({WIDTH}); widths are for ResNets")
-    else:
-        model = efficientnet_b0(outputs)
-    if inputs:       # a wider head (drawn after the backbone: a network without inputs is unchanged)
-        _, linear = head(model)
-        wider = torch.nn.Linear(linear.in_features + inputs, outputs)
-        if hasattr(model, "fc"):
-            model.fc = wider
-        else:
-            model.classifier[1] = wider
-    head(model)[1].__class__ = Float32Linear      # in place: no new parameters, no RNG drawn
+    model = ResNet(RESNET_BLOCKS[arch], outputs, width or WIDTH)
+    model.fc.__class__ = Float32Linear      # in place: no new parameters, no RNG drawn
     return model
 
 
@@ -131,17 +98,11 @@ def xavier_init(model, gain=0.02):
                 torch.nn.init.zeros_(m.bias)
 
 
-def head(model):
-    """The final linear layer's (name prefix, module): fc for ResNets, classifier.1 otherwise."""
-    return ("fc.", model.fc) if hasattr(model, "fc") else ("classifier.1.", model.classifier[1])
-
-
 def load_backbone(model, state):
     """Copy every weight but the head's (the pretext head has 81 outputs, a task's 1-20)."""
-    prefix, _ = head(model)
-    body = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    body = {k: v for k, v in state.items() if not k.startswith(HEAD)}
     missing, unexpected = model.load_state_dict(body, strict=False)
-    left = [k for k in missing if not k.startswith(prefix)]
+    left = [k for k in missing if not k.startswith(HEAD)]
     if left or unexpected:
         common.fail(f"backbone does not fit: missing {left[:3]}, unexpected {unexpected[:3]}")
 

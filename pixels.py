@@ -117,44 +117,14 @@ def normaliser(device):
     return _NORMALISERS[device]
 
 
-def shifted_index(index, views, offsets):
-    """(B, S*S): view_index's gather index of each sample's view, then translated by the
-    sample's (dy, dx) in `offsets` (B, 2), the border mirrored (as numpy's 'reflect' pad): the
-    view and the shift are still one gather of whole pixels."""
-    b, s = len(views), math.isqrt(index.shape[1])
-    grid = torch.arange(s, device=index.device)
-
-    def mirror(t):                     # -1 -> 1, s -> s - 2
-        return (s - 1) - ((s - 1) - t.abs()).abs()
-
-    rows = mirror(grid + offsets[:, :1])               # (B, S)
-    cols = mirror(grid + offsets[:, 1:])
-    src = index[views].view(b, s, s)
-    return src[torch.arange(b, device=index.device)[:, None, None], rows[:, :, None], cols[:, None, :]].view(b, s * s)
-
-
-def crop_index(index, views, origins, size):
-    """(B, C*C): the source pixels in an S x S store of each sample's C x C crop whose top-left
-    corner is origins[b] = (y, x), seen in its view (`index` = view_index(C)): one gather."""
-    c = math.isqrt(index.shape[1])
-    grid = torch.arange(c, device=index.device)
-    src = (origins[:, :1, None] + grid[None, :, None]) * size + origins[:, 1:, None] + grid[None, None, :]
-    return src.view(len(origins), c * c).gather(1, index[views])
-
-
-def to_input(px, views, index, channels_last=False, perms=None, offsets=None, crops=None):
+def to_input(px, views, index, channels_last=False, perms=None):
     """Packed pixels (B, S*S) from to_pixels, on the device -> normalised float views
-    (B, 3, S, S); with `perms` (B, 9), the jigsaw tiles shuffled too; with `offsets` (B, 2),
-    each view translated (shifted_index); with `crops` (B, 2), each a C x C crop whose top-left
-    corner is crops[b] (crop_index; `index` is then view_index(C)). The view is one gather of
+    (B, 3, S, S); with `perms` (B, 9), the jigsaw tiles shuffled too. The view is one gather of
     whole pixels and the tiles move as whole rows, both before the bytes become floats; then
     one converting copy and the in-place normalisation (on a CPU, measured faster than one fused
     broadcast op). No host sync: on a GPU it runs ahead of the step."""
     b = px.shape[0]
-    if crops is not None:
-        x = px.gather(1, crop_index(index, views, crops, math.isqrt(px.shape[1])))
-    else:
-        x = px.gather(1, index[views] if offsets is None else shifted_index(index, views, offsets))
+    x = px.gather(1, index[views])
     s = math.isqrt(x.shape[1])
     if perms is not None:
         x = shuffle_tiles(x.view(b, 1, s, s), perms).view(b, s * s)

@@ -29,9 +29,9 @@ PROFILES = {
         "02": dict(size=224),                                   # the recipe's 224 x 224 input
         "03": dict(arch="resnet34", width=64, epochs=5, batch=256, views=8, perms=8, holdout=512,
                    holdout_trains=True, ckpt_every=200, precision="auto", **RECIPE_OPTIM),   # every photo
-        "04": dict(arch="resnet34", width=64, epochs=10, batch=256, views=8, shift=0, ckpt_every=200, init="jigsaw",
+        "04": dict(arch="resnet34", width=64, epochs=10, batch=256, views=8, ckpt_every=200, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # 10: the seed's final networks
-                   precision="auto", photo_inputs="none", mixup=0.0, crop=0, loss="mse", **RECIPE_OPTIM),
+                   precision="auto", loss="mse", **RECIPE_OPTIM),
         "05": dict(batch=512, precision="auto", fold_test="yes"),   # every network on every object
     },
     "cpu": {
@@ -42,9 +42,9 @@ PROFILES = {
                    holdout_trains=False, ckpt_every=50, precision="fp32", **RECIPE_OPTIM),   # no jigsaw
         "04": dict(arch="resnet18", width=64, epochs=24, batch=64,
                    views=1,                # one random view per image per epoch (the 8 are TTA)
-                   shift=0, ckpt_every=100, init="scratch", keep_epochs="last",
+                   ckpt_every=100, init="scratch", keep_epochs="last",
                    eval_views=1, eval_rows=384,    # per epoch: 1 view of 384 rows; the last: 8 of all
-                   precision="fp32", photo_inputs="none", mixup=0.0, crop=0,
+                   precision="fp32",
                    loss="ce",              # onehot a classifier: its probabilities for blend_steps
                    **CPU_OPTIM),
         "05": dict(batch=256,              # ResNet18 at 48 px infers fastest at 128-256
@@ -56,9 +56,9 @@ PROFILES = {
         "02": dict(size=24),
         "03": dict(arch="resnet18", width=16, epochs=2, batch=32, views=1, perms=2, holdout=16,
                    holdout_trains=False, ckpt_every=4, precision="fp32", **dict(RECIPE_OPTIM, halve_views=1)),
-        "04": dict(arch="resnet18", width=16, epochs=2, batch=16, views=1, shift=0, ckpt_every=1000, init="jigsaw",
+        "04": dict(arch="resnet18", width=16, epochs=2, batch=16, views=1, ckpt_every=1000, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # ckpt_every 1000: epoch ends only
-                   precision="fp32", photo_inputs="none", mixup=0.0, crop=0, loss="mse",
+                   precision="fp32", loss="mse",
                    **dict(RECIPE_OPTIM, halve_views=1)),   # halved per (1-view) epoch: 8 steps at
                                                            # one rate diverge (held-out RMSE 3.1 vs 1.5)
         "05": dict(batch=64, precision="fp32", fold_test="yes"),

@@ -1,7 +1,7 @@
 """Stacking of stage 05's features: the tables 06 reads, its LightGBM stacks, the level-two
 blends, the recipe's post-processing and the nested choice of what is submitted. 06_stack.py
-runs them; the studies in bench/ (meta_params, stack_params, texture_study, crop_study) score
-their variants with the same functions.
+runs them; the studies in bench/ (meta_params, stack_params, texture_study) score their
+variants with the same functions.
 
 Two stack modes:
   seed: as the recipe: fold k's booster trains on fold k's *training-side* network outputs, stops

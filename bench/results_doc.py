@@ -149,6 +149,7 @@ def main():
     if args.study:
         study = Path(args.study)
         df = pd.read_csv(study / "study.csv")
+        # shift, mixup, photo_inputs: settings of the study's retired rows only (measured at 6f8466d)
         keep = ["name", "axis", "net", "size", "arch", "epochs", "optim", "lr", "schedule", "halve_views", "init", "jigsaw",
                 "shift", "mixup", "precision", "photo_inputs", "seeds",
                 "fine_tune_minutes", "pipeline_minutes", *map(tasks.eval_column, tasks.ERA_HEADS), "load_1min"]

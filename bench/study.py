@@ -21,17 +21,18 @@ one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, rand
               whole pipeline, where one jigsaw serves all 4.5 network-equivalents of 04:
               jigsaw minutes + 4.5 x fine-tune minutes ~ 4.5 x the base's.
   init        torchvision's random init against the seed's xavier_normal (gain 0.02).
-  augment     each training view shifted by up to 4 px (mirrored border), 24 and 40 epochs;
-              mixup (Beta(0.4, 0.4)), 24 and 36 epochs; against 24 epochs of neither.
   ensemble    two networks of 24 epochs (seeds 0 and 1; seed 0 is epochs_24's run), their
               8-view outputs averaged, against one; and 64 px for 24 epochs (about the same
               minutes as two at 48 px).
   precision   24 epochs in bf16 autocast against float32 (the rows above: float32), one seed and
               two (against seeds_2).
-  inputs      24 epochs in bf16, the head also given the photo's size and aspect (shape) or
-              all of 02's per-photo statistics (stats), against bf16_24.
   loss        24 epochs with the onehot head a cross-entropy classifier (its era: the softmax's
               expected class), against epochs_24 (MSE on the one-hot, the recipe's).
+Two axes lost their study and their options left 04 after it: augment (shifted views, shift_24
+and shift_40; mixup, mixup_24 and mixup_36) and inputs (photo inputs beside the pooled features,
+shape_24 and stats_24). Those rows were measured at revision 6f8466d (`git show
+6f8466d:bench/study.py` trains them); their figures stay in docs/profiles.md and docs/results.md,
+and in study.csv a row of a configuration no longer here is kept as it was, after the others.
 Resumable: a finished configuration (its runs' DONE) is not trained again; its minutes come
 from the runs' provenance.json. Timings need a quiet machine: every run uses all the cores, and
 load_1min (the highest 1-minute load average as its runs ended, kept in each run's load.txt)
@@ -57,7 +58,7 @@ import tasks  # noqa: E402
 # -----------------------------------------------------------------------------
 BASE = dict(net="multi", size=48, arch="resnet18", epochs=12, optim="adamw", lr=2e-3,
             betas=(0.9, 0.999), weight_decay=0.01, schedule="onecycle", init="scratch", jigsaw=0,
-            shift=0, seeds=1, precision="fp32", photo_inputs="none", mixup=0.0, loss="mse")
+            seeds=1, precision="fp32", loss="mse")
 RECIPE_ADAM = dict(optim="adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=0.0, schedule="halve")
 PIPELINE_NETS = 4.5      # 04's work per fold-0 network: folds 0-2, and `all` on 1.5x the rows
 CONFIGS = [              # (name, axis, changes to BASE)
@@ -74,16 +75,10 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("jigsaw_2", "jigsaw", dict(init="jigsaw", jigsaw=2, epochs=8)),
     ("jigsaw_4", "jigsaw", dict(init="jigsaw", jigsaw=4, epochs=4)),
     ("xavier_init", "init", dict(init="xavier")),
-    ("shift_24", "augment", dict(epochs=24, shift=4)),
-    ("shift_40", "augment", dict(epochs=40, shift=4)),
     ("size_64_24", "size", dict(size=64, epochs=24)),
     ("seeds_2", "ensemble", dict(epochs=24, seeds=2, seed0="epochs_24")),
-    ("mixup_24", "augment", dict(epochs=24, mixup=0.4)),
-    ("mixup_36", "augment", dict(epochs=36, mixup=0.4)),
     ("bf16_24", "precision", dict(epochs=24, precision="bf16")),
     ("bf16_seeds_2", "precision", dict(epochs=24, precision="bf16", seeds=2, seed0="bf16_24")),
-    ("shape_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="shape")),
-    ("stats_24", "inputs", dict(epochs=24, precision="bf16", photo_inputs="stats")),
     ("ce_24", "loss", dict(epochs=24, loss="ce")),
     ("ce_32", "epochs", dict(epochs=32, loss="ce")),   # the cpu profile's network, 8 more epochs
     ("ce_48", "epochs", dict(epochs=48, loss="ce")),   # the budget's rungs for a fast machine:
@@ -150,10 +145,9 @@ def finetune(args, name, cfg, task, hvr, jig, seed=0):
             "--hvr", hvr, "--jigsaw", jig or Path(args.out) / "no_jigsaw", "--out", runs, "--profile", "cpu",
             "--arch", cfg["arch"], "--epochs", cfg["epochs"], "--batch", 64, "--views", 1,
             "--init", cfg["init"], "--optim", cfg["optim"], "--lr", cfg["lr"],
-            "--betas", *cfg["betas"], "--shift", cfg["shift"], "--weight-decay", cfg["weight_decay"],
+            "--betas", *cfg["betas"], "--weight-decay", cfg["weight_decay"],
             "--schedule", cfg["schedule"], "--halve-views", cfg.get("halve_views", 8), "--eval-views", 1,
-            "--eval-rows", 0, "--seed", seed, "--precision", cfg["precision"],
-            "--photo-inputs", cfg["photo_inputs"], "--mixup", cfg["mixup"], "--loss", cfg["loss"]])
+            "--eval-rows", 0, "--seed", seed, "--precision", cfg["precision"], "--loss", cfg["loss"]])
         # the 1-minute load average as the run ended: ~2 on a quiet machine (its own 2 threads)
         (run_dir / "load.txt").write_text(f"{os.getloadavg()[0]:.2f}\n")
     last = pd.read_csv(run_dir / "eval.csv").iloc[-1]
@@ -168,7 +162,6 @@ def ensemble_rmse(args, run_dirs, hvr):
     import inference
     import models
     import pixels
-    import variants
     held = common.read_fold(args.folds, "0", "test")
     images, ids, meta = pixels.load_store(hvr)
     px = pixels.to_pixels(images[pixels.store_rows(ids, held["object_id"], hvr).numpy()], torch.device("cpu"))
@@ -177,11 +170,10 @@ def ensemble_rmse(args, run_dirs, hvr):
     for run_dir in run_dirs:
         state = checkpointing.load_checkpoint(checkpointing.list_checkpoints(run_dir)[-1][2])
         config = state["config"]
-        model = models.build_model(config["arch"], config["outputs"], config.get("inputs", 0))
+        model = models.build_model(config["arch"], config["outputs"])
         model.load_state_dict(state["model"])
-        extra = variants.photo_inputs(hvr, held["object_id"], config.get("photo_inputs", "none"))
-        views = inference.predict_views(model, px, vidx, torch.device("cpu"), 256, precision=config.get(
-            "precision", "fp32"), extra=extra)
+        views = inference.predict_views(model, px, vidx, torch.device("cpu"), 256,
+                                        precision=config.get("precision", "fp32"))
         outs.append(tasks.in_units("multi", views, config).mean(1).numpy())    # as 05 writes them
     mean = sum(outs) / len(outs)
     names = [tasks.column(t, d) for t in tasks.TASKS for d in range(tasks.TASK_DIMS[t])]   # 05's columns
@@ -250,10 +242,12 @@ def main():
     before = before.fillna({k: v for k, v in BASE.items() if k in before and not isinstance(v, tuple)})
     kept = {r["name"]: r for r in before.to_dict("records")}
     rows = {name: kept[name] for name, _, _ in CONFIGS if args.only and name not in args.only and name in kept}
+    retired = [r for name, r in kept.items() if name not in {n for n, _, _ in CONFIGS}]   # measured at 6f8466d
 
     def table():
-        """Every row so far, in CONFIGS' order, written out (a kill loses no finished row)."""
-        df = pd.DataFrame([rows[n] for n, _, _ in CONFIGS if n in rows])
+        """Every row so far, in CONFIGS' order, then the retired ones, written out (a kill loses
+        no finished row)."""
+        df = pd.DataFrame([rows[n] for n, _, _ in CONFIGS if n in rows] + retired)
         common.write_csv(out / "study.csv", df)
         return df
 

@@ -348,27 +348,17 @@ def test_torch_compile_runs_and_reports_its_compile_time(make, demo_data, tmp_pa
 
 
 @pytest.mark.parametrize("arch", models.ARCHS)
-def test_every_arch_takes_the_pretext_backbone(arch, tmp_path):
-    """--arch resnet34 | resnet18 | efficientnet_b0: random init, the jigsaw body carries over,
-    the head is the task's own size; --freeze leaves only layer3, layer4 and the head trainable."""
-    from conftest import load_script
-    finetune = load_script("04_finetune.py")
+def test_every_arch_takes_the_pretext_backbone(arch):
+    """--arch resnet34 | resnet18: random init, the jigsaw body carries over, the head is the
+    task's own size."""
     torch.manual_seed(0)
     pretext = models.build_model(arch, 81)
     task = models.build_model(arch, 4)
     models.load_backbone(task, pretext.state_dict())
-    prefix, _ = models.head(task)
     for name, value in task.state_dict().items():
-        if not name.startswith(prefix):
+        if not name.startswith(models.HEAD):
             assert torch.equal(value, pretext.state_dict()[name]), name
     assert task(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
-    if arch.startswith("resnet"):
-        args = finetune.p.parse_args(["--task", "onehot", "--fold", "0", "--folds", "x", "--hvr", "x",
-                                      "--jigsaw", "x", "--out", "x", "--init", "scratch", "--freeze",
-                                      "--arch", arch])
-        model = finetune.build(args, 4, torch.device("cpu"))
-        trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
-        assert trainable == {"layer3", "layer4", "fc"}
 
 
 @pytest.mark.parametrize("seeds", ["0", "11", "abc", "2 3"])
@@ -378,9 +368,8 @@ def test_seeds_must_be_a_whole_number_from_1_to_10(make, demo_data, tmp_path, se
     assert f"SEEDS={seeds}: the networks per net and fold must be a whole number from 1 to 10" in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("script,option", [("04_finetune.py", ["--shift", "-2"]), ("04_finetune.py", ["--seed", "10"]),
-                                           ("05_features.py", ["--seeds", "0"])])
-def test_seed_and_shift_options_are_bounded(script, option, tmp_path):
+@pytest.mark.parametrize("script,option", [("04_finetune.py", ["--seed", "10"]), ("05_features.py", ["--seeds", "0"])])
+def test_seed_options_are_bounded(script, option, tmp_path):
     base = {"04_finetune.py": ["--task", "multi", "--fold", "0", "--folds", "f", "--hvr", "h", "--jigsaw", "j",
                                "--out", str(tmp_path)],
             "05_features.py": ["--task", "multi", "--fold", "0", "--folds", "f", "--hvr", "h", "--runs", "r",

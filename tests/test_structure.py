@@ -69,8 +69,7 @@ def test_shared_modules_form_no_cycle_and_stages_import_no_stage():
     assert imports["models"] == imports["checkpointing"] == imports["distributed"] == {"common"}
     assert imports["inference"] == {"common", "distributed", "pixels"}
     assert imports["training"] == {"checkpointing", "common", "distributed"}
-    assert imports["evaluator"] == {"checkpointing", "common", "inference", "models", "pixels", "tasks", "variants"}
-    assert imports["variants"] == {"common", "inference", "photo_stats", "pixels"}
+    assert imports["evaluator"] == {"checkpointing", "common", "inference", "models", "pixels", "tasks"}
     assert imports["devices"] == {"common", "gpu_slots", "inference", "models", "tasks", "training"}
     assert local_imports(REPO / "devices.py", top=True) == {"common", "gpu_slots", "tasks"}   # torch's only to measure a CPU
     assert imports["gpu_slots"] == {"common"}

@@ -1,7 +1,6 @@
 """Stage 02's texture descriptors (photo_stats.TEXTURE_GROUPS) against known answers and
 independent computations, on hostile photos through the real 02, 06's ablations of them, the
-study that decides which of them 06 gets (bench/texture_study.py) and the learned route's study
-(bench/crop_study.py) at toy size."""
+study that decides which of them 06 gets (bench/texture_study.py) at toy size."""
 import re
 import subprocess
 
@@ -117,41 +116,6 @@ def test_texture_study_runs_on_a_toy_work(demo_data, demo_folds, tmp_path):
     rows = {line.split(" | ")[0][2:] for line in text.splitlines() if line.startswith("| base")}
     assert {r.replace("+", "_") for r in rows} == variants and "\nAdopted (forward selection" in text
 
-
-
-def test_crop_study_runs_on_a_toy_work(demo_data, demo_folds, tmp_path):
-    """bench/crop_study.py end to end on the demo folds: the real 02 (pad, 24 px) and 04 --crop 16
-    for one epoch on each fold, then each network alone and the blends with and without it, from
-    an oof.csv of fake networks; a second run finds every stage done and scores the same."""
-    work = link_work(demo_folds, tmp_path / "work", keep=["00_validate", "01_sgkfold"])
-    folds = pd.read_csv(work / "01_sgkfold" / "oof_fold.csv", dtype={"object_id": str})
-    train = pd.read_csv(demo_data / "train.csv", dtype={"object_id": str}).set_index("object_id")
-    y = train.loc[folds["object_id"], "target"].to_numpy()
-    rng = np.random.default_rng(0)
-    (work / "06_stack").mkdir()
-    pd.DataFrame({"object_id": folds["object_id"], "fold": folds["fold"], "target": y,
-                  "target_model": y + rng.normal(0, 0.5, len(y)), "meta_only": y + rng.normal(0, 0.6, len(y))}
-                 ).to_csv(work / "06_stack" / "oof.csv", index=False)
-    cmd = [PY, "bench/crop_study.py", "--work", str(work), "--photos", str(demo_data / "photos"), "--out",
-           str(tmp_path / "crops"), "--size", "24", "--crop", "16", "--eval-crops", "2", "--epochs", "1",
-           "--write", str(tmp_path / "crops.md")]
-    runs = [subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600) for _ in range(2)]
-    assert all(p.returncode == 0 for p in runs), runs[-1].stderr[-3000:]
-    figures = [{k: float(v.split()[0]) for k, v in (line.split(": ") for line in p.stdout.splitlines()
-                                                   if ": " in line and not line.startswith("|"))} for p in runs]
-    heads = {f"crop_{t}_model_rmse" for t in ("target", "onehot", "sortingdate")}
-    assert heads | {"target_model_rmse", "meta_only_rmse", "blend_rmse", "blend_with_crops_rmse"} <= set(figures[0])
-    assert all(0 < figures[0][k] < 4 for k in heads)
-    assert figures[0]["target_model_rmse"] == pytest.approx(np.sqrt(np.mean((work_oof(work)["target_model"] - y) ** 2)), abs=1e-4)
-    assert "is done: not rerun" in runs[1].stderr and {k: v for k, v in figures[1].items() if not k.startswith("minutes")} \
-        == {k: v for k, v in figures[0].items() if not k.startswith("minutes")}
-    assert figures[1]["minutes_04_0"] == figures[0]["minutes_04_0"] > 0     # kept from the run that trained
-    text = (tmp_path / "crops.md").read_text()
-    assert "| blend_with_crops |" in text and ("not adopted" in text or "is lower by" in text)
-
-
-def work_oof(work):
-    return pd.read_csv(work / "06_stack" / "oof.csv", dtype={"object_id": str})
 
 def test_06s_meta_ablations_keep_the_texture_with_the_photo_as_decoded(tmp_path):
     """--meta native keeps the texture columns (measured on the photo as decoded); --meta stored
