@@ -1,11 +1,11 @@
 """Stage 06: LightGBM stacking of the 8-view features, and the tuned post-processing.
 
 Reads WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet, WORK/02_hvr/stats.csv and
-WORK/02_hvr's store (k-means features of every photo for meta_only: kmeans_features.py).
+WORK/02_hvr's store (k-means features of every photo: kmeans_features.py).
 Writes WORK/06_stack/:
-  cv.csv              per fold and overall: the constant mean, a booster on the per-photo
-                      statistics and the photos' k-means features (meta_only;
-                      stacking.META_PARAMS), each single network,
+  cv.csv              per fold and overall: the constant mean, the boosters on the per-photo
+                      statistics and the photos' k-means features (meta_only) and on the
+                      statistics alone (stats_only; stacking.META_PARAMS), each single network,
                       the four stacks (two modes, with and without the statistics), the recipe's
                       own submission (`recipe`) and the submitted prediction (`final`)
   oof.csv, test.csv   out-of-fold and test predictions (every stack, recipe, final)
@@ -66,10 +66,10 @@ def main():
     images, ids, _store = pixels.load_store(args.hvr)
     learned = kmeans_features.photo_features(images)
     learned = pd.DataFrame(learned, index=ids, columns=kmeans_features.columns(learned.shape[1], quadrants=False))
-    stacks, meta_only = stacking.level_one(source, folds, oof_fold, meta, learned)
-    oof = stacking.out_of_fold_table(source, train, oof_fold, {"meta_only": meta_only, **stacks})
+    stacks, boosters = stacking.level_one(source, folds, oof_fold, meta, learned)
+    oof = stacking.out_of_fold_table(source, train, oof_fold, {**boosters, **stacks})
     test_all = stacking.features(source, "all", "test")
-    blends = stacking.level_two(oof, test_all, meta_only, test_ids, oof_fold)
+    blends = stacking.level_two(oof, test_all, boosters, test_ids, oof_fold)
 
     untested = [n for n, (_pred, test_pred, *_rest) in stacks.items() if test_pred is None]   # cannot be submitted
     if untested:
@@ -97,7 +97,7 @@ def main():
     test["final"] = stacking.post_process(test[chosen].to_numpy(), test_tta, test_hot, ratio, threshold)
     test["recipe"] = stacking.post_process(test["stack_seed"].to_numpy(), test_tta, test_hot, *stacking.RECIPE_POST)
 
-    columns = ["meta_only", *[c for c in oof if c.endswith("_model")], *stacks, *blends, "recipe", "final",
+    columns = [*boosters, *[c for c in oof if c.endswith("_model")], *stacks, *blends, "recipe", "final",
                "final_recipe_post"]
     cv = stacking.cv_table(oof, columns)
     common.write_csv(stage.dir / "cv.csv", cv, float_format="%.5f")

@@ -307,12 +307,13 @@ def write_report(out, sub, *, data, jigsaw, finetune, stack, timed):
             f"`{params['post']}` (ratio {params['ratio']}, threshold {params['threshold']}): "
             f"CV **{params['cv_overall']['final']:.4f}**",
             f"- the recipe's own submission (seed stack of its 104 columns, 0.5 / 0.94): CV "
-            f"**{params['cv_overall']['recipe']:.4f}**; the per-photo statistics alone: "
+            f"**{params['cv_overall']['recipe']:.4f}**; the per-photo features alone (statistics and k-means): "
             f"{params['cv_overall']['meta_only']:.4f}; best iterations {params['best_iterations']}",
             *(f"- `{name}`'s weights (fitted on every row): " + ", ".join(f"{k} {v:.3f}" for k, v in weights.items())
               for name, weights in blend_weights(params).items()),
             "\n## Cross-validation (RMSE on the era, out-of-fold)\n",
-            "Columns: constant train mean; LightGBM on 02's per-photo statistics alone; each network's TTA "
+            "Columns: constant train mean; LightGBM on the per-photo features alone (02's statistics and the "
+            "photos' k-means features: meta_only; the statistics alone: stats_only); each network's TTA "
             "mean; the LightGBM stack in both modes, without and with the statistics (_meta); the linear "
             "blends of the heads and the statistics (`blend`; `blend_steps`: onehot's class probabilities "
             "as P(era >= c)); the recipe's own submission (`recipe`); the submitted prediction (`final`, "

@@ -55,7 +55,7 @@ RECIPE_POST = (0.5, 0.94)
 RATIOS = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 THRESHOLDS = [0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, np.inf]   # inf: no override
 K = ("0", "1", "2")
-# The level-two blends and their inputs besides meta_only: each era head's era; or the same with
+# The level-two blends and their inputs besides the per-photo boosters: each era head's era; or the same with
 # onehot's P(era >= c) in place of its expected class (their sum), each step weighed on its own.
 BLENDS = {"blend": [f"{h}_model" for h in tasks.ERA_HEADS],
           "blend_steps": ["target_model", *tasks.step_columns(), "sortingdate_model"]}
@@ -225,17 +225,23 @@ def out_of_fold(pred, oof_fold):
 
 def level_one(source, folds, oof_fold, meta, learned=None):
     """Every stack, keyed by its cv.csv column (both modes, without and with the statistics), and
-    the booster on the statistics alone (the reference point, and the blend's view of them),
-    which also sees `learned` (per-photo columns by object_id: the k-means features) where given:
-    each (out-of-fold predictions by fold, test prediction, best iterations, final model)."""
+    the boosters on the per-photo features alone (the reference points, and the blends' view of
+    them): `meta_only` on 02's statistics and `learned` (per-photo columns by object_id: the
+    k-means features) where given; `stats_only`, on the statistics alone, only then (the blends
+    weigh both: each sees what the other does not). Each (out-of-fold predictions by fold, test
+    prediction, best iterations, final model); the boosters as {column: that}."""
     stacks = {}
     for suffix, extra in (("", None), ("_meta", meta)):
         stacks["stack_seed" + suffix] = stack_seed(source, folds, extra)
         stacks["stack_oof" + suffix] = stack_oof(source, folds, oof_fold, extra)
-    table = meta if learned is None else meta.join(learned, how="left")
-    meta_only = cross_validate(table.loc[oof_fold.index], table.loc[folds["all"]["test"]["object_id"]],
-                               folds, oof_fold, params=META_PARAMS, patience=META_EARLY_STOP)
-    return stacks, meta_only
+    tables = {"meta_only": meta if learned is None else meta.join(learned, how="left")}
+    if learned is not None:
+        tables["stats_only"] = meta
+    test_ids = folds["all"]["test"]["object_id"]
+    boosters = {name: cross_validate(table.loc[oof_fold.index], table.loc[test_ids], folds, oof_fold,
+                                     params=META_PARAMS, patience=META_EARLY_STOP)
+                for name, table in tables.items()}
+    return stacks, boosters
 
 
 def out_of_fold_table(source, train, oof_fold, level1):
@@ -263,17 +269,18 @@ def out_of_fold_table(source, train, oof_fold, level1):
     return oof
 
 
-def level_two(oof, test_all, meta_only, test_ids, oof_fold):
-    """The single networks' eras (or onehot's steps) and the statistics' booster, blended
-    linearly (BLENDS): adds each blend's column to oof; returns {blend: (its test prediction, the
-    fitted blend, its inputs' names)}."""
+def level_two(oof, test_all, boosters, test_ids, oof_fold):
+    """The single networks' eras (or onehot's steps) and the per-photo boosters (level_one's),
+    blended linearly (BLENDS): adds each blend's column to oof; returns {blend: (its test
+    prediction, the fitted blend, its inputs' names)}."""
     test_inputs = pd.DataFrame({f"{n}_model": v for n, v in tasks.head_eras(test_all).items()}, index=test_all.index)
     for name, values in tasks.onehot_steps(test_all).items():
         test_inputs[name] = values
-    test_inputs["meta_only"] = pd.Series(meta_only[1], index=test_ids.to_numpy()).loc[test_all.index]
+    for name, (_pred, test_pred, *_rest) in boosters.items():
+        test_inputs[name] = pd.Series(test_pred, index=test_ids.to_numpy()).loc[test_all.index]
     blends = {}
     for name, inputs in BLENDS.items():
-        inputs = [*inputs, "meta_only"]
+        inputs = [*inputs, *boosters]
         pred, test_pred, blender = blend(oof[inputs], test_inputs[inputs], oof["target"].to_numpy(), oof_fold)
         oof[name] = pd.concat([pred[k] for k in K])
         blends[name] = (test_pred, blender, inputs)

@@ -3,18 +3,21 @@ WORK whose stages 01 and 02 are done (the real data: `make folds hvr DATA=... PR
 
 Rows, each scored as 06 scores its level-one models (06's folds, pooled over the out-of-fold rows,
 and per fold):
-  meta_only            06's booster on the statistics (the reference)
+  meta_only            the booster on 02's statistics alone (the reference; 06's stats_only)
   meta+km_whole        the same booster with the K centroids' activations over the whole photo
+                       (06's meta_only)
   meta+km_quadrants    ... with the 4 x K activations per quadrant
   km_ridge             a ridge regression on the 4 x K activations (standardised; its penalty
                        chosen by leave-one-out on the fit rows; clipped to the eras' 0-3)
   meta_only+km_ridge   a non-negative blend of the two, nested (06's blend)
 Where the WORK holds a finished 06 (06_stack/oof.csv), also 06's blend of its network eras with
-meta_only, and with meta_only and km_ridge beside it.
+each booster, with both (what 06 blends: its meta_only is meta+km_whole here, its stats_only this
+meta_only), and with km_ridge beside them.
 
     python bench/kmeans_study.py --work work-real [--k 256] [--write docs/kmeans.md]
 """
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -77,7 +80,7 @@ def main():
         pooled, per_fold = benchlib.oof_scores(pred, y, oof_fold)
         preds[name] = pred.loc[y.index]
         rows.append({"name": name, "columns": columns, "pooled": pooled, "folds": per_fold, "rounds": rounds})
-        benchlib.emit(f"{name.replace('+', '_')}_rmse", f"{pooled:.4f}", "")
+        benchlib.emit(re.sub(r"[^a-z0-9]+", "_", name).strip("_") + "_rmse", f"{pooled:.4f}", "")
 
     def booster(name, table):
         pred, _test, rounds, _m = stack.cross_validate(table, None, folds, oof_fold, params=stack.META_PARAMS,
@@ -97,7 +100,9 @@ def main():
     if run.exists():
         oof = pd.read_csv(run, dtype={"object_id": str}).set_index("object_id").loc[y.index]
         nets = oof[[c for c in oof.columns if c.endswith("_model")]]
-        for name, extra in (("blend", ["meta_only"]), ("blend+km_ridge", ["meta_only", "km_ridge"])):
+        for name, extra in (("blend of meta_only", ["meta_only"]), ("blend of meta+km_whole", ["meta+km_whole"]),
+                            ("blend of both (06)", ["meta+km_whole", "meta_only"]),
+                            ("blend of both+km_ridge", ["meta+km_whole", "meta_only", "km_ridge"])):
             inputs = nets.assign(**{c: preds[c] for c in extra})
             blended, *_rest = stack.blend(inputs, inputs, y.to_numpy(), oof_fold)
             record(name, stack.out_of_fold(blended, oof_fold), inputs.shape[1])

@@ -3,8 +3,9 @@ non-negative linear blends against a ridge and a depth-2 LightGBM over the same 
 nested as 06 nests its blends (fold k's rows predicted by the model fitted on the other folds'
 rows; the booster's round count chosen by cross-validation over those other folds alone).
 
-Inputs: each head's era (target, onehot, sortingdate), onehot's P(era >= c), and meta_only (the
-booster on 02's statistics and the k-means features).
+Inputs: each head's era (target, onehot, sortingdate), onehot's P(era >= c), and the per-photo
+boosters the run's 06 wrote (meta_only: 02's statistics and the k-means features; stats_only: the
+statistics alone).
 
     python bench/level_two.py --work work-real [--write docs/level-two.md]
 """
@@ -26,7 +27,8 @@ p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--work", required=True, help="a WORK whose 06 finished")
 p.add_argument("--write", default=None, help="also write the table as a markdown page here")
 
-INPUTS = ["target_model", "onehot_model", "sortingdate_model", *tasks.step_columns(), "meta_only"]
+HEADS = ["target_model", "onehot_model", "sortingdate_model", *tasks.step_columns()]
+BOOSTERS = ("meta_only", "stats_only")
 DEPTH2 = dict(objective="regression", metric="l2", num_leaves=3, max_depth=2, learning_rate=0.02,
               min_data_in_leaf=40, feature_fraction=1.0, bagging_fraction=0.8, bagging_freq=1,
               verbose=-1, seed=0, num_threads=0, deterministic=True, force_row_wise=True)
@@ -61,10 +63,12 @@ def main():
     args = p.parse_args()
     oof = pd.read_csv(Path(args.work) / "06_stack" / "oof.csv", dtype={"object_id": str}).set_index("object_id")
     y, fold = oof["target"], oof["fold"].astype(str)
+    boosters = [c for c in BOOSTERS if c in oof]
+    inputs = [*HEADS, *boosters]
     models = {
-        "blend (06)": lambda X, y, f: LinearRegression(positive=True).fit(X[[*stack.BLENDS["blend"], "meta_only"]], y),
+        "blend (06)": lambda X, y, f: LinearRegression(positive=True).fit(X[[*stack.BLENDS["blend"], *boosters]], y),
         "blend_steps (06)": lambda X, y, f: LinearRegression(positive=True).fit(
-            X[[*stack.BLENDS["blend_steps"], "meta_only"]], y),
+            X[[*stack.BLENDS["blend_steps"], *boosters]], y),
         "ridge": lambda X, y, f: RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(X, y),
         "lightgbm depth 2": lambda X, y, f: Depth2().fit(X, y, f),
     }
@@ -74,7 +78,7 @@ def main():
             model = fit(X, y, f)
             columns = list(getattr(model, "feature_names_in_", X.columns))
             return type("Picked", (), {"predict": lambda self, Z: model.predict(Z[columns])})()
-        pred = nested(oof[INPUTS], y, fold, fitted)
+        pred = nested(oof[inputs], y, fold, fitted)
         pooled, per_fold = benchlib.oof_scores(pred, y, fold)
         rows.append((name, pooled, per_fold))
         benchlib.emit(f"level_two_{name.split()[0]}_rmse", f"{pooled:.4f}", "")

@@ -65,7 +65,8 @@ def test_kmeans_study_runs_on_a_toy_work(smoke_run, tmp_path):
     p = subprocess.run([PY, "bench/kmeans_study.py", "--work", str(work), "--k", "16", "--write", str(page)],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    for row in ("meta_only", "meta+km_whole", "meta+km_quadrants", "km_ridge", "blend", "blend+km_ridge"):
+    for row in ("meta_only", "meta+km_whole", "meta+km_quadrants", "km_ridge", "blend of meta_only",
+                "blend of both (06)"):
         assert f"| {row} |" in p.stdout
     assert float(p.stdout.split("meta_only_rmse: ")[1].split()[0]) < 1.5
     assert page.read_text().startswith("# k-means")
