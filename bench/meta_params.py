@@ -1,5 +1,6 @@
-"""The statistics-only booster (06's meta_only): the recipe's LightGBM parameters against
-06's META_PARAMS, on a WORK whose stages 01 and 02 are done (the real data: 2 minutes of `make hvr`).
+"""The statistics-only booster (06's stats_only; its meta_only adds the k-means features): the
+recipe's LightGBM parameters against 06's META_PARAMS, on a WORK whose stages 01 and 02 are
+done (the real data: 2 minutes of `make hvr`).
 
 Two scores per parameter set, pooled over the 3 folds' out-of-fold rows:
   shared_rounds: each fold's booster trains on the other folds' rows for up to --rounds rounds;

@@ -342,9 +342,9 @@ def test_onehot_steps_sum_to_the_expected_class_and_a_blend_can_weigh_each():
     assert rmse(step_pred) < 1e-6 < rmse(era_pred)
 
 
-def test_meta_only_uses_its_own_booster_and_the_bench_scores_both(smoke_run):
+def test_the_statistics_booster_uses_its_own_params_and_the_bench_scores_both(smoke_run):
     """bench/meta_params.py scores the recipe's booster and META_PARAMS on the statistics alone;
-    its 06-style score of META_PARAMS is the meta_only CV that 06 itself wrote."""
+    its 06-style score of META_PARAMS is the stats_only CV that 06 itself wrote."""
     work = smoke_run[0]
     p = subprocess.run([PY, "bench/meta_params.py", "--work", work, "--rounds", "200"], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
@@ -353,4 +353,4 @@ def test_meta_only_uses_its_own_booster_and_the_bench_scores_both(smoke_run):
     assert {f"meta_only_{s}_{m}" for s in ("recipe", "meta") for m in ("shared_rounds_rmse", "shared_rounds_best",
                                                                          "as_06_rmse")} == set(figures)
     cv = pd.read_csv(work / "06_stack" / "cv.csv")
-    assert float(figures["meta_only_meta_as_06_rmse"]) == pytest.approx(cv["meta_only"].iloc[-1], abs=1e-4)
+    assert float(figures["meta_only_meta_as_06_rmse"]) == pytest.approx(cv["stats_only"].iloc[-1], abs=1e-4)
