@@ -56,10 +56,11 @@ def test_a_budget_no_rung_fits_takes_the_cheapest_and_says_so(tmp_path):
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory, demo_data):
-    """`make finetune PROFILE=cpu BUDGET=1` on the demo data: the cheapest rung, planned once."""
+    """`make fold FOLD=0 TASK=multi PROFILE=cpu BUDGET=1` on the demo data: the cheapest rung,
+    planned once, and fold 0's network trained to it."""
     work = tmp_path_factory.mktemp("budget") / "work"
     env = {"ATMA11_MEASURED_RATES": SLOW}
-    p = run(["finetune", "PROFILE=cpu", "BUDGET=1", f"WORK={work}", f"DATA={demo_data}"], env)
+    p = run(["fold", "FOLD=0", "TASK=multi", "PROFILE=cpu", "BUDGET=1", f"WORK={work}", f"DATA={demo_data}"], env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return work, p, env
 
@@ -78,14 +79,16 @@ def test_make_plans_once_before_the_finetunes_and_a_rerun_keeps_the_plan(planned
     assert text.split() == ["budget=1", "epochs=6", "seeds=1"]
     assert p.stdout.index("budget.py plan") < p.stdout.index("04_finetune.py")
     assert "[budget] BUDGET=1 min: 6 epochs x 1 seed" in p.stdout
-    runs = sorted(d.name for d in (work / "04_finetune").iterdir() if d.is_dir())
-    assert runs == ["multi_0", "multi_1", "multi_2", "multi_all"]
-    for r in runs:
-        config = json.loads((work / "04_finetune" / r / "provenance.json").read_text())["config"]
-        assert config["epochs"] == 6
+    assert sorted(d.name for d in (work / "04_finetune").iterdir() if d.is_dir()) == ["multi_0"]
+    config = json.loads((work / "04_finetune" / "multi_0" / "provenance.json").read_text())["config"]
+    assert config["epochs"] == 6
     stamp = (work / "04_finetune" / "budget.txt").stat().st_mtime_ns
-    again = run(["finetune", "PROFILE=cpu", "BUDGET=1", f"WORK={work}", f"DATA={demo_data}"], env)
+    common = ["PROFILE=cpu", "BUDGET=1", f"WORK={work}", f"DATA={demo_data}"]
+    again = run(["fold", "FOLD=0", "TASK=multi", *common], env)
     assert again.returncode == 0 and "budget.py" not in again.stdout and "04_finetune.py" not in again.stdout
+    rest = run(["-n", "finetune", *common], env)        # the other runs follow the same plan
+    assert sorted(re.findall(r"04_finetune.py --task multi --fold (\w+)", rest.stdout)) == ["1", "2", "all"]
+    assert rest.stdout.count("--epochs 6 2>&1 | tee") == 3 and "budget.py" not in rest.stdout
     assert (work / "04_finetune" / "budget.txt").stat().st_mtime_ns == stamp
 
 
@@ -93,7 +96,7 @@ def test_explicit_settings_pin_the_work_and_another_budget_plans_again(planned, 
     work, _p, env = planned
     copy = tmp_path / "work"
     shutil.copytree(work, copy)
-    base = ["-n", "finetune", "PROFILE=cpu", f"WORK={copy}", f"DATA={demo_data}"]
+    base = ["-n", "fold", "FOLD=0", "TASK=multi", "PROFILE=cpu", f"WORK={copy}", f"DATA={demo_data}"]
     for pin in (["SEEDS=1", "BUDGET=1"], ["FINETUNE_ARGS=--epochs 6", "BUDGET=1"], ["BUDGET=off"]):
         p = run([*base, *pin], env)
         assert p.returncode == 0, p.stderr
@@ -102,8 +105,8 @@ def test_explicit_settings_pin_the_work_and_another_budget_plans_again(planned, 
         if pin[0].startswith("FINETUNE_ARGS"):
             assert redone == []          # the same 6 epochs, now pinned: nothing to redo
         else:
-            assert sorted(redone) == ["0", "1", "2", "all"] and "--epochs" not in p.stdout   # the profile's 24
-    p = run(["finetune", "PROFILE=cpu", "BUDGET=2", f"WORK={copy}", f"DATA={demo_data}"], env)
+            assert redone == ["0"] and "--epochs" not in p.stdout      # the profile's 24
+    p = run([*base[1:], "BUDGET=2"], env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "budget.py plan --budget 2" in p.stdout        # planned again: the same rung, nothing redone
     assert (copy / "04_finetune" / "budget.txt").read_text().split() == ["budget=2", "epochs=6", "seeds=1"]
