@@ -3,6 +3,8 @@ a run measures this machine and picks the largest rung of LADDER whose predicted
 what the run has already spent, fit BUDGET. make writes the plan once into WORK/04_finetune/
 (budget.txt for make, budget.json with the why), so a resume or a rerun keeps it; another BUDGET
 plans again. Explicit SEEDS, an --epochs in FINETUNE_ARGS, or BUDGET=off pin the work instead.
+Fine-tunes already finished in 04's directory without a plan (restored by `make sync-down`, which
+archives runs, not 04's budget files) decide the rung themselves: work done is never replanned away.
 
     python budget.py plan --budget 60 --profile cpu --data DATA --folds WORK/01_sgkfold \
         --hvr WORK/02_hvr --nets 1 --out WORK/04_finetune
@@ -79,24 +81,53 @@ def choose(budget, spent, predicted):
     return fitting[-1] if fitting else LADDER[0]
 
 
+def finished_rung(out, profile):
+    """(epochs, seeds) of the fine-tunes already finished in 04's directory (restored by
+    sync-down, or planned by a budget file since removed), None when there are none: work done
+    is kept, not replanned away by another measurement."""
+    done = []
+    for stamp in Path(out).glob("*/DONE"):
+        parsed = common.parse_run_name(stamp.parent.name)
+        if parsed:
+            done.append((parsed, stamp.parent))
+    if not done:
+        return None
+    words = [(d / "options.txt").read_text().split() if (d / "options.txt").exists() else [] for _p, d in done]
+    epochs = {int(w[w.index("--epochs") + 1]) if "--epochs" in w[:-1] else common.PROFILES[profile]["04"]["epochs"]
+              for w in words}
+    return max(epochs), 1 + max(parsed[2] for parsed, _d in done)
+
+
 def cmd_plan(args):
     out = Path(args.out)
     photos, fold_rows, _where = devices.photo_counts(Path(args.data), Path(args.folds))
-    rate_train, rate_infer, how = rates(args.profile)
     spent = spent_minutes(Path(args.hvr).parent)
-    predicted = predict(args.profile, photos, fold_rows, args.nets, rate_train, rate_infer)
-    epochs, seeds = choose(args.budget, spent, predicted)
+    kept = finished_rung(out, args.profile)
+    if kept:       # nothing measured: the finished runs' speed is theirs
+        rate_train = rate_infer = None
+        predicted = {kept: 0.0}
+        epochs, seeds = kept
+    else:
+        rate_train, rate_infer, how = rates(args.profile)
+        predicted = predict(args.profile, photos, fold_rows, args.nets, rate_train, rate_infer)
+        epochs, seeds = choose(args.budget, spent, predicted)
     total = spent + predicted[(epochs, seeds)] + AFTER
     fits = total <= args.budget
-    why = (f"BUDGET={args.budget:g} min: {epochs} epochs x {seeds} seed{'s' if seeds > 1 else ''}, predicted "
-           f"{total:.0f} min ({spent:.1f} spent in 00-02, {predicted[(epochs, seeds)]:.1f} for 04-05, {AFTER} for "
-           f"06-07) at {rate_train:.0f} images/s training, {rate_infer:.0f} inference ({how})"
-           + ("" if fits else "; the cheapest rung, and still over the budget"))
-    plan = {"budget_minutes": args.budget, "epochs": epochs, "seeds": seeds, "predicted_minutes": round(total, 2),
+    if kept:
+        why = (f"BUDGET={args.budget:g} min: {epochs} epochs x {seeds} seed{'s' if seeds > 1 else ''}, kept from "
+               f"the fine-tunes already finished in {out} (their minutes are spent; nothing predicted)")
+    else:
+        why = (f"BUDGET={args.budget:g} min: {epochs} epochs x {seeds} seed{'s' if seeds > 1 else ''}, predicted "
+               f"{total:.0f} min ({spent:.1f} spent in 00-02, {predicted[(epochs, seeds)]:.1f} for 04-05, {AFTER} for "
+               f"06-07) at {rate_train:.0f} images/s training, {rate_infer:.0f} inference ({how})"
+               + ("" if fits else "; the cheapest rung, and still over the budget"))
+    plan = {"budget_minutes": args.budget, "epochs": epochs, "seeds": seeds, "kept": bool(kept),
+            "predicted_minutes": None if kept else round(total, 2),
             "spent_minutes": round(spent, 2), "after_minutes": AFTER, "fits": fits,
-            "rates": {"train": rate_train, "infer": rate_infer, "how": how},
-            "ladder": [{"epochs": e, "seeds": s, "predicted_minutes": round(spent + predicted[(e, s)] + AFTER, 2)}
-                       for e, s in LADDER], "why": why}
+            "rates": {"train": rate_train, "infer": rate_infer, "how": "not measured" if kept else how},
+            "ladder": [] if kept else [{"epochs": e, "seeds": s,
+                                        "predicted_minutes": round(spent + predicted[(e, s)] + AFTER, 2)}
+                                       for e, s in LADDER], "why": why}
     out.mkdir(parents=True, exist_ok=True)
     common.write_json(out / "budget.json", plan)
     common.write_text(out / "budget.txt", words(plan) + "\n")    # last: make reads it

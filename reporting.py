@@ -247,10 +247,11 @@ def budget_lines(finetune, minutes):
     over = actual - plan["budget_minutes"]
     verdict = (f"**over the budget by {over:.1f} min**" if over > 0 else
                f"within the budget ({-over:.1f} min to spare)")
+    predicted = ("nothing predicted (the rung of runs already finished)" if plan.get("predicted_minutes") is None
+                 else f"predicted {plan['predicted_minutes']:.1f} min")
     return ["## The budget\n",
             f"- plan: {plan['why']}",
-            f"- predicted {plan['predicted_minutes']:.1f} min, actual {actual:.1f} min (the stages' minutes "
-            f"above): {verdict}\n"]
+            f"- {predicted}, actual {actual:.1f} min (the stages' minutes above): {verdict}\n"]
 
 
 def markdown(df, floatfmt="{:.4f}"):

@@ -124,3 +124,37 @@ def test_a_bad_budget_is_refused_before_anything_runs(setting, says, tmp_path, d
 def test_a_budget_is_the_cpu_profiles(tmp_path, demo_data):
     p = run(["finetune", "PROFILE=smoke", "BUDGET=30", f"WORK={tmp_path / 'w'}", f"DATA={demo_data}"], {})
     assert p.returncode != 0 and "PROFILE=cpu's" in p.stderr
+
+
+def test_finished_runs_without_a_plan_keep_their_rung(planned, demo_data, tmp_path):
+    """A WORK restored by sync-down holds the runs, not 04's budget files: the plan takes the
+    finished runs' rung on a machine of another speed (measured nothing), and redoes nothing."""
+    work, _p, env = planned
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    for name in ("budget.txt", "budget.json"):
+        (copy / "04_finetune" / name).unlink()
+    p = run(["fold", "FOLD=0", "TASK=multi", "PROFILE=cpu", "BUDGET=1", f"WORK={copy}", f"DATA={demo_data}"],
+            dict(env, ATMA11_MEASURED_RATES="1000000,1000000"))      # a machine on which 32 x 3 would fit
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "kept from the fine-tunes already finished" in p.stdout and "04_finetune.py" not in p.stdout
+    assert (copy / "04_finetune" / "budget.txt").read_text().split() == ["budget=1", "epochs=6", "seeds=1"]
+    plan = json.loads((copy / "04_finetune" / "budget.json").read_text())
+    assert plan["kept"] and plan["predicted_minutes"] is None and plan["rates"]["train"] is None
+
+
+def test_the_report_sets_the_plan_against_the_minutes_spent(tmp_path):
+    import pandas as pd
+    import reporting
+    plan = {"budget_minutes": 60.0, "why": "BUDGET=60 min: 32 epochs x 1 seed, predicted 57 min",
+            "predicted_minutes": 57.0}
+    (tmp_path / "budget.json").write_text(json.dumps(plan))
+    minutes = pd.DataFrame({"stage": ["04_finetune", "total"], "minutes": [60.0, 63.5]})
+    text = "\n".join(reporting.budget_lines(tmp_path, minutes))
+    assert "predicted 57.0 min, actual 63.5 min" in text and "over the budget by 3.5 min" in text
+    minutes["minutes"] = [40.0, 45.0]
+    assert "within the budget (15.0 min to spare)" in "\n".join(reporting.budget_lines(tmp_path, minutes))
+    (tmp_path / "budget.json").write_text(json.dumps(dict(plan, predicted_minutes=None)))
+    assert "nothing predicted" in "\n".join(reporting.budget_lines(tmp_path, minutes))
+    (tmp_path / "budget.json").unlink()
+    assert reporting.budget_lines(tmp_path, minutes) == []      # a run without a plan: no section
