@@ -34,12 +34,13 @@ LADDER = (
     (24, 2),     # two seeds averaged: fold 0 0.811 (seeds alone 0.808, 0.823); real data pooled
                  # submission CV 0.7497 against one seed's 0.7514
     (32, 2),     # the two rows above together
-    (32, 3),     # three: for a machine that trains at about 450 images/s. What else the minutes
+    (32, 3),     # three: the real run's at 462 images/s (docs/results.md). What else the minutes
                  # could buy lost: 48 epochs 0.827 / 0.836 / 0.825 (ce_48), ResNet34 for 32 epochs
                  # 0.823 / 0.822 / 0.819 (resnet34_ce_32), each within one seed's spread (0.015)
 )
-# 04 and 05 took 1.05 and 1.2 times the network's measured steps alone in the real run of
-# docs/results.md (data moved, eval, logs): 1.1 for both
+# Data moved, evaluation and logs on top of the network's steps: in the real run of
+# docs/results.md (462 images/s) a quiet fold run of 04 took 166-185 s against 169 s predicted
+# with this factor, and 05's fold all 150 s against 150
 OVERHEAD = 1.1
 AFTER = 1.5            # minutes of 06 (its boosters and the k-means features) and 07
 PLANNED_STAGES = ("00_validate", "01_sgkfold", "02_hvr")

@@ -59,6 +59,24 @@ def note(text):
     print(f"# {text}", file=sys.stderr, flush=True)
 
 
+
+def scores_table(rows, first="model"):
+    """The markdown table of scored rows ({first: name, "pooled": RMSE, "folds": [RMSE per fold],
+    and any other columns as they are}), as 06's cv.csv scores: pooled, then fold by fold."""
+    import pandas as pd
+    import reporting
+    import stacking as stack
+    table = pd.DataFrame([{first: r["name"], **{k: v for k, v in r.items() if k not in ("name", "folds")},
+                           **{f"fold {k}": v for k, v in zip(stack.K, r["folds"])}} for r in rows])
+    return reporting.markdown(table)
+
+
+def write_page(path, title, script, intro, table):
+    """A study's docs page: its title, the command that wrote it (this process's arguments), what
+    it measures and its table."""
+    command = " ".join(["python", script, *sys.argv[1:]])
+    common.write_text(Path(path), "\n".join([f"# {title}", "", "```", command, "```", "", intro, "", table]))
+
 # -----------------------------------------------------------------------------
 def fold_labels(work):
     """A WORK's 01 as 06 reads it: (the folds, each train row's out-of-fold fold, its era)."""

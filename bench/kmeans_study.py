@@ -18,7 +18,6 @@ meta_only), and with km_ridge beside them.
 """
 import argparse
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import benchlib
-import common
 import kmeans_features
 import pixels
 import stacking as stack
@@ -79,7 +77,7 @@ def main():
     def record(name, pred, columns, rounds="-"):
         pooled, per_fold = benchlib.oof_scores(pred, y, oof_fold)
         preds[name] = pred.loc[y.index]
-        rows.append({"name": name, "columns": columns, "pooled": pooled, "folds": per_fold, "rounds": rounds})
+        rows.append({"name": name, "columns": columns, "pooled": pooled, "rounds": rounds, "folds": per_fold})
         benchlib.emit(re.sub(r"[^a-z0-9]+", "_", name).strip("_") + "_rmse", f"{pooled:.4f}", "")
 
     def booster(name, table):
@@ -107,18 +105,11 @@ def main():
             blended, *_rest = stack.blend(inputs, inputs, y.to_numpy(), oof_fold)
             record(name, stack.out_of_fold(blended, oof_fold), inputs.shape[1])
 
-    head = ["model", "columns", "pooled", *(f"fold {k}" for k in stack.K), "rounds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join([r["name"], str(r["columns"]), f"{r['pooled']:.4f}",
-                                        *(f"{v:.4f}" for v in r["folds"]), r["rounds"]]) + " |")
-    print("\n".join(lines))
+    table = benchlib.scores_table(rows)
+    print(table)
     if args.write:
-        command = " ".join(["python", "bench/kmeans_study.py", *sys.argv[1:]])
-        common.write_text(Path(args.write), "\n".join([
-            "# k-means features beside the statistics", "", "```", command, "```", "",
-            __doc__.split("\n\n")[1], "", *lines, ""]))
-
+        benchlib.write_page(args.write, "k-means features beside the statistics", "bench/kmeans_study.py",
+                            __doc__.split("\n\n")[1], table)
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,6 @@ statistics alone).
     python bench/level_two.py --work work-real [--write docs/level-two.md]
 """
 import argparse
-import sys
 from pathlib import Path
 
 import lightgbm as lgb
@@ -19,7 +18,6 @@ import pandas as pd
 from sklearn.linear_model import LinearRegression, RidgeCV
 
 import benchlib
-import common
 import stacking as stack
 import tasks
 
@@ -65,32 +63,23 @@ def main():
     y, fold = oof["target"], oof["fold"].astype(str)
     boosters = [c for c in BOOSTERS if c in oof]
     inputs = [*HEADS, *boosters]
-    models = {
-        "blend (06)": lambda X, y, f: LinearRegression(positive=True).fit(X[[*stack.BLENDS["blend"], *boosters]], y),
-        "blend_steps (06)": lambda X, y, f: LinearRegression(positive=True).fit(
-            X[[*stack.BLENDS["blend_steps"], *boosters]], y),
-        "ridge": lambda X, y, f: RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(X, y),
-        "lightgbm depth 2": lambda X, y, f: Depth2().fit(X, y, f),
+    models = {        # name: (its inputs, a fit on the rows of the other folds)
+        "blend (06)": ([*stack.BLENDS["blend"], *boosters], lambda X, y, f: LinearRegression(positive=True).fit(X, y)),
+        "blend_steps (06)": ([*stack.BLENDS["blend_steps"], *boosters],
+                             lambda X, y, f: LinearRegression(positive=True).fit(X, y)),
+        "ridge": (inputs, lambda X, y, f: RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(X, y)),
+        "lightgbm depth 2": (inputs, lambda X, y, f: Depth2().fit(X, y, f)),
     }
-    rows, lines = [], []
-    for name, fit in models.items():
-        def fitted(X, y, f, fit=fit):
-            model = fit(X, y, f)
-            columns = list(getattr(model, "feature_names_in_", X.columns))
-            return type("Picked", (), {"predict": lambda self, Z: model.predict(Z[columns])})()
-        pred = nested(oof[inputs], y, fold, fitted)
-        pooled, per_fold = benchlib.oof_scores(pred, y, fold)
-        rows.append((name, pooled, per_fold))
+    rows = []
+    for name, (columns, fit) in models.items():
+        pooled, per_fold = benchlib.oof_scores(nested(oof[columns], y, fold, fit), y, fold)
+        rows.append({"name": name, "pooled": pooled, "folds": per_fold})
         benchlib.emit(f"level_two_{name.split()[0]}_rmse", f"{pooled:.4f}", "")
-    lines = ["| level two | pooled | " + " | ".join(f"fold {k}" for k in stack.K) + " |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {v:.4f} | " + " | ".join(f"{x:.4f}" for x in f) + " |" for n, v, f in rows]
-    print("\n".join(lines))
+    table = benchlib.scores_table(rows, first="level two")
+    print(table)
     if args.write:
-        command = " ".join(["python", "bench/level_two.py", *sys.argv[1:]])
-        common.write_text(Path(args.write), "\n".join([
-            "# Level two: the blend against a ridge and a depth-2 booster", "", "```", command, "```", "",
-            __doc__.split("\n\n")[0], "", *lines, ""]))
-
+        benchlib.write_page(args.write, "Level two: the blend against a ridge and a depth-2 booster",
+                            "bench/level_two.py", __doc__.split("\n\n")[0], table)
 
 if __name__ == "__main__":
     main()
