@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import budget
-from conftest import REPO
+from conftest import REPO, plain_make
 
 SLOW, FAST = "55,400", "469,1705"     # images/s training, inference: this kind's slowest, and a fast one
 
@@ -66,11 +66,7 @@ def planned(tmp_path_factory, demo_data):
 
 
 def run(args, env):
-    import os
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MAKE") and k != "MFLAGS"}
-    full.update(env)
-    return subprocess.run(["make", "--no-print-directory", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, env=full, timeout=600)
+    return plain_make(*args, env=env, timeout=600)
 
 
 def test_make_plans_once_before_the_finetunes_and_a_rerun_keeps_the_plan(planned, demo_data):
