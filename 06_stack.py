@@ -10,6 +10,7 @@ Writes WORK/06_stack/:
                       own submission (`recipe`) and the submitted prediction (`final`)
   oof.csv, test.csv   out-of-fold and test predictions (every stack, recipe, final)
   params.json         what was submitted: the stack, post-processing ratio and threshold, CVs
+  kmeans.npz          the k-means features of 02's store, reused by a restack of the same store
   importance.png, confusion.png, provenance.json, DONE
 
     python 06_stack.py --folds work/01_sgkfold --features work/05_features \
@@ -24,8 +25,10 @@ post-processing knobs tuned on a grid, both chosen nested: fold k's score comes 
 and knobs chosen on the other folds' rows (--mode, --meta off, --post recipe narrow the choice).
 """
 import argparse
+import json
 import time
 
+import numpy as np
 import pandas as pd
 
 import common
@@ -54,6 +57,22 @@ p.add_argument("--meta", default="on", choices=["off", "on", "native", "stored"]
 p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="--submit best: post-processing knobs, CV grid or 0.5/0.94")
 
 
+def photo_features(hvr, cache):
+    """The k-means features of 02's store, by object_id. Kept in `cache` with the store's record
+    (meta.json: its size and sample hash), so a restack (another STACK_ARGS, SUBMIT) reads them
+    instead of learning them again (about a minute on the real data)."""
+    images, ids, store = pixels.load_store(hvr)
+    key, features = json.dumps(store, sort_keys=True) + " ".join(ids), None
+    if "sample_sha256" in store and cache.exists():          # a store of before the record: no cache
+        with np.load(cache) as kept:
+            features = kept["features"] if str(kept["key"]) == key else None
+    if features is None:
+        features = kmeans_features.photo_features(images)
+        with common.atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, features=features, key=np.array(key))
+    return pd.DataFrame(features, index=ids, columns=kmeans_features.columns(features.shape[1], quadrants=False))
+
+
 def main():
     args = common.parse(p, "06")
     stage = common.Stage(args.out)
@@ -63,9 +82,7 @@ def main():
     source = (args.features, args.nets)
     stacking.check_features(source, folds)
     meta = stacking.meta_table(args.hvr, args.meta, expected=pd.concat([train.index.to_series(), test_ids]))
-    images, ids, _store = pixels.load_store(args.hvr)
-    learned = kmeans_features.photo_features(images)
-    learned = pd.DataFrame(learned, index=ids, columns=kmeans_features.columns(learned.shape[1], quadrants=False))
+    learned = photo_features(args.hvr, stage.dir / "kmeans.npz")
     stacks, boosters = stacking.level_one(source, folds, oof_fold, meta, learned)
     oof = stacking.out_of_fold_table(source, train, oof_fold, {**boosters, **stacks})
     test_all = stacking.features(source, "all", "test")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 import kmeans_features as kf
-from conftest import REPO
+from conftest import REPO, load_script
 
 PY = str(REPO / ".venv" / "bin" / "python")
 
@@ -84,3 +84,22 @@ def test_level_two_study_runs_on_a_toy_work(smoke_run, tmp_path):
     oof = pd.read_csv(work / "06_stack" / "oof.csv")
     ours = float(table[0].split(" | ")[1])
     assert abs(ours - np.sqrt(((oof["blend"] - oof["target"]) ** 2).mean())) < 1e-4
+
+
+def test_06_learns_the_features_once_per_store_and_again_for_another(smoke_run, tmp_path, monkeypatch):
+    work, _ = smoke_run
+    stack06 = load_script("06_stack.py")
+    cache = tmp_path / "kmeans.npz"
+    first = stack06.photo_features(work / "02_hvr", cache)
+    assert cache.exists() and len(first) == len((work / "02_hvr" / "ids.txt").read_text().split())
+
+    def relearn(images, seed=0):
+        raise AssertionError("learned again")
+    monkeypatch.setattr(kf, "photo_features", relearn)
+    assert stack06.photo_features(work / "02_hvr", cache).equals(first)       # a restack reads them
+    with np.load(cache) as kept:
+        np.savez(cache, features=kept["features"], key=np.array("another store"))
+    monkeypatch.undo()
+    assert stack06.photo_features(work / "02_hvr", cache).equals(first)       # another store: learned again
+    with np.load(cache) as kept:
+        assert str(kept["key"]) != "another store"
