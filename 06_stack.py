@@ -3,9 +3,10 @@
 Reads WORK/01_sgkfold, WORK/05_features/<task>_<fold>/*.parquet, WORK/02_hvr/stats.csv and
 WORK/02_hvr's store (k-means features of every photo: kmeans_features.py).
 Writes WORK/06_stack/:
-  cv.csv              per fold and overall: the constant mean, the boosters on the per-photo
-                      statistics and the photos' k-means features (meta_only) and on the
-                      statistics alone (stats_only; stacking.META_PARAMS), each single network,
+  cv.csv              per fold and overall: the constant mean, the per-photo models (boosters
+                      on the statistics and the photos' k-means features, meta_only, and on the
+                      statistics alone, stats_only, each bagged over stacking.META_SEEDS; a
+                      ridge on meta_only's columns, photo_ridge), each single network,
                       the four stacks (two modes, with and without the statistics), the recipe's
                       own submission (`recipe`) and the submitted prediction (`final`)
   oof.csv, test.csv   out-of-fold and test predictions (every stack, recipe, final)
@@ -25,15 +26,12 @@ post-processing knobs tuned on a grid, both chosen nested: fold k's score comes 
 and knobs chosen on the other folds' rows (--mode, --meta off, --post recipe narrow the choice).
 """
 import argparse
-import json
 import time
 
-import numpy as np
 import pandas as pd
 
 import common
 import kmeans_features
-import pixels
 import reporting
 import stacking
 import tasks
@@ -57,22 +55,6 @@ p.add_argument("--meta", default="on", choices=["off", "on", "native", "stored"]
 p.add_argument("--post", default="tuned", choices=["tuned", "recipe"], help="--submit best: post-processing knobs, CV grid or 0.5/0.94")
 
 
-def photo_features(hvr, cache):
-    """The k-means features of 02's store, by object_id. Kept in `cache` with the store's record
-    (meta.json: its size and sample hash), so a restack (another STACK_ARGS, SUBMIT) reads them
-    instead of learning them again (about a minute on the real data)."""
-    images, ids, store = pixels.load_store(hvr)
-    key, features = json.dumps(store, sort_keys=True) + " ".join(ids), None
-    if "sample_sha256" in store and cache.exists():          # a store of before the record: no cache
-        with np.load(cache) as kept:
-            features = kept["features"] if str(kept["key"]) == key else None
-    if features is None:
-        features = kmeans_features.photo_features(images)
-        with common.atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            np.savez(f, features=features, key=np.array(key))
-    return pd.DataFrame(features, index=ids, columns=kmeans_features.columns(features.shape[1], quadrants=False))
-
-
 def main():
     args = common.parse(p, "06")
     stage = common.Stage(args.out)
@@ -82,11 +64,11 @@ def main():
     source = (args.features, args.nets)
     stacking.check_features(source, folds)
     meta = stacking.meta_table(args.hvr, args.meta, expected=pd.concat([train.index.to_series(), test_ids]))
-    learned = photo_features(args.hvr, stage.dir / "kmeans.npz")
-    stacks, boosters = stacking.level_one(source, folds, oof_fold, meta, learned)
-    oof = stacking.out_of_fold_table(source, train, oof_fold, {**boosters, **stacks})
+    learned = kmeans_features.stored_photo_features(args.hvr, stage.dir / "kmeans.npz")
+    stacks, photo_models = stacking.level_one(source, folds, oof_fold, meta, learned)
+    oof = stacking.out_of_fold_table(source, train, oof_fold, {**photo_models, **stacks})
     test_all = stacking.features(source, "all", "test")
-    blends = stacking.level_two(oof, test_all, boosters, test_ids, oof_fold)
+    blends = stacking.level_two(oof, test_all, photo_models, test_ids, oof_fold)
 
     untested = [n for n, (_pred, test_pred, *_rest) in stacks.items() if test_pred is None]   # cannot be submitted
     if untested:
@@ -114,7 +96,7 @@ def main():
     test["final"] = stacking.post_process(test[chosen].to_numpy(), test_tta, test_hot, ratio, threshold)
     test["recipe"] = stacking.post_process(test["stack_seed"].to_numpy(), test_tta, test_hot, *stacking.RECIPE_POST)
 
-    columns = [*boosters, *[c for c in oof if c.endswith("_model")], *stacks, *blends, "recipe", "final",
+    columns = [*photo_models, *[c for c in oof if c.endswith("_model")], *stacks, *blends, "recipe", "final",
                "final_recipe_post"]
     cv = stacking.cv_table(oof, columns)
     common.write_csv(stage.dir / "cv.csv", cv, float_format="%.5f")

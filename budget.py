@@ -11,13 +11,16 @@ archives runs, not 04's budget files) decide the rung themselves: work done is n
 
 Prediction: the network's images trained and inferred (devices.profile_images) at the images/s
 measured here just now (devices.measure_rates), times OVERHEAD; plus the minutes 00-02 took
-(their provenance), plus AFTER for 06 and 07. ATMA11_MEASURED_RATES="train,infer" replaces the
-measurement (the tests inject a fast and a slow machine so).
+(their provenance), plus 06 and 07's: AFTER, scaled by how long a fixed LightGBM fit (probe)
+takes here against PROBE_REFERENCE. ATMA11_MEASURED_RATES="train,infer[,probe seconds]" replaces
+the measurements (the tests inject a fast and a slow machine so; without the probe's seconds,
+PROBE_REFERENCE's).
 """
 import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import common
@@ -42,7 +45,11 @@ LADDER = (
 # docs/results.md (462 images/s) a quiet fold run of 04 took 166-185 s against 169 s predicted
 # with this factor, and 05's fold all 150 s against 150
 OVERHEAD = 1.1
-AFTER = 1.5            # minutes of 06 (its boosters and the k-means features) and 07
+# 06 and 07 on the machine of docs/results.md: 06 learns the k-means features (about a minute),
+# fits the stacks and its per-photo models (boosters bagged over 5 seeds: about 1.5 minutes);
+# elsewhere scaled by the probe (LightGBM and numpy, not torch: their speed differs from the network's)
+AFTER = 2.5            # minutes of 06 and 07 where probe() takes PROBE_REFERENCE seconds
+PROBE_REFERENCE = 1.5  # seconds of probe() on that machine (1.47 measured there, idle)
 PLANNED_STAGES = ("00_validate", "01_sgkfold", "02_hvr")
 
 
@@ -56,13 +63,34 @@ def spent_minutes(work):
     return total
 
 
+def probe():
+    """Seconds of a fixed LightGBM fit with 06's booster settings on random rows and columns of
+    about the real data's per-photo table's size: how fast 06 runs here."""
+    import lightgbm as lgb
+    import numpy as np
+    import stacking
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 300))
+    y = X[:, :10].sum(1) + rng.normal(size=len(X))
+    started = time.perf_counter()
+    lgb.train(stacking.META_PARAMS, lgb.Dataset(X, y), num_boost_round=300)
+    return time.perf_counter() - started
+
+
 def rates(profile):
+    """(training images/s, inference images/s, probe seconds, how they were had)."""
     injected = os.environ.get("ATMA11_MEASURED_RATES", "").strip()
     if injected:
-        train, infer = (float(v) for v in injected.split(","))
-        return train, infer, "injected (ATMA11_MEASURED_RATES)"
+        values = [float(v) for v in injected.split(",")]
+        train, infer, probed = (values + [PROBE_REFERENCE])[:3]
+        return train, infer, probed, "injected (ATMA11_MEASURED_RATES)"
     train, infer = devices.measure_rates(profile)
-    return train, infer, "measured just now"
+    return train, infer, probe(), "measured just now"
+
+
+def after_minutes(probed):
+    """06 and 07's minutes on a machine where probe() took `probed` seconds."""
+    return AFTER * probed / PROBE_REFERENCE
 
 
 def predict(profile, photos, fold_rows, nets, rate_train, rate_infer):
@@ -75,10 +103,10 @@ def predict(profile, photos, fold_rows, nets, rate_train, rate_infer):
     return out
 
 
-def choose(budget, spent, predicted):
-    """The most work that fits: the last rung whose spent + predicted + AFTER <= budget; the
+def choose(budget, spent, predicted, after):
+    """The most work that fits: the last rung whose spent + predicted + after <= budget; the
     cheapest when none does (and the plan says it is over)."""
-    fitting = [rung for rung in LADDER if spent + predicted[rung] + AFTER <= budget]
+    fitting = [rung for rung in LADDER if spent + predicted[rung] + after <= budget]
     return fitting[-1] if fitting else LADDER[0]
 
 
@@ -105,29 +133,32 @@ def cmd_plan(args):
     spent = spent_minutes(Path(args.hvr).parent)
     kept = finished_rung(out, args.profile)
     if kept:       # nothing measured: the finished runs' speed is theirs
-        rate_train = rate_infer = None
-        predicted = {kept: 0.0}
+        rate_train = rate_infer = probed = None
+        predicted, after = {kept: 0.0}, AFTER
         epochs, seeds = kept
     else:
-        rate_train, rate_infer, how = rates(args.profile)
+        rate_train, rate_infer, probed, how = rates(args.profile)
         predicted = predict(args.profile, photos, fold_rows, args.nets, rate_train, rate_infer)
-        epochs, seeds = choose(args.budget, spent, predicted)
-    total = spent + predicted[(epochs, seeds)] + AFTER
+        after = after_minutes(probed)
+        epochs, seeds = choose(args.budget, spent, predicted, after)
+    total = spent + predicted[(epochs, seeds)] + after
     fits = total <= args.budget
     if kept:
         why = (f"BUDGET={args.budget:g} min: {epochs} epochs x {seeds} seed{'s' if seeds > 1 else ''}, kept from "
                f"the fine-tunes already finished in {out} (their minutes are spent; nothing predicted)")
     else:
         why = (f"BUDGET={args.budget:g} min: {epochs} epochs x {seeds} seed{'s' if seeds > 1 else ''}, predicted "
-               f"{total:.0f} min ({spent:.1f} spent in 00-02, {predicted[(epochs, seeds)]:.1f} for 04-05, {AFTER} for "
-               f"06-07) at {rate_train:.0f} images/s training, {rate_infer:.0f} inference ({how})"
+               f"{total:.0f} min ({spent:.1f} spent in 00-02, {predicted[(epochs, seeds)]:.1f} for 04-05, {after:.1f} for "
+               f"06-07) at {rate_train:.0f} images/s training, {rate_infer:.0f} inference, a {probed:.1f} s "
+               f"probe for 06 ({how})"
                + ("" if fits else "; the cheapest rung, and still over the budget"))
     plan = {"budget_minutes": args.budget, "epochs": epochs, "seeds": seeds, "kept": bool(kept),
             "predicted_minutes": None if kept else round(total, 2),
-            "spent_minutes": round(spent, 2), "after_minutes": AFTER, "fits": fits,
-            "rates": {"train": rate_train, "infer": rate_infer, "how": "not measured" if kept else how},
+            "spent_minutes": round(spent, 2), "after_minutes": round(after, 2), "fits": fits,
+            "rates": {"train": rate_train, "infer": rate_infer, "probe_seconds": probed,
+                      "how": "not measured" if kept else how},
             "ladder": [] if kept else [{"epochs": e, "seeds": s,
-                                        "predicted_minutes": round(spent + predicted[(e, s)] + AFTER, 2)}
+                                        "predicted_minutes": round(spent + predicted[(e, s)] + after, 2)}
                                        for e, s in LADDER], "why": why}
     out.mkdir(parents=True, exist_ok=True)
     common.write_json(out / "budget.json", plan)

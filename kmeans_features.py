@@ -15,9 +15,15 @@ columns; a ridge on the quadrant columns alone 0.836.
 
 Nothing here sees a label; the same photos, the same seed, the same features.
 """
+import json
+
 import numpy as np
+import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.cluster import KMeans
+
+import common
+import pixels
 
 # -----------------------------------------------------------------------------
 PATCH = 6             # pixels on a side: Coates et al.'s best at small sizes
@@ -88,3 +94,20 @@ def photo_features(images, seed=0):
     the centroids learned from these photos (train and test alike)."""
     quadrants = encode(images, learn(images, seed))
     return quadrants.reshape(len(quadrants), 4, -1).mean(1)
+
+
+def stored_photo_features(hvr, cache):
+    """The k-means features of 02's store (its directory `hvr`), a table by object_id. Kept in
+    `cache` (06: WORK/06_stack/kmeans.npz) with the store's record (meta.json: its size and
+    sample hash), so a restack (another STACK_ARGS, SUBMIT) reads them instead of learning them
+    again (about a minute on the real data)."""
+    images, ids, store = pixels.load_store(hvr)
+    key, features = json.dumps(store, sort_keys=True) + " ".join(ids), None
+    if "sample_sha256" in store and cache.exists():          # a store of before the record: no cache
+        with np.load(cache) as kept:
+            features = kept["features"] if str(kept["key"]) == key else None
+    if features is None:
+        features = photo_features(images)
+        with common.atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, features=features, key=np.array(key))
+    return pd.DataFrame(features, index=ids, columns=columns(features.shape[1], quadrants=False))

@@ -43,19 +43,9 @@ RIDGE_ALPHAS = np.logspace(2, 5, 7)     # the ridge's penalties, chosen by leave
 # (below 100 a fold's leave-one-out choice extrapolated to RMSE 2.65 on its held-out rows)
 
 
-def ridge_level_one(X, y, X_test, oof_fold):
-    """A ridge regression on standardised columns as a level-one model: fold k's rows (X and y
-    by object_id, oof_fold's rows) predicted by the ridge fitted on the other folds' rows, X_test
-    (None: no test prediction) by the one fitted on every row. ({fold: Series}, test prediction)."""
-    def fit(rows):
-        return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(X.loc[rows], y.loc[rows])
-
-    pred = {}
-    for k in stack.K:
-        mine = (oof_fold == k).to_numpy()
-        rows = oof_fold.index[mine]
-        pred[k] = pd.Series(np.clip(fit(oof_fold.index[~mine]).predict(X.loc[rows]), 0, 3), index=rows)
-    return pred, None if X_test is None else np.clip(fit(oof_fold.index).predict(X_test), 0, 3)
+def km_ridge(_rows):
+    """km_ridge's model (stacking.ridge_level_one fits it): standardised columns, then RidgeCV."""
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
 
 
 def main():
@@ -88,7 +78,7 @@ def main():
     booster("meta_only", meta)
     booster("meta+km_whole", meta.join(whole))
     booster("meta+km_quadrants", meta.join(km))
-    pred, _test = ridge_level_one(km, y, None, oof_fold)
+    pred, _test = stack.ridge_level_one(km, y, None, oof_fold, model=km_ridge)
     record("km_ridge", stack.out_of_fold(pred, oof_fold), km.shape[1])
     both = pd.DataFrame({"meta_only": preds["meta_only"], "km_ridge": preds["km_ridge"]})
     blended, *_rest = stack.blend(both, both, y.to_numpy(), oof_fold)

@@ -4,8 +4,8 @@ nested as 06 nests its blends (fold k's rows predicted by the model fitted on th
 rows; the booster's round count chosen by cross-validation over those other folds alone).
 
 Inputs: each head's era (target, onehot, sortingdate), onehot's P(era >= c), and the per-photo
-boosters the run's 06 wrote (meta_only: 02's statistics and the k-means features; stats_only: the
-statistics alone).
+models the run's 06 wrote (meta_only: a booster on 02's statistics and the k-means features;
+stats_only: on the statistics alone; photo_ridge: a ridge on meta_only's columns).
 
     python bench/level_two.py --work work-real [--write docs/level-two.md]
 """
@@ -26,7 +26,7 @@ p.add_argument("--work", required=True, help="a WORK whose 06 finished")
 p.add_argument("--write", default=None, help="also write the table as a markdown page here")
 
 HEADS = ["target_model", "onehot_model", "sortingdate_model", *tasks.step_columns()]
-BOOSTERS = ("meta_only", "stats_only")
+PHOTO_MODELS = ("meta_only", "stats_only", "photo_ridge")
 DEPTH2 = dict(objective="regression", metric="l2", num_leaves=3, max_depth=2, learning_rate=0.02,
               min_data_in_leaf=40, feature_fraction=1.0, bagging_fraction=0.8, bagging_freq=1,
               verbose=-1, seed=0, num_threads=0, deterministic=True, force_row_wise=True)
@@ -61,11 +61,11 @@ def main():
     args = p.parse_args()
     oof = pd.read_csv(Path(args.work) / "06_stack" / "oof.csv", dtype={"object_id": str}).set_index("object_id")
     y, fold = oof["target"], oof["fold"].astype(str)
-    boosters = [c for c in BOOSTERS if c in oof]
-    inputs = [*HEADS, *boosters]
+    photo_models = [c for c in PHOTO_MODELS if c in oof]
+    inputs = [*HEADS, *photo_models]
     models = {        # name: (its inputs, a fit on the rows of the other folds)
-        "blend (06)": ([*stack.BLENDS["blend"], *boosters], lambda X, y, f: LinearRegression(positive=True).fit(X, y)),
-        "blend_steps (06)": ([*stack.BLENDS["blend_steps"], *boosters],
+        "blend (06)": ([*stack.BLENDS["blend"], *photo_models], lambda X, y, f: LinearRegression(positive=True).fit(X, y)),
+        "blend_steps (06)": ([*stack.BLENDS["blend_steps"], *photo_models],
                              lambda X, y, f: LinearRegression(positive=True).fit(X, y)),
         "ridge": (inputs, lambda X, y, f: RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(X, y)),
         "lightgbm depth 2": (inputs, lambda X, y, f: Depth2().fit(X, y, f)),

@@ -6,7 +6,8 @@ Two scores per parameter set, pooled over the 3 folds' out-of-fold rows:
   shared_rounds: each fold's booster trains on the other folds' rows for up to --rounds rounds;
                  the RMSE at every round count r, one r for all folds, and its minimum (an r
                  chosen once for 3 folds: less optimistic than each fold stopping on its own rows)
-  as_06:         06's own cross_validate (each fold early-stopped on its held-out side)
+  as_06:         06's own cross_validate (each fold early-stopped on its held-out side; for
+                 META_PARAMS bagged over META_SEEDS, as 06 runs it)
 
     python bench/meta_params.py --work work-real
 """
@@ -50,7 +51,10 @@ def main():
         rmse = curve(params, meta, y, folds, oof_fold, args.rounds)
         benchlib.emit(f"meta_only_{name}_shared_rounds_rmse", f"{rmse.min():.4f}", "")
         benchlib.emit(f"meta_only_{name}_shared_rounds_best", str(int(rmse.argmin()) + 1), "rounds")
-        pred, *_rest = stack.cross_validate(meta, meta.iloc[:1], folds, oof_fold, params=params, patience=patience)
+        if name == "meta":      # as 06 runs it: bagged over its seeds
+            pred, *_rest = stack.bagged(meta, None, folds, oof_fold)
+        else:
+            pred, *_rest = stack.cross_validate(meta, None, folds, oof_fold, params=params, patience=patience)
         benchlib.emit(f"meta_only_{name}_as_06_rmse", f"{stack.rmse(stack.out_of_fold(pred, oof_fold).loc[y.index], y):.4f}", "")
 
 

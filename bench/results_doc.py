@@ -25,8 +25,9 @@ import tasks  # noqa: E402
 # cv.csv's columns, in the page's words
 MODELS = {
     "const_mean": "constant train mean",
-    "meta_only": "LightGBM on 02's per-photo statistics and the photos' k-means features (`meta_only`)",
-    "stats_only": "LightGBM on 02's per-photo statistics alone (`stats_only`)",
+    "meta_only": "LightGBM on 02's per-photo statistics and the photos' k-means features, 5 seeds (`meta_only`)",
+    "stats_only": "LightGBM on 02's per-photo statistics alone, 5 seeds (`stats_only`)",
+    "photo_ridge": "ridge on the statistics and k-means features, quantile-normalised (`photo_ridge`)",
     "target_model": "`target` head/network, 8-view TTA mean",
     "onehot_model": "`onehot` head/network, expected class",
     "sortingdate_model": "`sortingdate` head/network, year mapped to the era",
@@ -34,7 +35,7 @@ MODELS = {
     "stack_oof": "the same columns, oof mode (`stack_oof`)",
     "stack_seed_meta": "seed stack with the per-photo statistics (`stack_seed_meta`)",
     "stack_oof_meta": "oof stack with the statistics (`stack_oof_meta`)",
-    "blend": "non-negative linear blend of the three heads, `meta_only` and `stats_only`, nested (`blend`)",
+    "blend": "non-negative linear blend of the three heads and the three per-photo models, nested (`blend`)",
     "blend_steps": "the same with onehot's P(era >= 1, 2, 3) for its expected class (`blend_steps`)",
     "recipe": "the recipe's own submission: `stack_seed` + 0.5 / 0.94 (`SUBMIT=recipe`)",
     "final": "**the submission** (`SUBMIT=best`: stack and post-processing chosen nested)",

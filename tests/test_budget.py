@@ -48,6 +48,23 @@ def test_a_slow_and_a_fast_machine_pick_different_rungs_that_fit(tmp_path):
     assert rungs.index((more["epochs"], more["seeds"])) >= rungs.index((slow["epochs"], slow["seeds"]))
 
 
+def test_06s_share_scales_with_the_machines_probe(tmp_path):
+    """A machine on which 06's LightGBM probe runs 10 times slower leaves the networks 10 x AFTER
+    less of the budget, and says so."""
+    quick, _ = plan(tmp_path, FAST)
+    slow_06, said = plan(tmp_path, f"{FAST},{10 * budget.PROBE_REFERENCE}")
+    assert quick["after_minutes"] == pytest.approx(budget.AFTER, abs=0.01)
+    assert slow_06["after_minutes"] == pytest.approx(10 * budget.AFTER, abs=0.01)
+    assert f"{10 * budget.AFTER:.1f} for 06-07" in said
+    rungs = list(budget.LADDER)
+    assert rungs.index((slow_06["epochs"], slow_06["seeds"])) < rungs.index((quick["epochs"], quick["seeds"]))
+    assert slow_06["predicted_minutes"] <= 60
+
+
+def test_the_probe_times_a_booster_here():
+    assert 0 < budget.probe() < 120
+
+
 def test_a_budget_no_rung_fits_takes_the_cheapest_and_says_so(tmp_path):
     chosen, said = plan(tmp_path, SLOW, minutes=1)
     assert (chosen["epochs"], chosen["seeds"]) == budget.LADDER[0] and not chosen["fits"]

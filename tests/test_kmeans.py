@@ -1,12 +1,14 @@
 """The k-means features (kmeans_features.py) that 06's statistics booster sees, their study
-(bench/kmeans_study.py) and the level-two study over a finished 06 (bench/level_two.py)."""
+(bench/kmeans_study.py), 06's per-photo models (stacking.bagged, ridge_level_one) with their study
+(bench/level_one.py), and the level-two study over a finished 06 (bench/level_two.py)."""
 import subprocess
 
 import numpy as np
 import pandas as pd
 
 import kmeans_features as kf
-from conftest import REPO, load_script
+import stacking as stack
+from conftest import REPO
 
 PY = str(REPO / ".venv" / "bin" / "python")
 
@@ -88,18 +90,65 @@ def test_level_two_study_runs_on_a_toy_work(smoke_run, tmp_path):
 
 def test_06_learns_the_features_once_per_store_and_again_for_another(smoke_run, tmp_path, monkeypatch):
     work, _ = smoke_run
-    stack06 = load_script("06_stack.py")
     cache = tmp_path / "kmeans.npz"
-    first = stack06.photo_features(work / "02_hvr", cache)
+    first = kf.stored_photo_features(work / "02_hvr", cache)
     assert cache.exists() and len(first) == len((work / "02_hvr" / "ids.txt").read_text().split())
 
     def relearn(images, seed=0):
         raise AssertionError("learned again")
     monkeypatch.setattr(kf, "photo_features", relearn)
-    assert stack06.photo_features(work / "02_hvr", cache).equals(first)       # a restack reads them
+    assert kf.stored_photo_features(work / "02_hvr", cache).equals(first)       # a restack reads them
     with np.load(cache) as kept:
         np.savez(cache, features=kept["features"], key=np.array("another store"))
     monkeypatch.undo()
-    assert stack06.photo_features(work / "02_hvr", cache).equals(first)       # another store: learned again
+    assert kf.stored_photo_features(work / "02_hvr", cache).equals(first)       # another store: learned again
     with np.load(cache) as kept:
         assert str(kept["key"]) != "another store"
+
+
+def test_a_bagged_booster_is_the_mean_of_one_per_seed(smoke_run):
+    work, _ = smoke_run
+    folds, oof_fold = stack.read_folds(work / "01_sgkfold")
+    meta = stack.meta_table(work / "02_hvr", "on")
+    X, X_test = meta.loc[oof_fold.index], meta.loc[folds["all"]["test"]["object_id"]]
+    pred, test, iters, _final = stack.bagged(X, X_test, folds, oof_fold, seeds=(0, 1))
+    single = [stack.cross_validate(X, X_test, folds, oof_fold, params={**stack.META_PARAMS, "seed": s},
+                                   patience=stack.META_EARLY_STOP) for s in (0, 1)]
+    for k in stack.K:
+        assert np.allclose(pred[k], (single[0][0][k] + single[1][0][k]) / 2)
+    assert np.allclose(test, (single[0][1] + single[1][1]) / 2)
+    assert iters == single[0][2] + single[1][2]
+    assert not np.allclose(single[0][0]["0"], single[1][0]["0"])        # the seeds sample differently
+
+
+def test_06_blends_its_bagged_boosters_and_the_ridge(smoke_run):
+    """06's cv.csv scores photo_ridge beside the boosters, its blends weigh it, and its test
+    predictions stay on the eras' scale."""
+    work, _ = smoke_run
+    cv = pd.read_csv(work / "06_stack" / "cv.csv")
+    assert {"meta_only", "stats_only", "photo_ridge"} <= set(cv.columns)
+    params = pd.read_json(work / "06_stack" / "params.json", typ="series")
+    for weights in params["blend_weights"].values():
+        assert {"meta_only", "stats_only", "photo_ridge"} <= set(weights)
+    test = pd.read_csv(work / "06_stack" / "test.csv")
+    assert test["blend"].notna().all()
+    oof = pd.read_csv(work / "06_stack" / "oof.csv")
+    assert oof["photo_ridge"].between(0, 3).all()
+
+
+def test_level_one_study_reproduces_06s_blend_on_a_toy_work(smoke_run, tmp_path):
+    work, _ = smoke_run
+    page = tmp_path / "level_one.md"
+    p = subprocess.run([PY, "bench/level_one.py", "--work", str(work), "--write", str(page)], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {l.split(" | ")[0][2:]: float(l.split(" | ")[2]) for l in p.stdout.splitlines()
+            if l.startswith("| ") and "pooled" not in l}
+    assert {"meta_only seed 0", "meta_only bagged", "stats_only bagged", "photo_ridge quantiles",
+            "blend: bagged boosters, photo_ridge (06)"} <= set(rows)
+    oof = pd.read_csv(work / "06_stack" / "oof.csv")
+    for column in ("meta_only", "stats_only", "photo_ridge", "blend"):     # what 06 wrote, refitted here
+        name = {"meta_only": "meta_only bagged", "stats_only": "stats_only bagged",
+                "photo_ridge": "photo_ridge quantiles", "blend": "blend: bagged boosters, photo_ridge (06)"}[column]
+        assert abs(rows[name] - np.sqrt(((oof[column] - oof["target"]) ** 2).mean())) < 1e-4, column
+    assert page.read_text().startswith("# Level one")
