@@ -55,7 +55,8 @@ p.add_argument("--ckpt-minutes", type=float, default=checkpointing.CKPT_MINUTES,
 p.add_argument("--norm", default="sync", choices=["sync", "bn"],
                help="BatchNorm under DDP on GPUs: sync = over the global batch (SyncBatchNorm, the recipe), "
                     "bn = over each GPU's share (no exchange between the GPUs per layer and step)")
-p.add_argument("--loss", default="mse", choices=["mse", "ce"], help="mse on the 81-vector (recipe) or per-tile cross-entropy")
+p.add_argument("--puzzle-loss", default="mse", choices=["mse", "ce"],
+               help="the puzzle's loss: mse on the 81-vector (recipe) or per-tile cross-entropy")
 training.add_optimizer_options(p)
 p.add_argument("--holdout-trains", default=None, action=argparse.BooleanOptionalAction,
                help="the held-out photos are trained on too (profile; the recipe pretrains on every photo)")
@@ -122,7 +123,7 @@ def main():
             return net(x)
 
     def batch_loss(net, rows):
-        loss, tile_acc, puzzle_acc = puzzle_loss(forward(net, rows), rows[:, 2:], args.loss)
+        loss, tile_acc, puzzle_acc = puzzle_loss(forward(net, rows), rows[:, 2:], args.puzzle_loss)
         return loss.sum(), {"tile_acc": tile_acc.sum(), "puzzle_acc": puzzle_acc.sum()}
 
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -135,7 +136,7 @@ def main():
         sums = torch.zeros(3)
         for chunk in holdout_plan.split(args.batch):
             with distributed.autotune(len(chunk) == args.batch):
-                figures = puzzle_loss(forward(model, chunk.to(device)), chunk[:, 2:].to(device), args.loss)
+                figures = puzzle_loss(forward(model, chunk.to(device)), chunk[:, 2:].to(device), args.puzzle_loss)
             sums += torch.stack([f.sum().cpu() for f in figures])
         loss, tile, puzzle = (sums / max(len(held), 1)).tolist()
         rows = common.read_epoch_rows(out / "holdout.csv")

@@ -336,7 +336,7 @@ def test_gpu_slot_locks_are_per_host_and_take_any_id(demo_data, tmp_path):
     mig = "MIG-GPU-4b0c1c0e-aaaa-5f2e-9c1e-000000000001/1/0"
     locks = tmp_path / "shared" / "locks"
     held = subprocess.Popen([PY, "devices.py", "on-gpu", "--gpus", mig, "--locks", locks, "--", "sleep", "30"],
-                            cwd=REPO, stdout=subprocess.DEVNULL)
+                            cwd=REPO, stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 30
         while not list(locks.glob("*.lock")) and time.time() < deadline:
@@ -349,7 +349,7 @@ def test_gpu_slot_locks_are_per_host_and_take_any_id(demo_data, tmp_path):
         time.sleep(2)
         assert second.poll() is None                                   # waits: the GPU is held
     finally:
-        held.kill()
+        os.killpg(held.pid, signal.SIGKILL)     # the command too: it holds the slot as long as it lives
         held.wait()
     assert second.wait(timeout=30) == 0
 

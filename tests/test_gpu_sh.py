@@ -108,7 +108,7 @@ def test_every_command_of_the_scaling_page_runs(demo_data, tmp_path):
         elif line.startswith("make"):
             shell = line.replace("make ", "make -n ", 1)
         else:
-            shell = line + " --epochs 1 --views 1 --perms 1"
+            shell = line + " --epochs 1 --views 1 --perms 1 --width 8 --holdout 16"
             shutil.rmtree(work / "03_jigsaw", ignore_errors=True)
         on_cpu = {"CUDA_VISIBLE_DEVICES": ""} if "torchrun" in line else {}      # no GPU here
         p = subprocess.run(["bash", "-c", shell], cwd=REPO, capture_output=True, text=True, env={**env, **on_cpu},
