@@ -14,7 +14,9 @@ Reads WORK/01_sgkfold, WORK/02_hvr, WORK/03_jigsaw. Writes WORK/04_finetune/<tas
 The tasks and their heads (sizes, targets, losses, eras): tasks.py. MSE for all four, as the
 recipe; `--loss ce` makes onehot a cross-entropy classifier; `--task multi` trains one backbone
 with all four heads on the sum of their losses.
-`--precision` chooses bf16 autocast or float32.
+`--precision` chooses bf16 autocast or float32. `--average-tail f` (the cpu profile: 0.375) makes
+the last epoch's weights, the ones evaluated and described by 05, the mean of the last f of the
+epochs' (training.fit).
 The trainer and its evaluator are one script in two roles, as in the recipe: they share the
 fold's data and the task's targets. The evaluator, and the trainer's supervision of it, are in
 evaluator.py.
@@ -79,6 +81,8 @@ p.add_argument("--ckpt-minutes", type=float, default=checkpointing.CKPT_MINUTES,
 p.add_argument("--loss", default=None, choices=["mse", "ce"],
                help="onehot's loss: mse on the one-hot (the recipe) or ce, a cross-entropy classifier (profile)")
 training.add_optimizer_options(p)
+p.add_argument("--average-tail", type=float, default=None,
+               help="the last epoch's weights: the mean of the last epochs' (this fraction of them; 0: off) (profile)")
 p.add_argument("--keep-epochs", default=None, choices=["all", "last"],
                help="epoch-end checkpoints kept: all (the evaluator process reads them) or the last "
                     "(profile)")
@@ -214,6 +218,8 @@ def run(args, run_dir, dist, stage):
 
 def main():
     args = common.parse(p, "04")
+    if not 0 <= args.average_tail <= 1:
+        common.fail(f"--average-tail {args.average_tail:g}: a fraction of the epochs, from 0 (off) to 1")
     # what the run is built from, in its checkpoints: another build of them is another setup
     args.input_folds = checkpointing.input_identity(args.folds)
     args.input_hvr = checkpointing.input_identity(args.hvr)

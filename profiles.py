@@ -31,7 +31,7 @@ PROFILES = {
                    holdout_trains=True, ckpt_every=200, precision="auto", **RECIPE_OPTIM),   # every photo
         "04": dict(arch="resnet34", width=64, epochs=10, batch=256, views=8, ckpt_every=200, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # 10: the seed's final networks
-                   precision="auto", loss="mse", **RECIPE_OPTIM),
+                   precision="auto", loss="mse", average_tail=0.0, **RECIPE_OPTIM),
         "05": dict(batch=512, precision="auto", fold_test="yes"),   # every network on every object
     },
     "cpu": {
@@ -46,6 +46,7 @@ PROFILES = {
                    eval_views=1, eval_rows=384,    # per epoch: 1 view of 384 rows; the last: 8 of all
                    precision="fp32",
                    loss="ce",              # onehot a classifier: its probabilities for blend_steps
+                   average_tail=0.375,     # the last 3/8 of the epochs' weights averaged (bench/weight_average.py)
                    **CPU_OPTIM),
         "05": dict(batch=256,              # ResNet18 at 48 px infers fastest at 128-256
                    fold_test="no",         # test.csv through fold all's networks only
@@ -58,7 +59,7 @@ PROFILES = {
                    holdout_trains=False, ckpt_every=4, precision="fp32", **dict(RECIPE_OPTIM, halve_views=1)),
         "04": dict(arch="resnet18", width=16, epochs=2, batch=16, views=1, ckpt_every=1000, init="jigsaw",
                    eval_views=8, eval_rows=0, keep_epochs="all",   # ckpt_every 1000: epoch ends only
-                   precision="fp32", loss="mse",
+                   precision="fp32", loss="mse", average_tail=0.0,
                    **dict(RECIPE_OPTIM, halve_views=1)),   # halved per (1-view) epoch: 8 steps at
                                                            # one rate diverge (held-out RMSE 3.1 vs 1.5)
         "05": dict(batch=64, precision="fp32", fold_test="yes"),

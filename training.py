@@ -39,6 +39,11 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
     continues from the newest weights with their state (settle_checkpoints) and sees exactly the
     batches it would have seen: a global batch is split across ranks, and each rank's summed loss
     is divided by the global batch size, so DDP's gradient average equals the full batch's.
+
+    config average_tail (a fraction of the epochs, 0: off): the last epoch's weights are the mean
+    of the weights at the ends of the last round(epochs x average_tail) epochs (every float
+    tensor, BatchNorm's running statistics too; tail_epochs). Their running sum travels in the
+    state, so a resumed run averages the same weights.
     """
     run_dir = Path(run_dir)
     device, world, rank = dist.device, dist.world, dist.rank
@@ -47,6 +52,7 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
         model.to(memory_format=torch.channels_last)
     optim = make_optimizer(model, config)
     start_epoch, start_step, gstep, state_at = 1, 0, 0, None
+    tail, tail_sum, tail_n = tail_epochs(config), None, 0
     ckpts = checkpointing.list_checkpoints(run_dir)
     if ckpts:
         epoch, step, path = ckpts[-1]
@@ -65,6 +71,8 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
         optim.load_state_dict(state["optim"])
         torch.set_rng_state(state["torch_rng"].cpu())
         gstep, state_at = state["global_step"], (epoch, step)
+        if "tail_sum" in state:
+            tail_sum, tail_n = {k: v.to(device) for k, v in state["tail_sum"].items()}, state["tail_n"]
         start_epoch, start_step = (epoch + 1, 0) if step is None else (epoch, step)
         if dist.main:
             print(f"resuming from {path.name} (epoch {epoch}, step {step or 'end'})", flush=True)
@@ -92,8 +100,9 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
         nonlocal state_at, last_state
         where = {"epoch": epoch, "step": step, "global_step": gstep}
         if with_state:
+            averaging = {"tail_sum": tail_sum, "tail_n": tail_n} if tail_sum is not None else {}
             checkpointing.save_checkpoint(run_dir / common.ckpt_name(epoch, step, state=True),
-                            {"optim": optim.state_dict(), "torch_rng": torch.get_rng_state(), **where})
+                            {"optim": optim.state_dict(), "torch_rng": torch.get_rng_state(), **where, **averaging})
             state_at, last_state = (epoch, step), time.monotonic()
         checkpointing.save_checkpoint(run_dir / common.ckpt_name(epoch, step), {"model": model.state_dict(), **where, "config": described})
         checkpointing.prune_checkpoints(run_dir, state_at, config.get("keep_epochs", "all"))
@@ -146,11 +155,28 @@ def fit(model, *, run_dir, dist, config, epoch_plan, batch_loss, log_extra=None,
                 acc, seen, n_local, t_log = {}, 0, 0, time.time()
             if dist.main and not last and checkpointing.state_due(on_gpu, config, epoch, step + 1, time.monotonic() - last_state):
                 save(epoch, step + 1, with_state=True)
+        if epoch > config["epochs"] - tail:          # in the averaged tail (every rank: DDP's weights agree)
+            weights = model.state_dict()
+            tail_sum = {k: v.detach().clone() if tail_sum is None else tail_sum[k] + v for k, v in weights.items()
+                        if v.is_floating_point()}
+            tail_n += 1
+            if epoch == config["epochs"]:
+                if dist.main and tail_n < tail:
+                    print(f"averaging the last {tail_n} epochs' weights, not {tail}: resumed from a state "
+                          f"that held no sum of the earlier ones", flush=True)
+                model.load_state_dict({k: tail_sum[k] / tail_n if k in tail_sum else v for k, v in weights.items()})
         if dist.main:
             save(epoch, None, checkpointing.state_due(on_gpu, config, epoch, None, time.monotonic() - last_state))
             if on_epoch_end:
                 on_epoch_end(epoch, model)
     return model
+
+
+def tail_epochs(config):
+    """How many last epochs' weights the final weights average (config average_tail, a fraction
+    of the epochs); 0 when fewer than two: nothing is averaged."""
+    tail = round(config["epochs"] * config.get("average_tail", 0))
+    return tail if tail >= 2 else 0
 
 
 def compile_needs(device):

@@ -6,6 +6,8 @@ autotuning off for a short batch, pinned chunks in 05, 03's BatchNorm under DDP;
 and 04 --init read weights only."""
 import ast
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -165,6 +167,50 @@ def test_a_checkpoint_of_the_earlier_layout_resumes(reference, tmp_path, step):
     assert names(tmp_path) == names(reference)
     for name in ("ckpt_e002.pt", "state_e002.pt"):
         assert same(tmp_path / name, reference / name), name
+
+
+AVERAGED = dict(CONFIG, average_tail=1.0)        # both epochs' weights averaged into the last's
+
+
+def tensors(path):
+    return checkpointing.load_checkpoint(path)["model"]
+
+
+def test_the_last_epochs_weights_are_the_mean_of_the_tails(reference, tmp_path):
+    """Averaging changes nothing of the training: epoch 1's weights are the reference's; epoch 2's
+    are the mean of the reference's two, every float tensor (BatchNorm's running statistics too),
+    its step counter the last's."""
+    assert train(tmp_path, AVERAGED) == 2 * N // BATCH
+    ours, first, last = tensors(tmp_path / "ckpt_e002.pt"), tensors(reference / "ckpt_e001.pt"), tensors(reference / "ckpt_e002.pt")
+    assert all(torch.equal(v, first[k]) for k, v in tensors(tmp_path / "ckpt_e001.pt").items())
+    for k, v in last.items():
+        if v.is_floating_point():
+            assert torch.allclose(ours[k], (first[k] + last[k]) / 2, atol=1e-7), k
+        else:
+            assert torch.equal(ours[k], v), k
+    assert not torch.equal(ours["1.running_mean"], last["1.running_mean"])
+    assert set(checkpointing.load_checkpoint(tmp_path / "state_e002.pt")) == STATE_KEYS | {"tail_sum", "tail_n"}
+    assert training.tail_epochs(dict(CONFIG, epochs=32, average_tail=0.25)) == 8
+    assert training.tail_epochs(dict(CONFIG, epochs=3, average_tail=0.25)) == 0       # one epoch: nothing to average
+
+
+def test_a_kill_in_the_tail_resumes_to_the_same_mean(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir()
+    killed.mkdir()
+    train(whole, AVERAGED)
+    with pytest.raises(Killed):
+        train(killed, AVERAGED, kill_at=19)        # epoch 2, its state at step 5 holds epoch 1's weights
+    assert train(killed, AVERAGED) == 7
+    assert same(killed / "ckpt_e002.pt", whole / "ckpt_e002.pt")
+
+
+def test_a_tail_outside_zero_to_one_is_refused(tmp_path):
+    p = subprocess.run([sys.executable, "04_finetune.py", "--task", "multi", "--fold", "0", "--folds", tmp_path,
+                        "--hvr", tmp_path, "--jigsaw", tmp_path, "--out", tmp_path, "--profile", "cpu",
+                        "--average-tail", "1.5"], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode != 0 and "--average-tail 1.5: a fraction of the epochs, from 0 (off) to 1" in p.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_inference_reads_the_weights_only(reference, tmp_path, monkeypatch):
