@@ -180,7 +180,7 @@ def test_weight_average_scores_the_last_epoch_as_04_does(smoke_run, tmp_path):
     last = pd.read_csv(out / "runs" / "multi_0" / "eval.csv").iloc[-1]
     assert last["views"] == 8
     for h in heads:
-        assert got[f"wa_f0_s0_last1_{h}_rmse"] == pytest.approx(last[f"rmse_{h}"], abs=1e-4), h
+        assert got[f"wa_f0_s0_last1_{h}_rmse"] == pytest.approx(last[f"rmse_{h}"], abs=5e-4), h
     assert got["wa_f0_s0_last2_target_rmse"] != got["wa_f0_s0_last1_target_rmse"]
     assert "| last | target mean |" in p.stdout
 
