@@ -101,7 +101,7 @@ def main():
     held = torch.randperm(len(ids), generator=torch.Generator().manual_seed(args.seed))[: args.holdout]
     kept_out = set() if args.holdout_trains else set(held.tolist())
     train_rows = torch.tensor(sorted(set(range(len(ids))) - kept_out), dtype=torch.long)
-    training.banner("03", args, dist, photos=len(ids), train=len(train_rows), holdout=len(held),
+    training.banner("03", args.profile, dist, photos=len(ids), train=len(train_rows), holdout=len(held),
                     size=meta["size"], samples_per_epoch=len(train_rows) * args.views * args.perms)
 
     def epoch_plan(epoch, g):

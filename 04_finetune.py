@@ -158,7 +158,7 @@ def train(args, run_dir, dist, on_epoch_end=None):
     pos = torch.from_numpy(np.searchsorted(np.sort(pos.numpy()), pos.numpy())).to(device)
     y, w = (t.to(device) for t in evaluator.targets(args.task, train_df, args.folds, date_stats))
     vidx = pixels.view_index(meta["size"]).to(device)
-    training.banner("04", args, dist, task=args.task, fold=args.fold, train=len(train_df),
+    training.banner("04", args.profile, dist, task=args.task, fold=args.fold, train=len(train_df),
                     size=meta["size"], arch=args.arch, init=args.init, epochs=args.epochs,
                     schedule=f"{args.optim}/{args.schedule}/lr={args.lr:g}")
     batches = Batches(len(train_df), store, pos, vidx, (y, w), device, views=args.views, precision=args.precision,

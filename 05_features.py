@@ -101,7 +101,7 @@ def main():
     if "test" not in wanted:             # an earlier run's, of --fold-test yes
         for suffix in (".npz", ".parquet"):
             (out / f"test{suffix}").unlink(missing_ok=True)
-    training.banner("05", args, dist, run=run, checkpoints=" ".join(str(c) for _, c in checkpoints),
+    training.banner("05", args.profile, dist, run=run, checkpoints=" ".join(str(c) for _, c in checkpoints),
                     **{k: len(v) for k, v in wanted.items()})
     every = pd.concat(wanted.values(), ignore_index=True)
     ends = np.cumsum([0, *map(len, wanted.values())]).tolist()

@@ -180,7 +180,9 @@ def lbp_histogram(luma):
     says neighbour p (of 8, in circular order) >= the centre; a code with at most 2 changes around
     the circle is its count of ones (0..8: from a bright spot through line ends, corners and edges
     to a flat patch), any other is 9 (noise, print screens, fine hatching). Zeros for a photo under
-    3 pixels on a side."""
+    3 pixels on a side. Not scikit-image's local_binary_pattern(P=8, R=1, "uniform"): it samples
+    the diagonal neighbours on the unit circle, interpolated between pixels, another operator whose
+    histograms differ from these (and the texture study measured these)."""
     rows, cols = luma.shape
     if rows < 3 or cols < 3:
         return np.zeros(LBP_CODES)

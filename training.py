@@ -282,7 +282,8 @@ def configure_threads():
     torch.set_num_threads(threads)
 
 
-def banner(stage, args, dist, **sizes):
+def banner(stage, profile, dist, **sizes):
+    """A torch stage's first line: its profile, its device and what it works on (`sizes`)."""
     if dist.main:
         extra = " ".join(f"{k}={v}" for k, v in sizes.items())
-        print(f"[{stage}] profile={args.profile} device={dist.describe()} {extra}", flush=True)
+        print(f"[{stage}] profile={profile} device={dist.describe()} {extra}", flush=True)

@@ -7,9 +7,12 @@ real 04_finetune.py with every epoch's weights kept as trained (--keep-epochs al
 one run per fold and seed asked for; a finished run (its DONE) is not trained again. The profile
 took the best tail here, as the fraction --average-tail of 04 (profiles.py).
 
-Printed per fold and seed, and the mean over them with the seeds' spread (max - min):
+Printed per fold and seed, and the mean over them with the runs' spread (max - min):
   wa_f<fold>_s<seed>_last<K>_<head>_rmse   held-out era RMSE of the mean of the last K epochs
                                            (K = 1: the run's own last epoch, what 05 reads)
+  wa_f<fold>_s<seed>_last<K>_bn_<head>_rmse   (--bn) the same mean with BatchNorm's running
+                                           statistics recomputed over every view of the fold's
+                                           training photos, as SWA does, not averaged
 
     python bench/weight_average.py --folds WORK/01_sgkfold --hvr WORK/02_hvr --out WORK/study-wa \
         [--fold 0 1 2] [--seeds 0] [--epochs 32] [--tails 1 2 4 8] [--write docs/weight-average.md]
@@ -39,6 +42,8 @@ p.add_argument("--fold", nargs="+", default=["0", "1", "2"], choices=["0", "1", 
 p.add_argument("--seeds", nargs="+", type=int, default=[0])
 p.add_argument("--epochs", type=int, default=32, help="the fine-tune's epochs (the budget's 32-epoch rungs)")
 p.add_argument("--tails", nargs="+", type=int, default=[1, 2, 4, 8], help="K: the last K epochs averaged")
+p.add_argument("--bn", action="store_true",
+               help="also each mean with BatchNorm's statistics recomputed on the fold's training photos")
 p.add_argument("--python", default=sys.executable)
 p.add_argument("--write", default=None, help="also write the table as a markdown page here")
 
@@ -67,10 +72,21 @@ def averaged(paths):
     return mean, states[-1]["config"]
 
 
-def heldout_rmse(weights, config, px, vidx, y):
-    """{head: era RMSE} of these weights' 8-view TTA mean on the held-out pixels, as 05 scores them."""
+def recompute_bn(model, train_px, vidx, batch=256):
+    """BatchNorm's running statistics measured again, for these weights, over every view of the
+    fold's training photos (torch.optim.swa_utils.update_bn: a cumulative mean, no momentum)."""
+    views = [pixels.to_input(train_px[i:i + batch], torch.full((len(train_px[i:i + batch]),), v), vidx,
+                             channels_last=True) for v in range(8) for i in range(0, len(train_px), batch)]
+    torch.optim.swa_utils.update_bn(views, model)
+
+
+def heldout_rmse(weights, config, px, vidx, y, train_px=None):
+    """{head: era RMSE} of these weights' 8-view TTA mean on the held-out pixels, as 05 scores
+    them; with train_px, BatchNorm's statistics recomputed first (recompute_bn)."""
     model = models.build_model(config["arch"], config["outputs"], config.get("width"))
     model.load_state_dict(weights)
+    if train_px is not None:
+        recompute_bn(model.to(memory_format=torch.channels_last), train_px, vidx)
     views = inference.predict_views(model, px, vidx, torch.device("cpu"), 256, precision=config.get("precision", "fp32"))
     mean = tasks.in_units("multi", views, config).mean(1).numpy()
     names = [tasks.column(t, d) for t in tasks.TASKS for d in range(tasks.TASK_DIMS[t])]
@@ -83,8 +99,10 @@ def main():
     vidx = pixels.view_index(meta["size"])
     rows = []
     for fold in args.fold:
-        held = common.read_fold(args.folds, fold, "test")
+        held, fit = (common.read_fold(args.folds, fold, side) for side in ("test", "train"))
         px = pixels.to_pixels(images[pixels.store_rows(ids, held["object_id"], args.hvr).numpy()], torch.device("cpu"))
+        train_px = pixels.to_pixels(images[pixels.store_rows(ids, fit["object_id"], args.hvr).numpy()],
+                                    torch.device("cpu")) if args.bn else None
         y = held["target"].to_numpy()
         for seed in args.seeds:
             ckpts = checkpointing.list_checkpoints(train(args, fold, seed))
@@ -92,14 +110,18 @@ def main():
             for k in args.tails:
                 if k > len(epochs):
                     continue
-                rmse = heldout_rmse(*averaged(epochs[-k:]), px, vidx, y)
-                rows.append({"fold": fold, "seed": seed, "last": k, **rmse})
-                for head in HEADS:
-                    benchlib.emit(f"wa_f{fold}_s{seed}_last{k}_{head}_rmse", f"{rmse[head]:.4f}", "")
+                weights = averaged(epochs[-k:])
+                for bn, tag in ((None, ""), (train_px, "_bn")):
+                    if tag and k == 1 or tag and train_px is None:
+                        continue
+                    rmse = heldout_rmse(*weights, px, vidx, y, bn)
+                    rows.append({"fold": fold, "seed": seed, "last": k, "bn": "recomputed" if tag else "averaged", **rmse})
+                    for head in HEADS:
+                        benchlib.emit(f"wa_f{fold}_s{seed}_last{k}{tag}_{head}_rmse", f"{rmse[head]:.4f}", "")
     df = pd.DataFrame(rows)
-    summary = df.groupby("last")[list(HEADS)].agg(["mean", lambda v: v.max() - v.min()])
+    summary = df.groupby(["last", "bn"])[list(HEADS)].agg(["mean", lambda v: v.max() - v.min()])
     summary.columns = [f"{h} {'mean' if s == 'mean' else 'spread'}" for h, s in summary.columns]
-    runs = len(df) // df["last"].nunique()
+    runs = len(df) // len(summary)
     table = "\n".join(["Per run:", "", reporting.markdown(df), "", f"Mean over the {runs} run(s) (fold x seed), and "
                        "the spread (max - min) of the runs:", "", reporting.markdown(summary.reset_index())])
     print(table)
