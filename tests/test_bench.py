@@ -183,7 +183,7 @@ def test_weight_average_scores_the_last_epoch_as_04_does(smoke_run, tmp_path):
         assert got[f"wa_f0_s0_last1_{h}_rmse"] == pytest.approx(last[f"rmse_{h}"], abs=5e-4), h
     assert got["wa_f0_s0_last2_target_rmse"] != got["wa_f0_s0_last1_target_rmse"]
     assert got["wa_f0_s0_last2_bn_target_rmse"] != got["wa_f0_s0_last2_target_rmse"]
-    assert "| last | target mean |" in p.stdout
+    assert "| last | bn | target mean |" in p.stdout
 
 
 def test_fresh_clone(tmp_path):
