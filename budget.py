@@ -45,11 +45,11 @@ LADDER = (
 # docs/results.md (462 images/s) a quiet fold run of 04 took 166-185 s against 169 s predicted
 # with this factor, and 05's fold all 150 s against 150
 OVERHEAD = 1.1
-# 06 and 07 on the machine of docs/results.md: 06 learns the k-means features (about a minute),
-# fits the stacks and its per-photo models (boosters bagged over 5 seeds: about 1.5 minutes);
-# elsewhere scaled by the probe (LightGBM and numpy, not torch: their speed differs from the network's)
+# 06 and 07 on the machine of docs/results.md: 06 (the k-means features learned, the stacks, the
+# per-photo models) took 2.0 min of that run and 07 seconds; elsewhere scaled by the probe
+# (LightGBM and numpy, not torch: their speed differs from the network's)
 AFTER = 2.5            # minutes of 06 and 07 where probe() takes PROBE_REFERENCE seconds
-PROBE_REFERENCE = 1.5  # seconds of probe() on that machine (1.47 measured there, idle)
+PROBE_REFERENCE = 1.5  # seconds of probe() there, idle: `.venv/bin/python -c "import budget; print(budget.probe())"`
 PLANNED_STAGES = ("00_validate", "01_sgkfold", "02_hvr")
 
 

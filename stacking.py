@@ -17,8 +17,9 @@ which the square networks never see; meta_table's native / stored keep only thos
 as decoded / of the stored S x S pixels.
 
 Past the recipe too, `blend`: a non-negative linear blend (with an intercept) of the single
-networks' eras and the per-photo models (level_one: `meta_only`, `stats_only`, `photo_ridge`), its weights fitted on the out-of-fold rows of the other folds
-(fold k's rows never weigh their own prediction); the test side uses weights fitted on every row.
+networks' eras and the per-photo models (level_one: `meta_only`, `stats_only`, `photo_ridge`),
+its weights fitted on the out-of-fold rows of the other folds (fold k's rows never weigh their
+own prediction); the test side uses weights fitted on every row.
 `blend_steps` takes onehot's class probabilities in place of its expected class, as P(era >= c)
 for c = 1, 2, 3 (their sum is the expected class), each weighed on its own.
 The boosters see the networks and the statistics as 104 + 99 raw columns on ~2k rows; a blend
@@ -54,11 +55,12 @@ EARLY_STOP = 10          # the recipe's early-stopping patience
 META_PARAMS = {**LGB_PARAMS, "learning_rate": 0.02, "feature_fraction": 0.5}
 META_EARLY_STOP = 50     # patience scaled with the smaller rate
 # Each per-photo booster is the mean of one per seed (its row and column sampling): on the real
-# data blend CV 0.7356 against 0.7366 with seed 0 alone (bench/level_one.py), 4 more fits each.
+# run of docs/results.md the blend 0.7369 against 0.7379 with seed 0 alone (bench/level_one.py,
+# docs/level-one.md), for 4 more fits of each.
 META_SEEDS = (0, 1, 2, 3, 4)
-# photo_ridge: a ridge over the same columns, each mapped to a normal by its quantiles (a few
-# heavy-tailed statistics, standardised only, extrapolated one fold's ridge to RMSE 1.02 before
-# clipping), its penalty chosen by leave-one-out on the fit rows (bench/level_one.py).
+# photo_ridge: a ridge over the same columns, each mapped to a normal by its quantiles, its penalty
+# chosen by leave-one-out on the fit rows: alone 0.8073, the blend with it 0.7351; with the
+# columns standardised only (a few statistics are heavy-tailed) 0.8131 and 0.7359 (level-one.md).
 RIDGE_ALPHAS = np.logspace(0, 5, 11)
 RIDGE_QUANTILES = 500
 RECIPE_POST = (0.5, 0.94)

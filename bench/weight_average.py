@@ -62,10 +62,9 @@ def train(args, fold, seed):
     return run_dir
 
 
-def averaged(paths):
+def averaged(states):
     """The uniform mean of these checkpoints' weights (integer tensors: the last one's), and the
     last one's config."""
-    states = [checkpointing.load_checkpoint(path, "cpu") for path in paths]
     last = states[-1]["model"]
     mean = {k: (sum(s["model"][k] for s in states) / len(states)) if v.is_floating_point() else v
             for k, v in last.items()}
@@ -75,9 +74,9 @@ def averaged(paths):
 def recompute_bn(model, train_px, vidx, batch=256):
     """BatchNorm's running statistics measured again, for these weights, over every view of the
     fold's training photos (torch.optim.swa_utils.update_bn: a cumulative mean, no momentum)."""
-    views = [pixels.to_input(train_px[i:i + batch], torch.full((len(train_px[i:i + batch]),), v), vidx,
-                             channels_last=True) for v in range(8) for i in range(0, len(train_px), batch)]
-    torch.optim.swa_utils.update_bn(views, model)
+    chunks = [train_px[i:i + batch] for i in range(0, len(train_px), batch)]      # views of train_px, no copy
+    views = (pixels.to_input(c, torch.full((len(c),), v), vidx, channels_last=True) for v in range(8) for c in chunks)
+    torch.optim.swa_utils.update_bn(views, model)       # one batch in memory at a time
 
 
 def heldout_rmse(weights, config, px, vidx, y, train_px=None):
@@ -107,13 +106,12 @@ def main():
         for seed in args.seeds:
             ckpts = checkpointing.list_checkpoints(train(args, fold, seed))
             epochs = [path for _epoch, step, path in ckpts if step is None]
-            for k in args.tails:
-                if k > len(epochs):
-                    continue
-                weights = averaged(epochs[-k:])
-                for bn, tag in ((None, ""), (train_px, "_bn")):
-                    if tag and k == 1 or tag and train_px is None:
-                        continue
+            tails = [k for k in args.tails if k <= len(epochs)]
+            states = [checkpointing.load_checkpoint(path, "cpu") for path in epochs[-max(tails):]]    # each read once
+            for k in tails:
+                weights = averaged(states[-k:])
+                recomputed = [(train_px, "_bn")] if train_px is not None and k > 1 else []
+                for bn, tag in [(None, ""), *recomputed]:
                     rmse = heldout_rmse(*weights, px, vidx, y, bn)
                     rows.append({"fold": fold, "seed": seed, "last": k, "bn": "recomputed" if tag else "averaged", **rmse})
                     for head in HEADS:

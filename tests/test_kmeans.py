@@ -60,13 +60,24 @@ def test_photo_features_are_the_quadrants_mean_and_few_photos_get_fewer_centroid
     assert np.allclose(whole, kf.encode(images, model).reshape(3, 4, -1).mean(1))
 
 
+def study(script, work, page, *args):
+    """bench/<script> on a WORK, writing its page; its run (exit 0 asserted)."""
+    p = subprocess.run([PY, f"bench/{script}", "--work", str(work), *args, "--write", str(page)], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def table_rows(stdout):
+    """The markdown table rows of a study's output, without its header: [cells]."""
+    return [l.split(" | ") for l in stdout.splitlines() if l.startswith("| ") and "pooled" not in l]
+
+
 def test_kmeans_study_runs_on_a_toy_work(smoke_run, tmp_path):
     """bench/kmeans_study.py end to end on the smoke run (its 24 px store, folds and 06)."""
     work, _ = smoke_run
     page = tmp_path / "kmeans.md"
-    p = subprocess.run([PY, "bench/kmeans_study.py", "--work", str(work), "--k", "16", "--write", str(page)],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = study("kmeans_study.py", work, page, "--k", "16")
     for row in ("meta_only", "meta+km_whole", "meta+km_quadrants", "km_ridge", "blend of meta_only",
                 "blend of both (06)"):
         assert f"| {row} |" in p.stdout
@@ -76,15 +87,12 @@ def test_kmeans_study_runs_on_a_toy_work(smoke_run, tmp_path):
 
 def test_level_two_study_runs_on_a_toy_work(smoke_run, tmp_path):
     work, _ = smoke_run
-    page = tmp_path / "level_two.md"
-    p = subprocess.run([PY, "bench/level_two.py", "--work", str(work), "--write", str(page)], cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    table = [l for l in p.stdout.splitlines() if l.startswith("| ") and "pooled" not in l]
-    assert [l.split(" | ")[0][2:] for l in table] == ["blend (06)", "blend_steps (06)", "ridge", "lightgbm depth 2"]
+    p = study("level_two.py", work, tmp_path / "level_two.md")
+    table = table_rows(p.stdout)
+    assert [cells[0][2:] for cells in table] == ["blend (06)", "blend_steps (06)", "ridge", "lightgbm depth 2"]
     # 06's own blend, refitted here, scores what 06 wrote for it
     oof = pd.read_csv(work / "06_stack" / "oof.csv")
-    ours = float(table[0].split(" | ")[1])
+    ours = float(table[0][1])
     assert abs(ours - np.sqrt(((oof["blend"] - oof["target"]) ** 2).mean())) < 1e-4
 
 
@@ -139,11 +147,8 @@ def test_06_blends_its_bagged_boosters_and_the_ridge(smoke_run):
 def test_level_one_study_reproduces_06s_blend_on_a_toy_work(smoke_run, tmp_path):
     work, _ = smoke_run
     page = tmp_path / "level_one.md"
-    p = subprocess.run([PY, "bench/level_one.py", "--work", str(work), "--write", str(page)], cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    rows = {l.split(" | ")[0][2:]: float(l.split(" | ")[2]) for l in p.stdout.splitlines()
-            if l.startswith("| ") and "pooled" not in l}
+    p = study("level_one.py", work, page)
+    rows = {cells[0][2:]: float(cells[2]) for cells in table_rows(p.stdout)}
     assert {"meta_only seed 0", "meta_only bagged", "stats_only bagged", "photo_ridge quantiles",
             "blend: bagged boosters, photo_ridge (06)"} <= set(rows)
     oof = pd.read_csv(work / "06_stack" / "oof.csv")
