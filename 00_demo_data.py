@@ -158,7 +158,7 @@ def main():
     digest = hashlib.sha256((out / "train.csv").read_bytes()).hexdigest()[:12]
     stage.finish(vars(args))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"demo data: {len(train)} train / {len(test)} test objects, {size / 1e6:.1f} MB "
+    print(f"demo data: {len(train)} train / {len(test)} test objects, {common.size_text(size)} "
           f"in {out} (seed {args.seed}, train.csv sha256 {digest}) [{time.time() - stage.started:.1f}s]")
 
 

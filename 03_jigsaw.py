@@ -148,17 +148,16 @@ def main():
 
     common.seed_everything(args.seed)
     model = models.build_model(args.arch, TILES * TILES, width=args.width)
-    config = dict(vars(args), log_every=training.LOG_EVERY,
-                  channels_last=True, size=meta["size"], outputs=TILES * TILES, ranks=dist.world)
-    model = training.fit(model, run_dir=out, dist=dist, config=config, epoch_plan=epoch_plan,
-                         batch_loss=batch_loss, on_epoch_end=on_epoch_end)
+    network = dict(vars(args), size=meta["size"], outputs=TILES * TILES, ranks=dist.world)
+    model = training.fit(model, run_dir=out, dist=dist, settings=training.FitSettings.pick(vars(args)),
+                         network=network, epoch_plan=epoch_plan, batch_loss=batch_loss, on_epoch_end=on_epoch_end)
     if dist.main:
         missing = [e for e in range(1, args.epochs + 1) if e not in common.read_epoch_rows(out / "holdout.csv")]
         for epoch in missing:      # killed between a checkpoint and its held-out row
             model.load_state_dict(checkpointing.load_weights(out / common.ckpt_name(epoch))["model"])
             on_epoch_end(epoch, model)
         plot(out)
-        stage.finish(config)
+        stage.finish(network)
     dist.close()
 
 

@@ -151,7 +151,7 @@ class Batches:
 def train(args, run_dir, dist, on_epoch_end=None):
     images, ids, meta = pixels.load_store(args.hvr)
     device = dist.device
-    train_df, _, _ = evaluator.task_data(args)
+    train_df, _, _ = evaluator.task_data(args.folds, args.fold)
     date_stats = (float(train_df["sorting_date"].mean()), float(train_df["sorting_date"].std()))
     pos = pixels.store_rows(ids, train_df["object_id"], args.hvr)
     store = pixels.to_pixels(images[np.sort(pos.numpy())], device)  # only this fold's photos
@@ -166,11 +166,11 @@ def train(args, run_dir, dist, on_epoch_end=None):
 
     common.seed_everything(args.seed)
     model = build(args, tasks.TASK_DIMS[args.task], device)
-    config = dict(vars(args), log_every=training.LOG_EVERY, channels_last=True, size=meta["size"],
-                  outputs=tasks.TASK_DIMS[args.task], date_mean=date_stats[0], date_std=date_stats[1])
-    training.fit(model, run_dir=run_dir, dist=dist, config=config, epoch_plan=batches.plan,
-                 batch_loss=batches.loss, on_epoch_end=on_epoch_end)
-    return config
+    network = dict(vars(args), size=meta["size"], outputs=tasks.TASK_DIMS[args.task],
+                   date_mean=date_stats[0], date_std=date_stats[1])
+    training.fit(model, run_dir=run_dir, dist=dist, settings=training.FitSettings.pick(vars(args)),
+                 network=network, epoch_plan=batches.plan, batch_loss=batches.loss, on_epoch_end=on_epoch_end)
+    return network
 
 
 # A run's results, removed with its checkpoints when it starts over (checkpointing.settle_checkpoints).
@@ -200,9 +200,9 @@ def run(args, run_dir, dist, stage):
             common.fail(f"--eval process: the evaluator reads every epoch's checkpoint, and profile "
                         f"{args.profile} keeps the last one only; use --eval inline (make EVAL=inline)")
         print(f"[04] evaluator placement: {placement} ({why})", flush=True)
-        evaluation = evaluator.Evaluation(args, run_dir, dist, placement, __file__)
+        evaluation = evaluator.Evaluation(evaluator.Run.of(vars(args)), run_dir, dist, placement, __file__)
     try:
-        config = train(args, run_dir, dist, on_epoch_end=evaluation.epoch_end if evaluation else None)
+        network = train(args, run_dir, dist, on_epoch_end=evaluation.epoch_end if evaluation else None)
         if evaluation:
             evaluation.finish()
     except BaseException:
@@ -213,7 +213,7 @@ def run(args, run_dir, dist, stage):
     if not dist.main:
         return
     reporting.plot_curves(run_dir / "loss.png", run_dir / "loss.csv", ["loss"], f"{run_dir.name}: training loss")
-    stage.finish(dict(config, evaluator=evaluation.story))
+    stage.finish(dict(network, evaluator=evaluation.story))
 
 
 def main():
@@ -229,7 +229,7 @@ def main():
     run_dir = Path(args.out) / common.run_name(args.task, args.fold, args.seed)
     if args.role == "evaluate":
         run_dir.mkdir(parents=True, exist_ok=True)
-        evaluator.evaluate(args, run_dir, dist)
+        evaluator.evaluate(evaluator.Run.of(vars(args)), run_dir, dist)
     else:
         stage = common.Stage(run_dir) if dist.main else None
         if dist.main:

@@ -37,23 +37,23 @@ def list_checkpoints(run_dir, state=False):
     return sorted(found, key=lambda t: (t[0], math.inf if t[1] is None else t[1]))
 
 
-def state_due(on_gpu, config, epoch, step, seconds):
+def state_due(on_gpu, settings, epoch, step, seconds):
     """Whether rank 0 writes a resumable state (optimizer, RNG) at (epoch, step): `step` steps of
     the epoch done, None at its end (where the epoch's weights are written in any case);
     `seconds` since the last state was written (or the run started).
 
-    On a CPU at every epoch end and every config ckpt_every steps: the points where the tests
-    kill and resume bit-identically. On a GPU by the clock, config ckpt_minutes after the last
-    one (a step count paced for a CPU would stop a GPU every few seconds to write the model and
+    On a CPU at every epoch end and every ckpt_every steps (settings: training.FitSettings): the
+    points where the tests kill and resume bit-identically. On a GPU by the clock, ckpt_minutes
+    after the last one (a step count paced for a CPU would stop a GPU every few seconds to write the model and
     Adam's moments), at an epoch end or a log step, right after the host sync the log makes
     anyway. Only rank 0 saves and no collective takes part, so the other ranks need not know.
     The run's last epoch always has one: a later run of more epochs continues from it."""
-    if step is None and epoch == config["epochs"]:
+    if step is None and epoch == settings.epochs:
         return True
     if not on_gpu:
-        return step is None or step % config["ckpt_every"] == 0
-    synced = step is None or step % config["log_every"] == 0
-    return synced and seconds >= 60 * config.get("ckpt_minutes", CKPT_MINUTES)
+        return step is None or step % settings.ckpt_every == 0
+    synced = step is None or step % settings.log_every == 0
+    return synced and seconds >= 60 * settings.ckpt_minutes
 
 
 def prune_checkpoints(run_dir, state_at, keep_epochs="all"):
@@ -159,7 +159,7 @@ def input_identity(stage_dir):
 def setup_differences(saved, setup):
     """[(key, saved value, this run's value)] where a checkpoint's config and this run's setup
     disagree, on the keys both have (a key new to this code is not held against old checkpoints).
-    The number of epochs is the schedule's only under onecycle and cosine: halving continues."""
+    The number of epochs is the schedule's only under onecycle: halving continues."""
     def plain(v):
         return json.loads(json.dumps(list(v) if isinstance(v, tuple) else v))
     both = set(saved) & set(setup) - SETUP_NEUTRAL

@@ -148,6 +148,14 @@ class DataError(Exception):
     """Bad raw data: the message names the file and the rows or ids at fault."""
 
 
+def size_text(n):
+    """A byte count as people read it: 812 B, 3.4 KB, 61.9 MB, 1.2 GB (powers of 1000)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
 def fail(msg, code=2):
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(code)

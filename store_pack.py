@@ -88,8 +88,8 @@ def main():
         # the store's size and a sample's hash, checked wherever it is opened (pixels.check_store)
         common.write_json(out / "meta.json", {"size": size, "mode": args.mode, "count": len(ids),
                                               **common.store_record(out / "images.npy")})
-    mb = (out / "images.npy").stat().st_size / 2**20
-    print(f"[02] store {out / 'images.npy'}: {len(ids)} x {size} x {size} x 3 uint8, {mb:.1f} MiB on disk, "
+    on_disk = common.size_text((out / "images.npy").stat().st_size)
+    print(f"[02] store {out / 'images.npy'}: {len(ids)} x {size} x {size} x 3 uint8, {on_disk} on disk, "
           f"and stats.csv ({len(photo_stats.COLUMNS)} statistics per photo) [{time.time() - stage.started:.1f}s]")
     shutil.rmtree(out / ".rgb")
     stage.finish({"size": size, "mode": args.mode, "photos": len(ids)})

@@ -13,7 +13,7 @@ one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, rand
   epochs      6 / 12 / 24; and the cpu profile's network (ce_24 below) for 32 epochs (ce_32:
               what the hour's unspent minutes would buy)
   schedule    the recipe's Adam halved per 8-view-equivalent epoch (every 8 one-view epochs),
-              the same halved per one-view epoch, cosine, one-cycle
+              the same halved per one-view epoch, one-cycle
   size        48 / 64 / 96 px at about equal minutes (12 / 7 / 3 epochs)
   arch        ResNet34 for 12 epochs against ResNet18 for 24 (about equal minutes)
   heads       four single-task networks of 6 epochs each against one four-head network of 24
@@ -31,8 +31,10 @@ one-cycle schedule peaking at 2e-3, 12 epochs of one random view per image, rand
 Two axes lost their study and their options left 04 after it: augment (shifted views, shift_24
 and shift_40; mixup, mixup_24 and mixup_36) and inputs (photo inputs beside the pooled features,
 shape_24 and stats_24). Those rows were measured at revision 6f8466d (`git show
-6f8466d:bench/study.py` trains them); their figures stay in docs/profiles.md and docs/results.md,
-and in study.csv a row of a configuration no longer here is kept as it was, after the others.
+6f8466d:bench/study.py` trains them), and so was the cosine schedule (row cosine), whose option
+left 03 and 04 after revision 4a94b4a; their figures stay in docs/profiles.md and
+docs/results.md, and in study.csv a row of a configuration no longer here is kept as it was,
+after the others.
 Resumable: a finished configuration (its runs' DONE) is not trained again; its minutes come
 from the runs' provenance.json. Timings need a quiet machine: every run uses all the cores, and
 load_1min (the highest 1-minute load average as its runs ended, kept in each run's load.txt)
@@ -67,7 +69,6 @@ CONFIGS = [              # (name, axis, changes to BASE)
     ("epochs_24", "epochs", dict(epochs=24)),
     ("halve_per_8views", "schedule", dict(RECIPE_ADAM, halve_views=8)),
     ("halve_per_view", "schedule", dict(RECIPE_ADAM, halve_views=1)),
-    ("cosine", "schedule", dict(schedule="cosine")),
     ("size_64", "size", dict(size=64, epochs=7)),
     ("size_96", "size", dict(size=96, epochs=3)),
     ("resnet34", "arch", dict(arch="resnet34")),

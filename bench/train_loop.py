@@ -114,7 +114,7 @@ def ours(arch, data, device, batch, warm, steps, log_every, run_dir, paired=None
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             stack.callback(torch.cuda.set_sync_debug_mode, "default")
-        training.fit(model, run_dir=run_dir, dist=distributed.Dist(), config=config,
+        training.fit(model, run_dir=run_dir, dist=distributed.Dist(), settings=training.FitSettings.pick(config),
                      epoch_plan=lambda epoch, g: plan[: (warm + steps + 1) * batch], batch_loss=marked)
     if count_syncs:
         return (calls[warm + steps] - calls[warm]) / steps

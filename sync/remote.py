@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import fail
+from common import fail, size_text
 
 # -----------------------------------------------------------------------------
 # A configured remote's name, a colon, a path. Connection strings (":s3,secret_access_key=..:",
@@ -75,8 +75,8 @@ def show_record(rec):
     stats, msg = rec.get("stats"), rec.get("msg", "").strip()
     if stats and stats.get("totalBytes") and stats.get("bytes", 0) < stats["totalBytes"]:
         eta = f", ETA {stats['eta']:.0f}s" if stats.get("eta") else ""
-        print(f"  ... {human(stats['bytes'])} of {human(stats['totalBytes'])}, "
-              f"{human(stats.get('speed') or 0)}/s{eta}", flush=True)
+        print(f"  ... {size_text(stats['bytes'])} of {size_text(stats['totalBytes'])}, "
+              f"{size_text(stats.get('speed') or 0)}/s{eta}", flush=True)
     elif rec.get("level") in ("error", "critical", "fatal") and not msg.startswith("Can't retry"):
         where = f"{rec['object']}: " if isinstance(rec.get("object"), str) else ""
         print(f"  rclone: {where}{msg}", file=sys.stderr, flush=True)
@@ -171,8 +171,3 @@ def check_remote(remote):
     return remote
 
 
-def human(n):
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000

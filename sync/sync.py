@@ -40,7 +40,7 @@ import common  # noqa: E402
 from common import fail  # noqa: E402
 from origin import (ORIGIN, Origin, check_restore_origin, check_same_origin,  # noqa: E402
                     work_origin, write_records)
-from remote import (check_remote, copy, files_from, full_remote, human, last_error,  # noqa: E402
+from remote import (check_remote, copy, files_from, full_remote, last_error,  # noqa: E402
                     objects, rclone, under, verify)
 from units import (FILTER, STAMP, finished_units, group, list_files, order_stamps,  # noqa: E402
                    unfinished, unit_dir, unit_of)
@@ -54,7 +54,7 @@ PARTIAL = ".partial"                 # rclone's in-flight uploads on local, sftp
 
 
 def size_of(work, paths):
-    return human(sum((Path(work) / p).stat().st_size for p in paths))
+    return common.size_text(sum((Path(work) / p).stat().st_size for p in paths))
 
 
 def check_run_id(run):
@@ -263,7 +263,7 @@ def cmd_list(args, tmp):
         n_old = sum(e["Path"].startswith(run + "/") and e["Name"] != ORIGIN
                     for e in listing["replaced"])
         print(f"  {run}  {len(units)} unit(s), {len(items)} files, "
-              f"{human(sum(e['Size'] for _, e in items))}, last change {newest}")
+              f"{common.size_text(sum(e['Size'] for _, e in items))}, last change {newest}")
         print(f"      {' '.join(sorted(units)) or '(no finished unit)'}")
         if partial:
             print(f"      incomplete (no {STAMP}; sync-up again to finish): "
@@ -273,7 +273,7 @@ def cmd_list(args, tmp):
                   f"{under(remote, 'replaced', run)}/")
         left = partials.get(run, [])
         if left:
-            print(f"      {len(left)} {PARTIAL} file(s), {human(sum(e['Size'] for _, e in left))}, "
+            print(f"      {len(left)} {PARTIAL} file(s), {common.size_text(sum(e['Size'] for _, e in left))}, "
                   f"left by a sync-up killed mid-file (e.g. {left[0][0]}); never restored. Sending "
                   f"the same file again replaces its own; the others stay until deleted, once no "
                   f"sync-up to this run is running:\n        .venv/bin/rclone delete "

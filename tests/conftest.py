@@ -12,11 +12,13 @@ import fcntl
 import importlib.util
 import json
 import os
+import queue
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +92,35 @@ def kill_make(target, work, data, ready, *, max_delay=0.0, seed=0, timeout=300, 
         pass
     proc.wait()
     return alive
+
+
+class Lines:
+    """A process's text output (its stdout pipe), read by a thread as it comes, so a test waits
+    for what the process says instead of sleeping: wait_for(text) returns the first line, after
+    the lines already taken, that holds `text`."""
+
+    def __init__(self, stream):
+        self.queue, self.seen = queue.Queue(), []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in iter(stream.readline, ""):
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def wait_for(self, text, timeout=120):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                line = self.queue.get(timeout=max(deadline - time.time(), 0.01))
+            except queue.Empty:
+                pytest.fail(f"no line with {text!r} in {timeout}s; read:\n" + "".join(self.seen), pytrace=False)
+            if line is None:
+                self.queue.put(None)
+                pytest.fail(f"the output ended without a line with {text!r}:\n" + "".join(self.seen), pytrace=False)
+            self.seen.append(line)
+            if text in line:
+                return line
 
 
 def load_script(filename):

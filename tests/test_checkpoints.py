@@ -49,7 +49,7 @@ def train(run_dir, config=CONFIG, kill_at=None):
         return ((net(x[rows]) - y[rows]) ** 2).sum(), {}
 
     checkpointing.settle_checkpoints(run_dir, config)
-    training.fit(model, run_dir=run_dir, dist=distributed.Dist(), config=config,
+    training.fit(model, run_dir=run_dir, dist=distributed.Dist(), settings=training.FitSettings.pick(config),
                  epoch_plan=lambda epoch, g: torch.randperm(N, generator=g), batch_loss=batch_loss)
     return len(calls)
 
@@ -190,8 +190,8 @@ def test_the_last_epochs_weights_are_the_mean_of_the_tails(reference, tmp_path):
             assert torch.equal(ours[k], v), k
     assert not torch.equal(ours["1.running_mean"], last["1.running_mean"])
     assert set(checkpointing.load_checkpoint(tmp_path / "state_e002.pt")) == STATE_KEYS | {"tail_sum", "tail_n"}
-    assert training.tail_epochs(dict(CONFIG, epochs=32, average_tail=0.25)) == 8
-    assert training.tail_epochs(dict(CONFIG, epochs=3, average_tail=0.25)) == 0       # one epoch: nothing to average
+    assert training.tail_epochs(training.FitSettings.pick(CONFIG, epochs=32, average_tail=0.25)) == 8
+    assert training.tail_epochs(training.FitSettings.pick(CONFIG, epochs=3, average_tail=0.25)) == 0       # one epoch: nothing to average
 
 
 def test_a_kill_in_the_tail_resumes_to_the_same_mean(tmp_path):
@@ -233,7 +233,7 @@ def test_inference_reads_the_weights_only(reference, tmp_path, monkeypatch):
 
 
 def test_states_are_paced_by_steps_on_a_cpu_and_by_minutes_on_a_gpu():
-    config = dict(CONFIG, epochs=3, log_every=10, ckpt_every=200, ckpt_minutes=10)
+    config = training.FitSettings.pick(CONFIG, epochs=3, log_every=10, ckpt_every=200, ckpt_minutes=10)
     due = checkpointing.state_due
     # a CPU: every ckpt_every steps and every epoch end, whatever the clock
     assert [s for s in range(1, 700) if due(False, config, 1, s, 0.0)] == [200, 400, 600]
@@ -243,7 +243,8 @@ def test_states_are_paced_by_steps_on_a_cpu_and_by_minutes_on_a_gpu():
     assert due(True, config, 1, 10, 600.0) and due(True, config, 2, None, 600.0)
     assert not due(True, config, 1, 15, 3600.0)          # not a log step: no host sync to save after
     assert due(True, config, 3, None, 0.0) and due(False, config, 3, None, 0.0)    # the run's end, always
-    assert due(True, {k: v for k, v in config.items() if k != "ckpt_minutes"}, 1, 10, 60 * checkpointing.CKPT_MINUTES)
+    default = training.FitSettings.pick(CONFIG, epochs=3, log_every=10, ckpt_every=200)
+    assert due(True, default, 1, 10, 60 * checkpointing.CKPT_MINUTES)
 
 
 def test_adam_is_fused_on_gpu_parameters_only():
@@ -253,7 +254,7 @@ def test_adam_is_fused_on_gpu_parameters_only():
     assert training.fused_adam([gpu, gpu]) and not training.fused_adam([gpu, cpu])
     assert not training.fused_adam([gpu, whole]) and not training.fused_adam([])
     for optim in ("adam", "adamw"):      # a CPU's is torch's default: the resume tests' bit-identity
-        opt = training.make_optimizer(torch.nn.Linear(2, 2), dict(profiles.CPU_OPTIM, optim=optim))
+        opt = training.make_optimizer(torch.nn.Linear(2, 2), training.FitSettings.pick(dict(CONFIG, **profiles.CPU_OPTIM), optim=optim))
         assert not opt.defaults["fused"]
     # the pinned torch takes the option for these optimizers (here on its CPU kernel)
     torch.optim.Adam(torch.nn.Linear(2, 2).parameters(), fused=True)

@@ -14,40 +14,72 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from conftest import REPO, load_script, smoke_copy
+from conftest import REPO, Lines, load_script, smoke_copy
 
 import checkpointing
 import common
 import inference
 import models
+import profiles
 import tasks
 import training
 
 PY = str(REPO / ".venv" / "bin" / "python")
 
 
-def schedule(kind, epochs=10, batches=7, **extra):
-    config = dict(lr=1.0, epochs=epochs, views=1, schedule=kind, **extra)
-    return [training.lr_at(config, e, s, batches) for e in range(1, epochs + 1) for s in range(batches)]
+def settings(kind, **extra):
+    return training.FitSettings.pick(dict(profiles.CPU_OPTIM, lr=1.0, epochs=10, batch=1, seed=0, views=1,
+                                          ckpt_every=1, schedule=kind), **extra)
 
 
-def test_the_recipe_halves_per_8_view_epoch_and_the_others_anneal():
-    # the recipe: 8 views per epoch, halved after each (as before the schedules existed)
-    recipe = dict(lr=1e-3, epochs=5, views=8, schedule="halve", halve_views=8)
-    assert [training.lr_at(recipe, e, 3, 10) for e in range(1, 6)] == [1e-3 * 0.5 ** k for k in range(5)]
+def rates(run, batches=7, done=0, optim=None):
+    """The learning rate of every step of a run from step `done` on, as fit takes them: the
+    rate is read before the optimizer's step and the scheduler steps after it."""
+    optim = optim or training.make_optimizer(torch.nn.Linear(1, 1), run)
+    schedule = training.make_schedule(optim, run, batches, done=done)
+    seen = []
+    for _ in range(done, run.epochs * batches):
+        seen.append(optim.param_groups[0]["lr"])
+        optim.step()
+        schedule.step()
+    return seen
+
+
+def test_the_recipe_halves_per_8_view_epoch_and_onecycle_climbs_then_anneals():
+    # the recipe: 8 views per epoch, halved after each
+    recipe = rates(settings("halve", lr=1e-3, epochs=5, views=8, halve_views=8), batches=10)
+    assert recipe[3::10] == [1e-3 * 0.5 ** k for k in range(5)] and recipe[:10] == [1e-3] * 10
     # one view per epoch: halved every 8 epochs (per 8-view equivalent), or every epoch
-    per8 = schedule("halve", epochs=17, batches=1, halve_views=8)
+    per8 = rates(settings("halve", epochs=17, halve_views=8), batches=1)
     assert per8[:8] == [1.0] * 8 and per8[8:16] == [0.5] * 8 and per8[16] == 0.25
-    assert schedule("halve", epochs=3, batches=1, halve_views=1) == [1.0, 0.5, 0.25]
-    cyc = schedule("onecycle")
+    assert rates(settings("halve", epochs=3, halve_views=1), batches=1) == [1.0, 0.5, 0.25]
+    cyc = rates(settings("onecycle"))
     peak = int(np.argmax(cyc))
     assert cyc[0] == pytest.approx(1 / 25) and max(cyc) == pytest.approx(1.0, abs=1e-3)
     assert peak == pytest.approx(0.25 * len(cyc), abs=1)
     assert all(a <= b for a, b in zip(cyc[:peak], cyc[1:peak + 1]))            # up, then down
-    assert all(a >= b for a, b in zip(cyc[peak:], cyc[peak + 1:])) and cyc[-1] < 0.01
-    cos = schedule("cosine")
-    assert cos[0] == 1.0 and cos[-1] < 0.01 and all(a >= b for a, b in zip(cos, cos[1:]))
+    assert all(a >= b for a, b in zip(cyc[peak:], cyc[peak + 1:])) and cyc[-1] == pytest.approx(1 / 25e4)
+
+
+def test_a_resumed_schedule_takes_the_uninterrupted_runs_rates_bit_for_bit():
+    for run in (settings("halve", epochs=6, halve_views=2), settings("onecycle")):
+        whole = rates(run)
+        for done in (1, 13, 14, len(whole) - 1):
+            # the optimizer of a resumed run holds the rate it stopped at, whatever the layout
+            optim = training.make_optimizer(torch.nn.Linear(1, 1), run)
+            optim.param_groups[0]["lr"] = 123.0
+            assert rates(run, done=done, optim=optim) == whole[done:], (run.schedule, done)
+
+
+def test_a_schedule_torch_cannot_take_is_refused_with_the_way_out(capsys):
+    with pytest.raises(SystemExit):
+        rates(settings("halve", views=2, halve_views=3))
+    assert re.search("halve-views 3.*a multiple", capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        rates(settings("onecycle", epochs=1), batches=4)
+    assert re.search("4 steps in all.*--schedule halve", capsys.readouterr().err)
 
 
 def test_multi_has_the_four_tasks_heads_and_columns():
@@ -204,7 +236,7 @@ def test_evaluator_exits_when_its_trainer_dies(multi_run, tmp_path):
                                 + " & echo $!; wait"],
                                cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
     evaluator = int(trainer.stdout.readline())
-    time.sleep(3)
+    Lines(trainer.stdout).wait_for("waiting for ckpt_e001.pt")      # in its loop, looking for a checkpoint
     assert os.path.exists(f"/proc/{evaluator}")
     os.kill(trainer.pid, signal.SIGKILL)
     trainer.wait()

@@ -102,7 +102,7 @@ def fit_rank(rank, world, port, run_dir):
     dist = distributed.Dist()
     config = dict(profiles.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
                   ckpt_every=10 ** 9)
-    training.fit(torch.nn.Linear(1, 1), run_dir=run_dir, dist=dist, config=config, epoch_plan=plan,
+    training.fit(torch.nn.Linear(1, 1), run_dir=run_dir, dist=dist, settings=training.FitSettings.pick(config), epoch_plan=plan,
                  batch_loss=row_loss)
     dist.close()
 
@@ -128,7 +128,7 @@ def test_resume_keeps_the_optimizer_state_on_the_host(tmp_path, monkeypatch):
     device and leaves Adam's step counters where Adam wants them (the host), not on a GPU."""
     config = dict(profiles.RECIPE_OPTIM, epochs=1, batch=BATCH, views=1, seed=0, log_every=LOG_EVERY,
                   ckpt_every=10 ** 9)
-    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=distributed.Dist(), config=config,
+    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=distributed.Dist(), settings=training.FitSettings.pick(config),
                  epoch_plan=plan, batch_loss=row_loss)
     seen = []
     load = checkpointing.load_checkpoint
@@ -136,7 +136,7 @@ def test_resume_keeps_the_optimizer_state_on_the_host(tmp_path, monkeypatch):
     optims = []
     make = training.make_optimizer
     monkeypatch.setattr(training, "make_optimizer", lambda m, c: optims.append(make(m, c)) or optims[-1])
-    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=distributed.Dist(), config=dict(config, epochs=2),
+    training.fit(torch.nn.Linear(1, 1), run_dir=tmp_path, dist=distributed.Dist(), settings=training.FitSettings.pick(config, epochs=2),
                  epoch_plan=plan, batch_loss=row_loss)
     assert seen[0] == "cpu"
     steps = [s["step"] for s in optims[0].state.values()]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, build_store
+from conftest import REPO, Lines, build_store
 
 import checkpointing
 import common
@@ -271,13 +271,12 @@ def test_evaluator_waits_for_complete_checkpoints(smoke_run, tmp_path):
         data = (src / "ckpt_e001.pt").read_bytes()
         (run / ".ckpt_e001.pt.abc.tmp").write_bytes(data[: len(data) // 2])    # a stalled atomic writer
         (run / "ckpt_e002.pt").write_bytes(data[: len(data) // 3])             # a careless one
-        time.sleep(6)
+        said = Lines(evaluator.stdout)
+        said.wait_for("waiting for ckpt_e001.pt")
         assert evaluator.poll() is None and not (run / "eval.csv").exists()
         os.replace(run / ".ckpt_e001.pt.abc.tmp", run / "ckpt_e001.pt")
         (run / "ckpt_e001.pt").write_bytes(data)
-        deadline = time.time() + 60
-        while not (run / "eval.csv").exists() and time.time() < deadline:
-            time.sleep(0.2)
+        said.wait_for("ckpt_e002.pt is not readable yet")     # epoch 1 scored, the half-written e002 skipped
         assert list(pd.read_csv(run / "eval.csv")["epoch"]) == [1]
         shutil.copyfile(src / "ckpt_e002.pt", run / ".tmp_e002")
         os.replace(run / ".tmp_e002", run / "ckpt_e002.pt")
