@@ -41,6 +41,7 @@ p.add_argument("--out", required=True, help="the study's directory (its runs/)")
 p.add_argument("--fold", nargs="+", default=["0", "1", "2"], choices=["0", "1", "2"])
 p.add_argument("--seeds", nargs="+", type=int, default=[0])
 p.add_argument("--epochs", type=int, default=32, help="the fine-tune's epochs (the budget's 32-epoch rungs)")
+p.add_argument("--width", type=int, default=None, help="the network's first-stage channels (default: the cpu profile's)")
 p.add_argument("--tails", nargs="+", type=int, default=[1, 2, 4, 8], help="K: the last K epochs averaged")
 p.add_argument("--bn", action="store_true",
                help="also each mean with BatchNorm's statistics recomputed on the fold's training photos")
@@ -58,7 +59,8 @@ def train(args, fold, seed):
         subprocess.run([args.python, "04_finetune.py", "--task", "multi", "--fold", fold, "--folds", args.folds,
                         "--hvr", args.hvr, "--jigsaw", Path(args.out) / "no_jigsaw", "--out", runs,
                         "--profile", "cpu", "--epochs", str(args.epochs), "--keep-epochs", "all",
-                        "--average-tail", "0", "--seed", str(seed)], check=True, cwd=benchlib.ROOT)
+                        "--average-tail", "0", "--seed", str(seed),
+                        *(["--width", str(args.width)] if args.width else [])], check=True, cwd=benchlib.ROOT)
     return run_dir
 
 

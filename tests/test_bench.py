@@ -167,13 +167,13 @@ def test_study_trains_a_configuration(smoke_run, demo_data, tmp_path):
 
 
 def test_weight_average_scores_the_last_epoch_as_04_does(smoke_run, tmp_path):
-    """bench/weight_average.py at toy size (the cpu profile's network for 2 epochs on the smoke
+    """bench/weight_average.py at toy size (the cpu profile's network at width 8 for 2 epochs on the smoke
     WORK's store and folds): its K = 1 row, the run's own last epoch, is the 8-view RMSE 04
     wrote for it; K = 2 averages other weights, and with --bn recomputes BatchNorm's statistics."""
     work = smoke_run[0]
     out = tmp_path / "wa"
     p = run_bench("weight_average.py", "--folds", work / "01_sgkfold", "--hvr", work / "02_hvr", "--out", out,
-                  "--fold", "0", "--epochs", 2, "--tails", 1, 2, "--bn", "--python", PY)
+                  "--fold", "0", "--epochs", 2, "--width", 8, "--tails", 1, 2, "--bn", "--python", PY)
     got = {m[1]: float(m[2]) for m in re.finditer(r"^(wa_\w+): (\S+) $", p.stdout, re.M)}
     heads = ("target", "onehot", "sortingdate")
     assert set(got) == {f"wa_f0_s0_last{k}_{h}_rmse" for k in (1, 2, "2_bn") for h in heads}
