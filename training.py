@@ -288,11 +288,11 @@ def make_schedule(optim, settings, batches, done=0):
                                                    gamma=0.5)
     else:
         total = settings.epochs * batches
-        if total * WARMUP <= 1:       # OneCycleLR divides by its warm-up's length in steps, less one
-            common.fail(f"--schedule onecycle: {total} steps in all, too few to warm up over; "
-                        f"train more epochs or smaller batches, or use --schedule halve")
+        # OneCycleLR divides by its warm-up's length in steps less one: zero for a warm-up of one
+        # step (4 in all), which a hair more warm-up avoids without moving any step's rate
+        warmup = WARMUP * (1 + 1e-9) if WARMUP * total == 1 else WARMUP
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optim, max_lr=settings.lr, total_steps=total, pct_start=WARMUP, anneal_strategy="cos",
+            optim, max_lr=settings.lr, total_steps=total, pct_start=warmup, anneal_strategy="cos",
             cycle_momentum=False, div_factor=25.0, final_div_factor=1e4)
     with warnings.catch_warnings():         # a replay steps the scheduler before the optimizer
         warnings.simplefilter("ignore", UserWarning)
