@@ -220,7 +220,7 @@ $(DIR_SUB)/DONE: $(DIR_STACK)/DONE
 
 # ---- checks and housekeeping ----------------------------------------------------------------
 test: setup ## run the test suite (sets itself up; the real-data tests skip where ATMA11_DATA holds none)
-	$(PY) -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile tests
+	$(PY) -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder tests
 
 # Only what the stages and make write in WORK: its stage folders and its own files. DATA, the
 # checkout and anything else a user keeps in WORK stay; so does a stage folder holding DATA (a

@@ -73,7 +73,7 @@ REHEARSAL = {
     "03": dict(width=8, epochs=1, perms=2, holdout=16, ckpt_every=8),  # width (64), epochs (5), tile
                                                             # orders per view (8), held-out photos (512),
                                                             # steps per checkpoint (200)
-    "04": dict(width=8, epochs=2, ckpt_every=1),            # width (64), epochs (10), steps per
+    "04": dict(width=8, epochs=2, ckpt_every=5),            # width (64), epochs (10), steps per
                                                             # checkpoint (200): a mid-epoch one too
 }
 PROFILES["rehearsal"] = {stage: dict(settings, **REHEARSAL.get(stage, {}))

@@ -260,6 +260,7 @@ def link_work(src, dst, keep=None):
 
 # The files whose session-wide pipelines take longest start first: under pytest-xdist (--dist
 # loadfile) the others then fill the workers around them, instead of one worker finishing alone.
+# xdist reorders files by their number of tests unless told not to (make test: --no-loadscope-reorder).
 FIRST = ("test_rehearsal.py", "test_pipeline.py", "test_gpu_sh.py", "test_cpu_hour.py")
 
 
