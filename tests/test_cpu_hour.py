@@ -171,7 +171,7 @@ def test_05_takes_the_held_out_side_from_the_evaluator(multi_run, make, demo_dat
         inference.save_views(copy / "04_finetune" / "multi_1" / inference.HELDOUT_VIEWS, saved["object_id"],
                              saved["outputs"] + 1, epoch=1, bf16=False)
     (copy / "05_features" / "multi_1" / "DONE").unlink()
-    again = make("all", work=copy, data=demo_data, PROFILE="smoke", **CPU_SHAPE)
+    again = make("features", work=copy, data=demo_data, PROFILE="smoke", **CPU_SHAPE)
     assert again.stdout.count("05_features.py") == 1 and "(heldout: the evaluator" not in again.stdout
     assert provenance(copy, "multi_1")["heldout_from_evaluator"] == []
     for split in ("train", "heldout"):
@@ -220,7 +220,7 @@ def test_without_fold_test_the_oof_stacks_are_scored_not_submitted(multi_run, ma
     assert "not submittable" not in yes.stdout and "04_finetune.py" not in yes.stdout
     assert all((work / "05_features" / f"multi_{k}" / "test.parquet").exists() for k in ("0", "1", "2"))
     assert {"stack_oof", "stack_oof_meta"} <= set(pd.read_csv(work / "06_stack" / "test.csv").columns)
-    back = make("all", work=work, data=demo_data, PROFILE="smoke", jobs=2, **CPU_SHAPE)    # and back: removed
+    back = make("features", work=work, data=demo_data, PROFILE="smoke", jobs=2, **CPU_SHAPE)    # and back: removed
     assert back.stdout.count("05_features.py") == 3
     assert not any((work / "05_features" / f"multi_{k}" / "test.parquet").exists() for k in ("0", "1", "2"))
 
