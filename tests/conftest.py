@@ -32,11 +32,14 @@ REAL_DATA_ENV = "ATMA11_DATA"           # where the real competition files are, 
 MAKE_ENV_DROP = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS",
                  "DATA", "WORK", "GPUS", "PROFILE", "FOLD", "TASK")
 # `make test` runs the files over pytest-xdist workers, one per core: each worker's torch (in its
-# own process and in every stage it starts) gets one thread, so that two workers' threads never
-# spin against each other on the same cores.
+# own process and in every stage it starts) gets one thread, and so does OpenMP (LightGBM,
+# scikit-learn, OpenBLAS), so that two workers' threads never spin against each other on the same
+# cores (OpenMP's waiting threads spin: two 06 runs at once take several times the CPU with two
+# threads each than with one).
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if XDIST_WORKER:
     os.environ["TORCH_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def run_make(*args, work, data, check=True, env=None, timeout=600, jobs=1, **variables):
