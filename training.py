@@ -1,7 +1,7 @@
 """The training loop 03 and 04 share: fit, resumable and deterministic (its checkpoints:
 checkpointing.py), the optimizer and torch learning-rate scheduler it builds from its settings
-(FitSettings), its loss log and progress bar; and what every torch stage sets up first (threads, the banner, what
-torch.compile needs).
+(FitSettings), its loss log and progress bar; and what every torch stage sets up first
+(threads, the banner, what torch.compile needs).
 """
 import dataclasses
 import math

@@ -11,8 +11,9 @@ and per fold):
                        chosen by leave-one-out on the fit rows; clipped to the eras' 0-3)
   meta_only+km_ridge   a non-negative blend of the two, nested (06's blend)
 Where the WORK holds a finished 06 (06_stack/oof.csv), also 06's blend of its network eras with
-each booster, with both (what 06 blends: its meta_only is meta+km_whole here, its stats_only this
-meta_only), and with km_ridge beside them.
+each booster, with both (the boosters 06 blends, one seed each: its meta_only is meta+km_whole
+here, its stats_only this meta_only; 06 bags 5 seeds of each and adds photo_ridge:
+docs/level-one.md), and with km_ridge beside them.
 
     python bench/kmeans_study.py --work work-real [--k 256] [--write docs/kmeans.md]
 """
@@ -89,7 +90,7 @@ def main():
         oof = pd.read_csv(run, dtype={"object_id": str}).set_index("object_id").loc[y.index]
         nets = oof[[c for c in oof.columns if c.endswith("_model")]]
         for name, extra in (("blend of meta_only", ["meta_only"]), ("blend of meta+km_whole", ["meta+km_whole"]),
-                            ("blend of both (06)", ["meta+km_whole", "meta_only"]),
+                            ("blend of both", ["meta+km_whole", "meta_only"]),
                             ("blend of both+km_ridge", ["meta+km_whole", "meta_only", "km_ridge"])):
             inputs = nets.assign(**{c: preds[c] for c in extra})
             blended, *_rest = stack.blend(inputs, inputs, y.to_numpy(), oof_fold)

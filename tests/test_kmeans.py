@@ -79,7 +79,7 @@ def test_kmeans_study_runs_on_a_toy_work(smoke_run, tmp_path):
     page = tmp_path / "kmeans.md"
     p = study("kmeans_study.py", work, page, "--k", "16")
     for row in ("meta_only", "meta+km_whole", "meta+km_quadrants", "km_ridge", "blend of meta_only",
-                "blend of both (06)"):
+                "blend of both"):
         assert f"| {row} |" in p.stdout
     assert float(p.stdout.split("meta_only_rmse: ")[1].split()[0]) < 1.5
     assert page.read_text().startswith("# k-means")
