@@ -29,6 +29,7 @@ def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
         return subprocess.call(cmd, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     shared_lock_dir(lock_dir)
     names = {gpu: slot_name(gpu, nvml_uuids()) for gpu in gpus}
+    said = False
     while True:
         for gpu in gpus:
             path = Path(lock_dir) / names[gpu]
@@ -43,6 +44,10 @@ def on_free_gpu(gpus, lock_dir, cmd, poll=0.2):
                 return subprocess.call(cmd, env=env, pass_fds=(f.fileno(),))
             finally:
                 f.close()
+        if not said:        # once: a run that waits says so, instead of looking hung
+            print(f"[gpu] every GPU of {','.join(gpus)} is held by another run ({lock_dir}): waiting for one "
+                  f"to be free: {' '.join(cmd)}", flush=True)
+            said = True
         time.sleep(poll)
 
 

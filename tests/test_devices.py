@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, plain_make
+from conftest import REPO, Lines, plain_make
 
 import common
 import devices
@@ -336,22 +336,20 @@ def test_gpu_slot_locks_are_per_host_and_take_any_id(demo_data, tmp_path):
     mig = "MIG-GPU-4b0c1c0e-aaaa-5f2e-9c1e-000000000001/1/0"
     locks = tmp_path / "shared" / "locks"
     held = subprocess.Popen([PY, "devices.py", "on-gpu", "--gpus", mig, "--locks", locks, "--", "sleep", "30"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, start_new_session=True)
+                            cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.time() + 30
-        while not list(locks.glob("*.lock")) and time.time() < deadline:
-            time.sleep(0.05)
+        Lines(held.stdout).wait_for(f"[gpu {mig}] sleep 30")           # the slot is taken: the command runs
         assert [f.name for f in locks.iterdir()] == ["gpuMIG-GPU-4b0c1c0e-aaaa-5f2e-9c1e-000000000001_1_0.lock"]
         assert locks.stat().st_mode & 0o7777 == 0o1777                 # every user's runs can lock there
-        time.sleep(1)     # the slot is taken once the command runs
         second = subprocess.Popen([PY, "devices.py", "on-gpu", "--gpus", mig, "--locks", locks, "--", "true"],
-                                  cwd=REPO, stdout=subprocess.DEVNULL)
-        time.sleep(2)
+                                  cwd=REPO, stdout=subprocess.PIPE, text=True)
+        said = Lines(second.stdout)
+        said.wait_for("is held by another run")
         assert second.poll() is None                                   # waits: the GPU is held
     finally:
         os.killpg(held.pid, signal.SIGKILL)     # the command too: it holds the slot as long as it lives
         held.wait()
-    assert second.wait(timeout=30) == 0
+    assert second.wait(timeout=30) == 0 and said.wait_for(f"[gpu {mig}] true")
 
 
 def test_a_gpu_index_and_its_uuid_share_one_slot():
