@@ -55,8 +55,6 @@ p.add_argument("--ckpt-minutes", type=float, default=checkpointing.CKPT_MINUTES,
 p.add_argument("--norm", default="sync", choices=["sync", "bn"],
                help="BatchNorm under DDP on GPUs: sync = over the global batch (SyncBatchNorm, the recipe), "
                     "bn = over each GPU's share (no exchange between the GPUs per layer and step)")
-p.add_argument("--puzzle-loss", default="mse", choices=["mse", "ce"],
-               help="the puzzle's loss: mse on the 81-vector (recipe) or per-tile cross-entropy")
 training.add_optimizer_options(p)
 p.add_argument("--holdout-trains", default=None, action=argparse.BooleanOptionalAction,
                help="the held-out photos are trained on too (profile; the recipe pretrains on every photo)")
@@ -66,13 +64,11 @@ p.add_argument("--precision", default=None, choices=inference.PRECISIONS,
                help="bf16 autocast: auto = on GPUs and CPUs with native bf16 (profile)")
 
 
-def puzzle_loss(out, perms, kind):
-    """Per-sample loss and tile accuracy; out (B, 81), perms (B, 9)."""
+def puzzle_loss(out, perms):
+    """Per-sample loss (the recipe's: MSE on the 81-vector against the one-hot tile order), tile
+    accuracy and whole-puzzle accuracy; out (B, 81), perms (B, 9)."""
     logits = out.float().view(-1, TILES, TILES)
-    if kind == "mse":
-        loss = ((logits - F.one_hot(perms, TILES).float()) ** 2).mean(dim=(1, 2))
-    else:
-        loss = F.cross_entropy(logits.transpose(1, 2), perms, reduction="none").mean(dim=1)
+    loss = ((logits - F.one_hot(perms, TILES).float()) ** 2).mean(dim=(1, 2))
     correct = (logits.argmax(-1) == perms).float()
     return loss, correct.mean(1), correct.all(1).float()
 
@@ -123,7 +119,7 @@ def main():
             return net(x)
 
     def batch_loss(net, rows):
-        loss, tile_acc, puzzle_acc = puzzle_loss(forward(net, rows), rows[:, 2:], args.puzzle_loss)
+        loss, tile_acc, puzzle_acc = puzzle_loss(forward(net, rows), rows[:, 2:])
         return loss.sum(), {"tile_acc": tile_acc.sum(), "puzzle_acc": puzzle_acc.sum()}
 
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -136,7 +132,7 @@ def main():
         sums = torch.zeros(3)
         for chunk in holdout_plan.split(args.batch):
             with distributed.autotune(len(chunk) == args.batch):
-                figures = puzzle_loss(forward(model, chunk.to(device)), chunk[:, 2:].to(device), args.puzzle_loss)
+                figures = puzzle_loss(forward(model, chunk.to(device)), chunk[:, 2:].to(device))
             sums += torch.stack([f.sum().cpu() for f in figures])
         loss, tile, puzzle = (sums / max(len(held), 1)).tolist()
         rows = common.read_epoch_rows(out / "holdout.csv")
