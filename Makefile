@@ -23,7 +23,7 @@ FOLD_TEST ?=#              05: yes: the fold networks describe test.csv too (the
 PYTHON ?= python3#         the interpreter that builds .venv
 INSTALLER ?= uv#           make setup: uv (parallel; pip where uv fails) | pip
 RESIZE ?= stretch#         02: stretch (the recipe) | pad (edge-replicated square, 1st place)
-JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --puzzle-loss ce --epochs 10
+JIGSAW_ARGS ?=#            extra 03_jigsaw.py options, e.g. --epochs 10 --norm bn
 FINETUNE_ARGS ?=#          extra 04_finetune.py options, e.g. --init scratch --loss ce
 BUDGET ?=#                 PROFILE=cpu: minutes for the whole run (empty: 60); the fine-tunes' epochs and seeds are chosen to fit, from this machine's measured speed | off: the profile's. SEEDS or an --epochs in FINETUNE_ARGS pin them
 SUBMIT ?= best#            06: best (the lowest-CV stack, tuned post-processing) | recipe (the recipe's own)

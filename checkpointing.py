@@ -44,9 +44,9 @@ def state_due(on_gpu, settings, epoch, step, seconds):
 
     On a CPU at every epoch end and every ckpt_every steps (settings: training.FitSettings): the
     points where the tests kill and resume bit-identically. On a GPU by the clock, ckpt_minutes
-    after the last one (a step count paced for a CPU would stop a GPU every few seconds to write the model and
-    Adam's moments), at an epoch end or a log step, right after the host sync the log makes
-    anyway. Only rank 0 saves and no collective takes part, so the other ranks need not know.
+    after the last one (a step count paced for a CPU would stop a GPU every few seconds to write
+    the model and Adam's moments), at an epoch end or a log step, right after the host sync the
+    log makes anyway. Only rank 0 saves and no collective takes part, so the other ranks need not know.
     The run's last epoch always has one: a later run of more epochs continues from it."""
     if step is None and epoch == settings.epochs:
         return True

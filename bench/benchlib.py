@@ -71,11 +71,15 @@ def scores_table(rows, first="model"):
     return reporting.markdown(table)
 
 
-def write_page(path, title, script, intro, table):
-    """A study's docs page: its title, the command that wrote it (this process's arguments), what
-    it measures and its table."""
-    command = " ".join(["python", script, *sys.argv[1:]])
-    common.write_text(Path(path), "\n".join([f"# {title}", "", "```", command, "```", "", intro, "", table]))
+def publish(table, path, title, intro):
+    """Print a study's table and, with a `path` (its --write), write its docs page there: the
+    title, the command that wrote it (this script and its arguments), what it measures, the table."""
+    print(table)
+    if path:
+        script = Path(sys.argv[0]).resolve()
+        script = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
+        command = " ".join(["python", str(script), *sys.argv[1:]])
+        common.write_text(Path(path), "\n".join([f"# {title}", "", "```", command, "```", "", intro, "", table]))
 
 # -----------------------------------------------------------------------------
 def fold_labels(work):

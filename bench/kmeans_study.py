@@ -97,10 +97,8 @@ def main():
             record(name, stack.out_of_fold(blended, oof_fold), inputs.shape[1])
 
     table = benchlib.scores_table(rows)
-    print(table)
-    if args.write:
-        benchlib.write_page(args.write, "k-means features beside the statistics", "bench/kmeans_study.py",
-                            __doc__.split("\n\n")[1], table)
+    benchlib.publish(table, args.write, "k-means features beside the statistics", __doc__.split("\n\n")[1])
+
 
 if __name__ == "__main__":
     main()

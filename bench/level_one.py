@@ -75,10 +75,8 @@ def main():
         pred, *_rest = stack.blend(inputs, inputs, y.to_numpy(), oof_fold)
         record(name, stack.out_of_fold(pred, oof_fold), inputs.shape[1])
     table = benchlib.scores_table(rows, first="level-one model")
-    print(table)
-    if args.write:
-        benchlib.write_page(args.write, "Level one: the per-photo models bagged, and a ridge beside them",
-                            "bench/level_one.py", __doc__.split("\n\n")[0], table)
+    benchlib.publish(table, args.write, "Level one: the per-photo models bagged, and a ridge beside them",
+                     __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

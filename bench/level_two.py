@@ -76,10 +76,9 @@ def main():
         rows.append({"name": name, "pooled": pooled, "folds": per_fold})
         benchlib.emit(f"level_two_{name.split()[0]}_rmse", f"{pooled:.4f}", "")
     table = benchlib.scores_table(rows, first="level two")
-    print(table)
-    if args.write:
-        benchlib.write_page(args.write, "Level two: the blend against a ridge and a depth-2 booster",
-                            "bench/level_two.py", __doc__.split("\n\n")[0], table)
+    benchlib.publish(table, args.write, "Level two: the blend against a ridge and a depth-2 booster",
+                     __doc__.split("\n\n")[0])
+
 
 if __name__ == "__main__":
     main()

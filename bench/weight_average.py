@@ -124,10 +124,8 @@ def main():
     runs = len(df) // len(summary)
     table = "\n".join(["Per run:", "", reporting.markdown(df), "", f"Mean over the {runs} run(s) (fold x seed), and "
                        "the spread (max - min) of the runs:", "", reporting.markdown(summary.reset_index())])
-    print(table)
-    if args.write:
-        benchlib.write_page(args.write, "Weight averaging: the last epoch against the mean of the last K",
-                            "bench/weight_average.py", __doc__.split("\n\n")[0], table)
+    benchlib.publish(table, args.write, "Weight averaging: the last epoch against the mean of the last K",
+                     __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

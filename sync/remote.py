@@ -169,5 +169,3 @@ def check_remote(remote):
              f"{probe.returncode}): {err[-1].strip()}\n"
              f"  Is the remote up, and are its credentials right (`rclone config`, or {env}*)?")
     return remote
-
-
